@@ -1,0 +1,368 @@
+//! One build per key (SPEC §4): the cache-hit decision, coalescing of identical misses, the
+//! concurrency and queue limits, the memory of failed builds, and `force_rebuild`.
+//!
+//! A build runs as its own task on the worker that started it, so it goes on when its clients
+//! disconnect. Waiters on any worker hold a `watch` receiver for its outcome.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+
+use super::velox::{open_artifact, VeloxClient, VeloxError};
+use super::{BuildRequest, CacheKey};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{EntryRecord, Store};
+
+/// Why a build request could not be answered with a binary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Velox(#[from] VeloxError),
+    /// Past `max_concurrent_builds + max_queued_builds`.
+    #[error("too many builds are running or waiting")]
+    Overloaded,
+    /// The store failed; details are in the log.
+    #[error("the cache storage failed")]
+    Storage,
+}
+
+/// How the binary was obtained.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CacheStatus {
+    Hit,
+    /// Built for this request, or for another that this one waited on.
+    Miss {
+        build_time: Duration,
+    },
+}
+
+/// A binary ready to be sent.
+#[derive(Debug)]
+pub struct Served {
+    pub entry: EntryRecord,
+    pub file: File,
+    pub modified: SystemTime,
+    pub status: CacheStatus,
+}
+
+#[derive(Debug, Clone)]
+struct Built {
+    entry: EntryRecord,
+    build_time: Duration,
+}
+
+type Outcome = Result<Built, BuildError>;
+
+/// What Velox did on its last call, for `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VeloxHealth {
+    Unknown,
+    Answered,
+    Unreachable,
+}
+
+pub struct BuildService {
+    store: Arc<Store>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    inflight: Mutex<HashMap<CacheKey, watch::Receiver<Option<Outcome>>>>,
+    failures: Mutex<HashMap<CacheKey, (Instant, BuildError)>>,
+    slots: Arc<Semaphore>,
+    admitted: AtomicUsize,
+    velox_health: AtomicU8,
+}
+
+/// Decrements a counter when dropped, so that cancelled tasks leave the books straight.
+struct Count<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Count<'a> {
+    fn up(c: &'a std::sync::atomic::AtomicU64) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        Count(c)
+    }
+}
+
+impl Drop for Count<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl BuildService {
+    pub fn new(store: Arc<Store>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        BuildService {
+            slots: Arc::new(Semaphore::new(config.max_concurrent_builds)),
+            store,
+            config,
+            metrics,
+            inflight: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            admitted: AtomicUsize::new(0),
+            velox_health: AtomicU8::new(0),
+        }
+    }
+
+    pub fn velox_health(&self) -> VeloxHealth {
+        match self.velox_health.load(Ordering::Relaxed) {
+            1 => VeloxHealth::Answered,
+            2 => VeloxHealth::Unreachable,
+            _ => VeloxHealth::Unknown,
+        }
+    }
+
+    /// The cache-hit decision: the entry for `key` with its blob open, or `None`.
+    pub fn lookup(
+        &self,
+        key: &CacheKey,
+    ) -> Result<Option<(EntryRecord, File, SystemTime)>, BuildError> {
+        let started = std::time::Instant::now();
+        let entry = self.store.lookup(key).map_err(|e| {
+            log::error!("lookup of {key} failed: {e}");
+            BuildError::Storage
+        })?;
+        let found = entry.and_then(|entry| {
+            let (file, modified) = self.store.open_blob(&entry.digest, entry.size)?;
+            Some((entry, file, modified))
+        });
+        self.metrics.lookup_duration.observe(started.elapsed());
+        Ok(found)
+    }
+
+    /// Serves `request` from the cache or has it built, once per key however many ask.
+    pub async fn resolve(
+        self: &Arc<Self>,
+        request: BuildRequest,
+        key: CacheKey,
+        velox: &VeloxClient,
+    ) -> Result<Served, BuildError> {
+        let force = request.force_rebuild;
+        if !force {
+            if let Some((entry, file, modified)) = self.lookup(&key)? {
+                self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Served {
+                    entry,
+                    file,
+                    modified,
+                    status: CacheStatus::Hit,
+                });
+            }
+        }
+        let (mut rx, deadline) = {
+            let mut inflight = self.inflight.lock().map_err(|_| BuildError::Storage)?;
+            if let Some(rx) = inflight.get(&key) {
+                self.metrics
+                    .builds_coalesced
+                    .fetch_add(1, Ordering::Relaxed);
+                (rx.clone(), Instant::now() + self.config.build_timeout)
+            } else {
+                if !force {
+                    // A build of this key may have finished since the first look.
+                    if let Some((entry, file, modified)) = self.lookup(&key)? {
+                        self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+                        return Ok(Served {
+                            entry,
+                            file,
+                            modified,
+                            status: CacheStatus::Hit,
+                        });
+                    }
+                    if let Some(err) = self.remembered_failure(&key) {
+                        return Err(err);
+                    }
+                }
+                let limit = self.config.max_concurrent_builds + self.config.max_queued_builds;
+                if self.admitted.fetch_add(1, Ordering::SeqCst) >= limit {
+                    self.admitted.fetch_sub(1, Ordering::SeqCst);
+                    return Err(BuildError::Overloaded);
+                }
+                let (tx, rx) = watch::channel(None);
+                inflight.insert(key, rx.clone());
+                let deadline = Instant::now() + self.config.build_timeout;
+                let this = Arc::clone(self);
+                let velox = velox.clone();
+                actix_web::rt::spawn(async move {
+                    this.run_build(request, key, velox, deadline, tx).await;
+                });
+                (rx, deadline)
+            }
+        };
+        self.metrics.misses.fetch_add(1, Ordering::Relaxed);
+        // The build stops itself at its deadline; the margin covers only a lost task.
+        let waited = tokio::time::timeout_at(
+            deadline + Duration::from_secs(5),
+            rx.wait_for(Option::is_some),
+        )
+        .await;
+        let outcome = match waited {
+            Ok(Ok(outcome)) => outcome.clone(),
+            Ok(Err(_)) => {
+                log::error!("the build task for {key} ended without an outcome");
+                return Err(BuildError::Storage);
+            }
+            Err(_) => return Err(BuildError::Velox(VeloxError::Timeout)),
+        };
+        let built = outcome.unwrap_or(Err(BuildError::Storage))?;
+        let (file, modified) = self
+            .store
+            .open_blob(&built.entry.digest, built.entry.size)
+            .ok_or(BuildError::Storage)?;
+        Ok(Served {
+            entry: built.entry,
+            file,
+            modified,
+            status: CacheStatus::Miss {
+                build_time: built.build_time,
+            },
+        })
+    }
+
+    fn remembered_failure(&self, key: &CacheKey) -> Option<BuildError> {
+        let mut failures = self.failures.lock().ok()?;
+        match failures.get(key) {
+            Some((at, err)) if at.elapsed() < self.config.failure_ttl => Some(err.clone()),
+            Some(_) => {
+                failures.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember(&self, key: CacheKey, outcome: &Outcome) {
+        let Ok(mut failures) = self.failures.lock() else {
+            return;
+        };
+        match outcome {
+            Err(
+                e @ BuildError::Velox(VeloxError::Failed { .. } | VeloxError::InvalidArgument(_)),
+            ) if !self.config.failure_ttl.is_zero() => {
+                if failures.len() >= 4096 {
+                    let ttl = self.config.failure_ttl;
+                    failures.retain(|_, (at, _)| at.elapsed() < ttl);
+                }
+                failures.insert(key, (Instant::now(), e.clone()));
+            }
+            Ok(_) => {
+                failures.remove(&key);
+            }
+            Err(_) => {}
+        }
+    }
+
+    async fn run_build(
+        self: Arc<Self>,
+        request: BuildRequest,
+        key: CacheKey,
+        velox: VeloxClient,
+        deadline: Instant,
+        tx: watch::Sender<Option<Outcome>>,
+    ) {
+        let started = Instant::now();
+        let outcome =
+            match tokio::time::timeout_at(deadline, self.build(&request, key, &velox, deadline))
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => Err(BuildError::Velox(VeloxError::Timeout)),
+            }
+            .map(|entry| Built {
+                entry,
+                build_time: started.elapsed(),
+            });
+        let m = &self.metrics;
+        match &outcome {
+            Ok(b) => {
+                m.builds_success.fetch_add(1, Ordering::Relaxed);
+                m.build_duration.observe(b.build_time);
+                log::info!("built {key} in {:.1}s", b.build_time.as_secs_f64());
+            }
+            Err(BuildError::Velox(VeloxError::Timeout)) => {
+                m.builds_timeout.fetch_add(1, Ordering::Relaxed);
+                log::warn!("build of {key} timed out");
+            }
+            Err(e) => {
+                m.builds_error.fetch_add(1, Ordering::Relaxed);
+                log::warn!("build of {key} failed: {e}");
+            }
+        }
+        self.remember(key, &outcome);
+        if let Ok(mut inflight) = self.inflight.lock() {
+            inflight.remove(&key);
+        }
+        self.admitted.fetch_sub(1, Ordering::SeqCst);
+        // Nobody may be waiting any more (all clients left); the result is cached regardless.
+        let _ = tx.send(Some(outcome));
+    }
+
+    async fn build(
+        &self,
+        request: &BuildRequest,
+        key: CacheKey,
+        velox: &VeloxClient,
+        deadline: Instant,
+    ) -> Result<EntryRecord, BuildError> {
+        let permit = {
+            let _queued = Count::up(&self.metrics.builds_queued);
+            Arc::clone(&self.slots)
+                .acquire_owned()
+                .await
+                .map_err(|_| BuildError::Storage)?
+        };
+        let _active = Count::up(&self.metrics.builds_active);
+        let started = Instant::now();
+        let retries = &self.metrics.velox_retries;
+        let answer = velox
+            .build(request, deadline, &|| {
+                retries.fetch_add(1, Ordering::Relaxed);
+            })
+            .await;
+        let health = match &answer {
+            Ok(_) | Err(VeloxError::Failed { .. } | VeloxError::InvalidArgument(_)) => 1,
+            Err(_) => 2,
+        };
+        self.velox_health.store(health, Ordering::Relaxed);
+        let answer = answer?;
+        drop(permit);
+
+        let store = Arc::clone(&self.store);
+        let path_map = self.config.path_map();
+        let root = self.config.artifact_root.clone();
+        let request = request.clone();
+        let build_ms = started.elapsed().as_millis() as u64;
+        let ingested = actix_web::rt::task::spawn_blocking(move || {
+            let file = open_artifact(&answer.path, path_map.as_ref(), &root).map_err(|e| {
+                log::error!("refusing Velox's artifact for {key}: {e}");
+                BuildError::Velox(VeloxError::Failed {
+                    message: "Velox's artifact is missing, empty, not a regular file, or outside artifact_root".into(),
+                    logs: Some(answer.logs.clone()).filter(|l| !l.is_empty()),
+                })
+            })?;
+            store.ingest(file, &key, &request, build_ms).map_err(|e| {
+                log::error!("storing the artifact for {key} failed: {e}");
+                match e {
+                    crate::store::IngestError::Empty | crate::store::IngestError::SizeChanged { .. } => {
+                        BuildError::Velox(VeloxError::Failed {
+                            message: "Velox's artifact changed while it was read".into(),
+                            logs: None,
+                        })
+                    }
+                    _ => BuildError::Storage,
+                }
+            })
+        })
+        .await;
+        match ingested {
+            Ok(result) => result,
+            Err(e) => {
+                log::error!("the ingest task for {key} failed: {e}");
+                Err(BuildError::Storage)
+            }
+        }
+    }
+}

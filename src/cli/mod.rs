@@ -1,0 +1,65 @@
+//! Command-line arguments (SPEC §11). Flags that set configuration keys are global, so they may
+//! stand before or after the subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::FlagOverrides;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "velox-cache",
+    version,
+    about = "Caching artifact server for Velox-built RoadRunner binaries"
+)]
+pub struct Cli {
+    /// TOML config file (also VELOX_CACHE_CONFIG).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Public listen address.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Admin listen address (health, readiness, metrics).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Data directory (sled index, blobs, manifests).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<String>,
+    /// Upstream PHP application (turns proxy mode on).
+    #[arg(long, global = true, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Velox server URL.
+    #[arg(long, global = true, value_name = "URL")]
+    pub server_url: Option<String>,
+    /// Directory Velox's artifact paths must resolve into.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub artifact_root: Option<String>,
+    /// FROM=TO rewrite of the path prefix Velox answers with.
+    #[arg(long, global = true, value_name = "FROM=TO")]
+    pub path_map: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Print the effective configuration as TOML, the token masked.
+    Config,
+}
+
+impl Cli {
+    pub fn overrides(&self) -> FlagOverrides {
+        FlagOverrides {
+            listen: self.listen.clone(),
+            admin_listen: self.admin_listen.clone(),
+            data_dir: self.data_dir.clone(),
+            upstream: self.upstream.clone(),
+            server_url: self.server_url.clone(),
+            artifact_root: self.artifact_root.clone(),
+            path_map: self.path_map.clone(),
+        }
+    }
+}

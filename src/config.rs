@@ -1,0 +1,398 @@
+//! Configuration (SPEC §8): defaults < TOML file < environment < command-line flags, layered by
+//! figment; then checked here, so that a bad value stops the start naming its key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Environment prefix; nested keys use `__` (`VELOX_CACHE_CACHE__MAX_SIZE_GB`).
+pub const ENV_PREFIX: &str = "VELOX_CACHE_";
+/// The environment variable naming the config file (not a config key itself).
+pub const ENV_CONFIG_FILE: &str = "VELOX_CACHE_CONFIG";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvictionPolicy {
+    Lru,
+    Lfu,
+    Fifo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub initial_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    pub backoff_multiplier: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 3,
+            initial_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(10),
+            backoff_multiplier: 2.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub max_size_gb: f64,
+    pub max_entries: u64,
+    pub max_age_days: f64,
+    #[serde(with = "humantime_serde")]
+    pub cleanup_interval: Duration,
+    pub eviction_policy: EvictionPolicy,
+    #[serde(with = "humantime_serde")]
+    pub access_update_interval: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_size_gb: 0.0,
+            max_entries: 0,
+            max_age_days: 0.0,
+            cleanup_interval: Duration::from_secs(3600),
+            eviction_policy: EvictionPolicy::Lru,
+            access_update_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    #[serde(deserialize_with = "lenient_path")]
+    pub data_dir: PathBuf,
+    #[serde(
+        deserialize_with = "lenient_opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub upstream: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    #[serde(deserialize_with = "lenient_string")]
+    pub server_url: String,
+    #[serde(deserialize_with = "lenient_path")]
+    pub artifact_root: PathBuf,
+    #[serde(
+        deserialize_with = "lenient_opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub path_map: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub build_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub max_concurrent_builds: usize,
+    pub max_queued_builds: usize,
+    #[serde(with = "humantime_serde")]
+    pub failure_ttl: Duration,
+    #[serde(
+        deserialize_with = "lenient_opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_token: Option<String>,
+    pub retry: RetryConfig,
+    pub cache: CacheConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            data_dir: PathBuf::from("./data"),
+            upstream: None,
+            upstream_timeout: Duration::from_secs(60),
+            server_url: "http://127.0.0.1:9000".into(),
+            artifact_root: std::env::temp_dir(),
+            path_map: None,
+            build_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(180),
+            max_concurrent_builds: 4,
+            max_queued_builds: 64,
+            failure_ttl: Duration::from_secs(60),
+            api_token: None,
+            retry: RetryConfig::default(),
+            cache: CacheConfig::default(),
+        }
+    }
+}
+
+/// Values given on the command line; only those present override.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_root: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_map: Option<String>,
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// A `FROM=TO` prefix rewrite of the paths Velox returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathMap {
+    pub from: PathBuf,
+    pub to: PathBuf,
+}
+
+impl PathMap {
+    pub fn parse(s: &str) -> Option<PathMap> {
+        let (from, to) = s.split_once('=')?;
+        let (from, to) = (Path::new(from.trim()), Path::new(to.trim()));
+        if !from.is_absolute() || !to.is_absolute() {
+            return None;
+        }
+        Some(PathMap {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+        })
+    }
+
+    /// Rewrites `path` when it lies under `from` (compared by whole components).
+    pub fn apply(&self, path: &Path) -> PathBuf {
+        match path.strip_prefix(&self.from) {
+            Ok(rest) => self.to.join(rest),
+            Err(_) => path.to_path_buf(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration from the file named by `config_file` (or `VELOX_CACHE_CONFIG`),
+    /// the environment and the flags, and checks it.
+    pub fn load(config_file: Option<&Path>, flags: &FlagOverrides) -> Result<Config, ConfigError> {
+        let env_file = std::env::var_os(ENV_CONFIG_FILE).map(PathBuf::from);
+        let file = config_file.map(Path::to_path_buf).or(env_file);
+        let mut fig = Figment::new();
+        if let Some(file) = &file {
+            if !file.is_file() {
+                return Err(ConfigError(format!(
+                    "the config file {} does not exist or is not a file",
+                    file.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(file));
+        }
+        let env = Env::prefixed(ENV_PREFIX)
+            .split("__")
+            .filter(|k| k.as_str() != "config");
+        fig = fig.merge(env).merge(Serialized::defaults(flags));
+        let config: Config = fig.extract().map_err(describe_figment_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail =
+            |key: &str, why: &str| Err(ConfigError(format!("invalid value for `{key}`: {why}")));
+        if self.build_timeout < Duration::from_secs(1) {
+            return fail("build_timeout", "must be at least 1s");
+        }
+        if self.request_timeout < Duration::from_secs(1) {
+            return fail("request_timeout", "must be at least 1s");
+        }
+        if self.upstream_timeout.is_zero() {
+            return fail("upstream_timeout", "must be more than 0");
+        }
+        if self.max_concurrent_builds == 0 {
+            return fail("max_concurrent_builds", "must be at least 1");
+        }
+        if let Some(u) = &self.upstream {
+            if !valid_http_url(u) {
+                return fail("upstream", "must be an http:// or https:// URL");
+            }
+        }
+        if !valid_http_url(&self.server_url) {
+            return fail("server_url", "must be an http:// or https:// URL");
+        }
+        if let Some(pm) = &self.path_map {
+            if PathMap::parse(pm).is_none() {
+                return fail("path_map", "must be FROM=TO with two absolute paths");
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return fail("data_dir", "must not be empty");
+        }
+        if self.artifact_root.as_os_str().is_empty() {
+            return fail("artifact_root", "must not be empty");
+        }
+        if let Some(t) = &self.api_token {
+            if t.is_empty() {
+                return fail("api_token", "must not be empty when set");
+            }
+        }
+        let r = &self.retry;
+        if r.max_attempts == 0 {
+            return fail("retry.max_attempts", "must be at least 1");
+        }
+        if r.max_delay < r.initial_delay {
+            return fail("retry.max_delay", "must be at least retry.initial_delay");
+        }
+        if !(r.backoff_multiplier.is_finite() && r.backoff_multiplier >= 1.0) {
+            return fail(
+                "retry.backoff_multiplier",
+                "must be a number of at least 1.0",
+            );
+        }
+        let c = &self.cache;
+        if !(c.max_size_gb.is_finite() && c.max_size_gb >= 0.0) {
+            return fail("cache.max_size_gb", "must be a number of at least 0");
+        }
+        if !(c.max_age_days.is_finite() && c.max_age_days >= 0.0) {
+            return fail("cache.max_age_days", "must be a number of at least 0");
+        }
+        Ok(())
+    }
+
+    pub fn path_map(&self) -> Option<PathMap> {
+        self.path_map.as_deref().and_then(PathMap::parse)
+    }
+
+    /// The configuration as TOML, with the token masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.api_token.is_some() {
+            shown.api_token = Some("********".into());
+        }
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+fn valid_http_url(u: &str) -> bool {
+    let rest = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"));
+    matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
+}
+
+/// Turns figment's errors into one message per error, each naming the key.
+fn describe_figment_error(err: figment::Error) -> ConfigError {
+    let mut lines = Vec::new();
+    for e in err {
+        let mut path = e.path.join(".");
+        let what = match &e.kind {
+            figment::error::Kind::UnknownField(field, _) => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(field);
+                "unknown key".to_string()
+            }
+            kind => kind.to_string(),
+        };
+        let source = e
+            .metadata
+            .as_ref()
+            .map(|m| format!(" (from {})", m.name))
+            .unwrap_or_default();
+        if path.is_empty() {
+            lines.push(format!("invalid configuration: {what}{source}"));
+        } else {
+            lines.push(format!("invalid value for `{path}`: {what}{source}"));
+        }
+    }
+    ConfigError(lines.join("\n"))
+}
+
+/// Accepts any scalar as a string: the environment cannot say `"1234"` is text and not a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    S(String),
+    I(i64),
+    U(u64),
+    F(f64),
+    B(bool),
+}
+
+impl Scalar {
+    fn into_string(self) -> String {
+        match self {
+            Scalar::S(s) => s,
+            Scalar::I(i) => i.to_string(),
+            Scalar::U(u) => u.to_string(),
+            Scalar::F(f) => f.to_string(),
+            Scalar::B(b) => b.to_string(),
+        }
+    }
+}
+
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Scalar::deserialize(d).map(Scalar::into_string)
+}
+
+fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<Scalar>::deserialize(d)?.map(Scalar::into_string))
+}
+
+fn lenient_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    lenient_string(d).map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_map_rewrites_whole_components() {
+        let pm = PathMap::parse("/tmp=/shared/velox").expect("valid");
+        assert_eq!(
+            pm.apply(Path::new("/tmp/abc/roadrunner")),
+            Path::new("/shared/velox/abc/roadrunner")
+        );
+        assert_eq!(
+            pm.apply(Path::new("/tmpx/roadrunner")),
+            Path::new("/tmpx/roadrunner")
+        );
+        assert!(PathMap::parse("relative=/x").is_none());
+        assert!(PathMap::parse("/x").is_none());
+    }
+
+    #[test]
+    fn urls() {
+        assert!(valid_http_url("http://127.0.0.1:9000"));
+        assert!(valid_http_url("https://velox.internal"));
+        assert!(!valid_http_url("ftp://x"));
+        assert!(!valid_http_url("http://"));
+        assert!(!valid_http_url("127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn defaults_are_valid_and_render() {
+        let c = Config::default();
+        c.validate().expect("defaults are valid");
+        let t = c.to_masked_toml();
+        assert!(t.contains("build_timeout = \"5m\""), "{t}");
+    }
+}

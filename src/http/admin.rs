@@ -1,0 +1,57 @@
+//! Admin routes (SPEC §7), on the loopback listener: `/healthz`, `/readyz`, `/metrics`.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::AppState;
+use crate::build::service::VeloxHealth;
+use crate::error::ApiError;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+/// `GET /healthz`: 200 while the process serves.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 when sled takes a write and the data dir a file, else 503.
+async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    let storage = web::block(move || store.check_ready())
+        .await
+        .map_err(|_| ApiError::storage_unavailable())?;
+    let velox = match state.builds.velox_health() {
+        VeloxHealth::Unknown => "not_called_yet",
+        VeloxHealth::Answered => "answered",
+        VeloxHealth::Unreachable => "unreachable",
+    };
+    let ready = storage.is_ok();
+    let body = json!({
+        "ready": ready,
+        "storage": storage.err().unwrap_or_else(|| "ok".into()),
+        "velox_last_call": velox,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok(HttpResponse::build(status).json(body))
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let totals = state
+        .store
+        .totals()
+        .map_err(|e| log::error!("cannot read the cache totals: {e}"))
+        .ok();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render(totals))
+}

@@ -1,0 +1,192 @@
+//! Responses that carry a binary (SPEC §5): the entity headers, conditional requests
+//! (`If-None-Match`, `If-Modified-Since`, `If-Range`), single byte ranges, and HEAD.
+//!
+//! actix-files' `NamedFile` is not used: its ETag is built from inode and mtime, not content, and
+//! it reads the whole file for HEAD. The range grammar comes from the `http-range` crate.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::http::header::{
+    self, EntityTag, Header, HeaderName, HeaderValue, HttpDate, IfModifiedSince, IfNoneMatch,
+    IfRange,
+};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
+use base64::Engine;
+
+use super::body::{FileBody, HeadBody};
+use crate::metrics::Metrics;
+
+/// A blob about to be sent.
+pub struct Blob {
+    pub digest: [u8; 32],
+    pub size: u64,
+    /// When the blob was stored (the file's mtime).
+    pub modified: SystemTime,
+    pub file: File,
+    pub file_name: String,
+}
+
+/// What the request asks of the bytes, after conditionals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    NotModified,
+    Full,
+    Partial { start: u64, length: u64 },
+    Unsatisfiable,
+}
+
+/// Whole seconds: HTTP dates have no finer grain, and `If-Range` compares them exactly.
+fn http_date(t: SystemTime) -> HttpDate {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    HttpDate::from(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Decides the answer from the request's headers. `conditional` enables `If-None-Match` and
+/// `If-Modified-Since` (GET and HEAD only); `Range` applies to every method but HEAD.
+pub fn plan(
+    req: &HttpRequest,
+    etag: &EntityTag,
+    modified: HttpDate,
+    size: u64,
+    conditional: bool,
+) -> Plan {
+    if conditional {
+        if req.headers().contains_key(header::IF_NONE_MATCH) {
+            match IfNoneMatch::parse(req) {
+                Ok(IfNoneMatch::Any) => return Plan::NotModified,
+                Ok(IfNoneMatch::Items(tags)) if tags.iter().any(|t| t.weak_eq(etag)) => {
+                    return Plan::NotModified
+                }
+                _ => {}
+            }
+        } else if let Ok(IfModifiedSince(since)) = IfModifiedSince::parse(req) {
+            if SystemTime::from(modified) <= SystemTime::from(since) {
+                return Plan::NotModified;
+            }
+        }
+    }
+    if req.method() == Method::HEAD || size == 0 {
+        return Plan::Full;
+    }
+    let Some(range) = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Plan::Full;
+    };
+    if req.headers().contains_key(header::IF_RANGE) {
+        let fresh = match IfRange::parse(req) {
+            Ok(IfRange::EntityTag(tag)) => tag.strong_eq(etag),
+            Ok(IfRange::Date(date)) => date == modified,
+            Err(_) => false,
+        };
+        if !fresh {
+            return Plan::Full;
+        }
+    }
+    if !range.trim_start().starts_with("bytes=") {
+        // An unknown range unit is ignored (RFC 9110 §14.2).
+        return Plan::Full;
+    }
+    match http_range::HttpRange::parse(range, size) {
+        Ok(ranges) if ranges.is_empty() => Plan::Full,
+        // Several ranges are answered as one part spanning them all.
+        Ok(ranges) => {
+            let start = ranges.iter().map(|r| r.start).min().unwrap_or(0);
+            let end = ranges
+                .iter()
+                .map(|r| r.start + r.length)
+                .max()
+                .unwrap_or(size);
+            Plan::Partial {
+                start,
+                length: end - start,
+            }
+        }
+        Err(http_range::HttpRangeParseError::NoOverlap) => Plan::Unsatisfiable,
+        // A malformed range may be ignored (RFC 9110 §14.2); the whole body is the safe answer.
+        Err(http_range::HttpRangeParseError::InvalidRange) => Plan::Full,
+    }
+}
+
+/// Builds the response for `blob`. `extra` headers go on every status; `immutable` adds the
+/// artifact route's `Cache-Control`.
+pub fn respond(
+    req: &HttpRequest,
+    blob: Blob,
+    extra: Vec<(HeaderName, HeaderValue)>,
+    immutable: bool,
+    metrics: &Arc<Metrics>,
+) -> HttpResponse {
+    let hex = hex::encode(blob.digest);
+    let etag = EntityTag::new_strong(hex.clone());
+    let modified = http_date(blob.modified);
+    let conditional = matches!(*req.method(), Method::GET | Method::HEAD);
+    let plan = plan(req, &etag, modified, blob.size, conditional);
+
+    let status = match plan {
+        Plan::NotModified => StatusCode::NOT_MODIFIED,
+        Plan::Full => StatusCode::OK,
+        Plan::Partial { .. } => StatusCode::PARTIAL_CONTENT,
+        Plan::Unsatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+    };
+    let mut resp = HttpResponse::build(status);
+    resp.insert_header(header::ETag(etag))
+        .insert_header(header::LastModified(modified))
+        .insert_header((
+            header::CONTENT_LOCATION,
+            format!("/_velox/v1/artifacts/{hex}"),
+        ))
+        .insert_header((header::ACCEPT_RANGES, "bytes"));
+    if immutable {
+        resp.insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"));
+    }
+    for (name, value) in extra {
+        resp.append_header((name, value));
+    }
+    match plan {
+        Plan::NotModified => resp.finish(),
+        Plan::Unsatisfiable => {
+            resp.insert_header((header::CONTENT_RANGE, format!("bytes */{}", blob.size)))
+                .insert_header((header::CONTENT_TYPE, "application/json"))
+                .body(
+                    r#"{"error":"range_not_satisfiable","message":"the requested range is outside the artifact"}"#,
+                )
+        }
+        Plan::Full | Plan::Partial { .. } => {
+            entity_headers(&mut resp, &blob);
+            let (start, length) = match plan {
+                Plan::Partial { start, length } => {
+                    resp.insert_header((
+                        header::CONTENT_RANGE,
+                        format!("bytes {start}-{}/{}", start + length - 1, blob.size),
+                    ));
+                    (start, length)
+                }
+                _ => (0, blob.size),
+            };
+            if req.method() == Method::HEAD {
+                resp.body(HeadBody(length))
+            } else {
+                resp.body(FileBody::new(blob.file, start, length, Arc::clone(metrics)))
+            }
+        }
+    }
+}
+
+fn entity_headers(resp: &mut HttpResponseBuilder, blob: &Blob) {
+    let digest = base64::engine::general_purpose::STANDARD.encode(blob.digest);
+    resp.insert_header((header::CONTENT_TYPE, "application/octet-stream"))
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{}\"", blob.file_name),
+        ))
+        .insert_header(("repr-digest", format!("sha-256=:{digest}:")));
+}

@@ -1,0 +1,22 @@
+//! The HTTP layer: the public listener (build API, artifacts) and the admin listener (health,
+//! readiness, metrics). Handlers turn lower-layer errors into [`crate::error::ApiError`].
+
+pub mod admin;
+pub mod artifact;
+pub mod body;
+pub mod public;
+
+use std::sync::Arc;
+
+use crate::build::BuildService;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Everything the handlers share, built once and handed to every worker.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<Store>,
+    pub builds: Arc<BuildService>,
+    pub metrics: Arc<Metrics>,
+}

@@ -1,0 +1,231 @@
+//! Public routes (SPEC §7): `POST /_velox/v1/builds` and `GET|HEAD /_velox/v1/artifacts/{sha256}`.
+
+use std::time::SystemTime;
+
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::web::{self, BytesMut};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+
+use super::artifact::{self, Blob};
+use super::AppState;
+use crate::build::request::MAX_BODY_BYTES;
+use crate::build::service::{CacheStatus, Served};
+use crate::build::velox::{VeloxClient, VeloxError};
+use crate::build::{BuildError, BuildRequest};
+use crate::error::ApiError;
+
+/// Registers the public routes. Anything else is for the upstream (or 404 without one).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/_velox/v1/builds")
+            .route(web::post().to(create_build))
+            .default_service(web::to(|| async { ApiError::method_not_allowed("POST") })),
+    )
+    .service(
+        web::resource("/_velox/v1/artifacts/{digest}")
+            .route(web::get().to(get_artifact))
+            .route(web::head().to(get_artifact))
+            .default_service(web::to(|| async {
+                ApiError::method_not_allowed("GET, HEAD")
+            })),
+    );
+}
+
+/// The answer for a path no route takes.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+fn check_token(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(token) = &state.config.api_token else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(given) if crate::util::secret_eq(given, token) => Ok(()),
+        _ => Err(ApiError::unauthorized()),
+    }
+}
+
+/// Reads a request body of at most `limit` bytes; more is a 413.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<BytesMut, ApiError> {
+    let too_large = || ApiError::payload_too_large("the build request is larger than 1 MiB");
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::invalid_request(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `POST /_velox/v1/builds`: builds or hits, and answers with the binary.
+async fn create_build(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    velox: web::Data<VeloxClient>,
+) -> Result<HttpResponse, ApiError> {
+    check_token(&req, &state)?;
+    let body = read_body(&req, payload, MAX_BODY_BYTES).await?;
+    let (build, dropped) = BuildRequest::parse(&body).map_err(|e| {
+        ApiError::invalid_request(e.message).with_request_id(e.request_id.as_deref())
+    })?;
+    if !dropped.is_empty() {
+        log::warn!("dropped fields Velox does not know: {}", dropped.join(", "));
+    }
+    serve_build(&req, build, &state, &velox, Vec::new()).await
+}
+
+/// Answers a validated build request with its binary (SPEC §5), from the cache or a build.
+/// `extra` headers (the PHP app's, in proxy mode) are copied onto the response.
+pub async fn serve_build(
+    req: &HttpRequest,
+    build: BuildRequest,
+    state: &AppState,
+    velox: &VeloxClient,
+    extra: Vec<(HeaderName, HeaderValue)>,
+) -> Result<HttpResponse, ApiError> {
+    let key = build.cache_key();
+    let request_id = build.request_id().map(str::to_owned);
+    let file_name = build.file_name();
+    let served = state
+        .builds
+        .resolve(build, key, velox)
+        .await
+        .map_err(|e| build_error(e, state).with_request_id(request_id.as_deref()))?;
+    let Served {
+        entry,
+        file,
+        modified,
+        status,
+    } = served;
+    let mut headers = extra;
+    let mut add = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.push((HeaderName::from_static(name), v));
+        }
+    };
+    match status {
+        CacheStatus::Hit => {
+            add("x-cache-status", "HIT".into());
+            let age = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| (d.as_millis() as u64).saturating_sub(entry.created_ms) / 1000)
+                .unwrap_or(0);
+            add("x-cache-age", age.to_string());
+        }
+        CacheStatus::Miss { build_time } => {
+            add("x-cache-status", "MISS".into());
+            add("x-build-time", format!("{:.3}", build_time.as_secs_f64()));
+        }
+    }
+    if let Some(id) = &request_id {
+        add("x-build-request-id", id.clone());
+    }
+    add("x-velox-cache-key", key.to_hex());
+    let blob = Blob {
+        digest: entry.digest,
+        size: entry.size,
+        modified,
+        file,
+        file_name,
+    };
+    Ok(artifact::respond(req, blob, headers, false, &state.metrics))
+}
+
+/// Maps a build outcome to SPEC §6's errors.
+fn build_error(e: BuildError, state: &AppState) -> ApiError {
+    match e {
+        BuildError::Velox(VeloxError::InvalidArgument(msg)) => ApiError::invalid_request(msg),
+        BuildError::Velox(VeloxError::Failed { message, logs }) => {
+            let mut err = ApiError::new(StatusCode::BAD_GATEWAY, "build_failed", message);
+            err.logs = logs;
+            err
+        }
+        BuildError::Velox(VeloxError::Unavailable(why)) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "velox_unavailable",
+            format!(
+                "Velox did not answer usefully after {} attempt(s): {why}",
+                state.config.retry.max_attempts
+            ),
+        ),
+        BuildError::Velox(VeloxError::Timeout) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "the build did not finish within {}",
+                humantime::format_duration(state.config.build_timeout)
+            ),
+        ),
+        BuildError::Overloaded => {
+            let mut err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many builds are running or waiting; try again later",
+            );
+            err.retry_after = Some(5);
+            err
+        }
+        BuildError::Storage => ApiError::storage_unavailable(),
+    }
+}
+
+/// `GET|HEAD /_velox/v1/artifacts/{sha256}`: the immutable blob.
+async fn get_artifact(
+    req: HttpRequest,
+    digest: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let not_found = || ApiError::not_found("no artifact has that digest");
+    let digest = crate::util::parse_hex32(&digest).ok_or_else(not_found)?;
+    let record = state
+        .store
+        .blob(&digest)
+        .map_err(|e| {
+            log::error!("blob lookup failed: {e}");
+            ApiError::storage_unavailable()
+        })?
+        .ok_or_else(not_found)?;
+    let (file, modified) = state
+        .store
+        .open_blob(&digest, record.size)
+        .ok_or_else(not_found)?;
+    let blob = Blob {
+        digest,
+        size: record.size,
+        modified,
+        file,
+        file_name: record.file_name,
+    };
+    Ok(artifact::respond(
+        &req,
+        blob,
+        Vec::new(),
+        true,
+        &state.metrics,
+    ))
+}

@@ -1,0 +1,192 @@
+//! Prometheus metrics (SPEC §9), named as the Go middleware named them so dashboards carry over.
+//! Plain atomics and fixed-bucket histograms: nothing here allocates on the hot path.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::store::Totals;
+
+/// A histogram with fixed upper bounds, in seconds.
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            if secs <= *bound {
+                count.fetch_add(1, Relaxed);
+            }
+        }
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                count.load(Relaxed)
+            );
+        }
+        let total = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
+    }
+}
+
+const LOOKUP_BOUNDS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.1,
+];
+const BUILD_BOUNDS: &[f64] = &[1.0, 5.0, 10.0, 30.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0];
+
+pub struct Metrics {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub lookup_duration: Histogram,
+    pub builds_success: AtomicU64,
+    pub builds_error: AtomicU64,
+    pub builds_timeout: AtomicU64,
+    pub builds_active: AtomicU64,
+    pub builds_queued: AtomicU64,
+    pub build_duration: Histogram,
+    pub builds_coalesced: AtomicU64,
+    pub velox_retries: AtomicU64,
+    pub download_bytes: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            lookup_duration: Histogram::new(LOOKUP_BOUNDS),
+            builds_success: AtomicU64::new(0),
+            builds_error: AtomicU64::new(0),
+            builds_timeout: AtomicU64::new(0),
+            builds_active: AtomicU64::new(0),
+            builds_queued: AtomicU64::new(0),
+            build_duration: Histogram::new(BUILD_BOUNDS),
+            builds_coalesced: AtomicU64::new(0),
+            velox_retries: AtomicU64::new(0),
+            download_bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+fn one(out: &mut String, kind: &str, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self, totals: Option<Totals>) -> String {
+        let mut out = String::with_capacity(4096);
+        let c = |a: &AtomicU64| a.load(Relaxed);
+        one(
+            &mut out,
+            "counter",
+            "velox_cache_hits_total",
+            "Build requests answered from the cache.",
+            c(&self.hits),
+        );
+        one(
+            &mut out,
+            "counter",
+            "velox_cache_misses_total",
+            "Build requests that needed a build.",
+            c(&self.misses),
+        );
+        self.lookup_duration.render(
+            &mut out,
+            "velox_cache_lookup_duration_seconds",
+            "Time to compute the key and look it up.",
+        );
+        if let Some(t) = totals {
+            one(
+                &mut out,
+                "gauge",
+                "velox_cache_entries_count",
+                "Entries in the cache.",
+                t.entries,
+            );
+            one(
+                &mut out,
+                "gauge",
+                "velox_cache_size_bytes",
+                "Bytes of blobs in the cache.",
+                t.bytes,
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP velox_builds_total Builds by outcome.\n# TYPE velox_builds_total counter\n\
+             velox_builds_total{{status=\"success\"}} {}\nvelox_builds_total{{status=\"error\"}} {}\n\
+             velox_builds_total{{status=\"timeout\"}} {}",
+            c(&self.builds_success),
+            c(&self.builds_error),
+            c(&self.builds_timeout)
+        );
+        one(
+            &mut out,
+            "gauge",
+            "velox_builds_active",
+            "Builds calling Velox now.",
+            c(&self.builds_active),
+        );
+        one(
+            &mut out,
+            "gauge",
+            "velox_builds_queued",
+            "Builds waiting for a build slot.",
+            c(&self.builds_queued),
+        );
+        self.build_duration.render(
+            &mut out,
+            "velox_build_duration_seconds",
+            "Time a build took.",
+        );
+        one(
+            &mut out,
+            "counter",
+            "velox_builds_coalesced_total",
+            "Requests that waited on a build already under way.",
+            c(&self.builds_coalesced),
+        );
+        one(
+            &mut out,
+            "counter",
+            "velox_velox_retries_total",
+            "Retried calls to Velox.",
+            c(&self.velox_retries),
+        );
+        one(
+            &mut out,
+            "counter",
+            "velox_download_bytes_total",
+            "Artifact bytes sent to clients.",
+            c(&self.download_bytes),
+        );
+        out
+    }
+}

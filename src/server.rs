@@ -1,0 +1,132 @@
+//! `velox-cache serve`: opens the store, starts both listeners, and stops gracefully on SIGTERM or
+//! SIGINT (stop accepting, let downloads finish for a bounded time, flush sled).
+
+use std::io;
+use std::sync::Arc;
+
+use actix_web::{middleware, web, App, HttpServer};
+
+use crate::build::velox::VeloxClient;
+use crate::build::BuildService;
+use crate::config::Config;
+use crate::http::{admin, public, AppState};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// How long a graceful stop waits for open downloads.
+const DRAIN_SECS: u64 = 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the server failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Runs the server until a signal stops it.
+pub fn run(config: Config) -> Result<(), ServeError> {
+    actix_web::rt::System::new().block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    let metrics = Arc::new(Metrics::default());
+    let builds = Arc::new(BuildService::new(
+        Arc::clone(&store),
+        Arc::clone(&config),
+        Arc::clone(&metrics),
+    ));
+    let state = web::Data::new(AppState {
+        config: Arc::clone(&config),
+        store: Arc::clone(&store),
+        builds,
+        metrics,
+    });
+
+    let public_state = state.clone();
+    let cfg = Arc::clone(&config);
+    let public = HttpServer::new(move || {
+        // awc's client is not Send: one per worker.
+        let velox = VeloxClient::new(&cfg.server_url, cfg.retry.clone(), cfg.request_timeout);
+        App::new()
+            .app_data(public_state.clone())
+            .app_data(web::Data::new(velox))
+            .wrap(middleware::Logger::new("%a \"%r\" %s %b %T"))
+            .configure(public::configure)
+            .default_service(web::to(public::not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(DRAIN_SECS)
+    .bind(config.listen)
+    .map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let admin_state = state.clone();
+    let admin = HttpServer::new(move || {
+        App::new()
+            .app_data(admin_state.clone())
+            .configure(admin::configure)
+            .default_service(web::to(public::not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(config.admin_listen)
+    .map_err(|source| ServeError::Bind {
+        addr: config.admin_listen,
+        source,
+    })?;
+
+    for addr in public.addrs() {
+        println!("velox-cache: public listener on http://{addr}");
+    }
+    for addr in admin.addrs() {
+        println!("velox-cache: admin listener on http://{addr}");
+    }
+    log::info!(
+        "serving; data dir {}, Velox at {}",
+        config.data_dir.display(),
+        config.server_url
+    );
+
+    let public = public.run();
+    let admin = admin.run();
+    let (public_handle, admin_handle) = (public.handle(), admin.handle());
+    actix_web::rt::spawn(async move {
+        wait_for_signal().await;
+        log::info!("stopping: no new connections; open downloads get {DRAIN_SECS}s");
+        futures_util::future::join(public_handle.stop(true), admin_handle.stop(true)).await;
+    });
+    let (a, b) = futures_util::future::join(public, admin).await;
+    let flushed = store.flush();
+    a?;
+    b?;
+    flushed?;
+    log::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            log::error!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

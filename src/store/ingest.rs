@@ -1,0 +1,188 @@
+//! Ingest (SPEC §10): copy the file Velox wrote into `tmp/` while hashing it, check its size,
+//! fsync, rename it to its digest path, fsync the folder; write the manifest the same way; then
+//! commit the entry to sled and flush before anyone is told it exists.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{EntryRecord, Store, StoreError};
+use crate::build::{BuildRequest, CacheKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the artifact is empty")]
+    Empty,
+    #[error("the artifact changed size while it was copied ({expected} bytes, then {copied})")]
+    SizeChanged { expected: u64, copied: u64 },
+    #[error("i/o while storing the artifact: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The immutable record beside each entry, from which the index can be rebuilt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub key: String,
+    pub digest: String,
+    pub size: u64,
+    pub created_ms: u64,
+    pub build_ms: u64,
+    pub file_name: String,
+    pub request: BuildRequest,
+}
+
+/// A file in `tmp/` that is deleted unless it was moved into place.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` (and its parents), syncing the parent of each folder it creates.
+fn ensure_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        ensure_dir(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Renames `tmp` to `dest` and syncs the destination folder.
+fn place(tmp: &mut TempFile, dest: &Path) -> io::Result<()> {
+    let dir = dest
+        .parent()
+        .ok_or_else(|| io::Error::other("destination has no folder"))?;
+    ensure_dir(dir)?;
+    fs::rename(&tmp.path, dest)?;
+    tmp.keep = true;
+    sync_dir(dir)
+}
+
+impl Store {
+    fn temp_file(&self, suffix: &str) -> io::Result<(TempFile, File)> {
+        let path = self
+            .tmp_dir()
+            .join(format!("{}.{suffix}", uuid::Uuid::new_v4().simple()));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok((TempFile { path, keep: false }, file))
+    }
+
+    /// Stores the artifact read from `src` as the entry for `key`. Blocks: run it on the blocking
+    /// pool. Returns the committed entry.
+    pub fn ingest(
+        &self,
+        mut src: File,
+        key: &CacheKey,
+        request: &BuildRequest,
+        build_ms: u64,
+    ) -> Result<EntryRecord, IngestError> {
+        let expected = src.metadata()?.len();
+        if expected == 0 {
+            return Err(IngestError::Empty);
+        }
+        let (mut tmp, mut out) = self.temp_file("blob")?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut copied: u64 = 0;
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            copied += n as u64;
+            if copied > expected {
+                break;
+            }
+        }
+        if copied != expected {
+            return Err(IngestError::SizeChanged { expected, copied });
+        }
+        out.sync_all()?;
+        drop(out);
+        let digest: [u8; 32] = hasher.finalize().into();
+        let now = crate::util::now_ms();
+        let entry = EntryRecord {
+            digest,
+            size: copied,
+            created_ms: now,
+            last_access_ms: now,
+            access_count: 0,
+            build_ms,
+            file_name: request.file_name(),
+        };
+        let manifest = Manifest {
+            version: 1,
+            key: key.to_hex(),
+            digest: hex::encode(digest),
+            size: copied,
+            created_ms: now,
+            build_ms,
+            file_name: entry.file_name.clone(),
+            request: BuildRequest {
+                request_id: None,
+                force_rebuild: false,
+                ..request.clone()
+            },
+        };
+        let manifest_bytes =
+            serde_json::to_vec_pretty(&manifest).map_err(|e| io::Error::other(e.to_string()))?;
+
+        let _guard = self
+            .write_lock
+            .lock()
+            .map_err(|_| io::Error::other("store write lock poisoned"))?;
+        let blob_path = self.blob_path(&digest);
+        match fs::metadata(&blob_path) {
+            // Same name means same bytes: keep the blob already there, drop the copy.
+            Ok(m) if m.is_file() && m.len() == copied => drop(tmp),
+            _ => place(&mut tmp, &blob_path)?,
+        }
+        let (mut mtmp, mut mfile) = self.temp_file("json")?;
+        mfile.write_all(&manifest_bytes)?;
+        mfile.sync_all()?;
+        drop(mfile);
+        place(&mut mtmp, &self.manifest_path(key))?;
+
+        if let Some(orphan) = self.commit_entry(key, &entry, now)? {
+            let path = self.blob_path(&orphan);
+            if let Err(e) = fs::remove_file(&path) {
+                log::warn!("cannot delete the unused blob {}: {e}", hex::encode(orphan));
+            }
+        }
+        Ok(entry)
+    }
+}
