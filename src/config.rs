@@ -205,7 +205,7 @@ impl Config {
         }
         let env = Env::prefixed(ENV_PREFIX)
             .split("__")
-            .filter(|k| k.as_str() != "config");
+            .filter(|k| !k.as_str().eq_ignore_ascii_case("config"));
         fig = fig.merge(env).merge(Serialized::defaults(flags));
         let config: Config = fig.extract().map_err(describe_figment_error)?;
         config.validate()?;
@@ -303,21 +303,29 @@ fn describe_figment_error(err: figment::Error) -> ConfigError {
         let mut path = e.path.join(".");
         let what = match &e.kind {
             figment::error::Kind::UnknownField(field, _) => {
-                if !path.is_empty() {
-                    path.push('.');
+                // figment's path may or may not already end with the field.
+                if e.path.last() != Some(field) {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(field);
                 }
-                path.push_str(field);
                 "unknown key".to_string()
             }
             kind => kind.to_string(),
         };
-        let source = e
-            .metadata
-            .as_ref()
-            .map(|m| format!(" (from {})", m.name))
-            .unwrap_or_default();
+        let source = match &e.metadata {
+            Some(m) if m.name.contains("FlagOverrides") => " (from the command line)".to_string(),
+            Some(m) => match &m.source {
+                Some(figment::Source::File(f)) => format!(" (from {})", f.display()),
+                _ => format!(" (from {})", m.name),
+            },
+            None => String::new(),
+        };
         if path.is_empty() {
             lines.push(format!("invalid configuration: {what}{source}"));
+        } else if what == "unknown key" {
+            lines.push(format!("unknown key `{path}`{source}"));
         } else {
             lines.push(format!("invalid value for `{path}`: {what}{source}"));
         }

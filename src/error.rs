@@ -14,11 +14,11 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    pub request_id: Option<String>,
+    pub request_id: Option<Box<str>>,
     /// Velox's build logs, for `build_failed`.
-    pub logs: Option<String>,
+    pub logs: Option<Box<str>>,
     /// Seconds, for `overloaded`.
-    pub retry_after: Option<u64>,
+    pub retry_after: Option<u32>,
     /// The methods a route takes, for `method_not_allowed`.
     pub allow: Option<&'static str>,
 }
@@ -48,7 +48,7 @@ impl ApiError {
 
     pub fn with_request_id(mut self, id: Option<&str>) -> Self {
         if self.request_id.is_none() {
-            self.request_id = id.filter(|s| !s.is_empty()).map(str::to_owned);
+            self.request_id = id.filter(|s| !s.is_empty()).map(Box::from);
         }
         self
     }

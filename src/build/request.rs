@@ -438,6 +438,8 @@ mod tests {
         })
     }
 
+    type Edit = (&'static str, Box<dyn Fn(&mut Value)>);
+
     fn parse(v: &Value) -> Result<BuildRequest, InvalidRequest> {
         BuildRequest::parse(&serde_json::to_vec(v).expect("json")).map(|(r, _)| r)
     }
@@ -471,7 +473,7 @@ mod tests {
     #[test]
     fn every_shaping_field_changes_the_key() {
         let k0 = key(&base());
-        let edits: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        let edits: Vec<Edit> = vec![
             (
                 "version",
                 Box::new(|v| v["rr_version"] = json!("v2025.1.3")),
@@ -570,7 +572,7 @@ mod tests {
 
     #[test]
     fn validation_rules() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        let cases: Vec<Edit> = vec![
             ("no version", Box::new(|v| v["rr_version"] = Value::Null)),
             (
                 "bad version",

@@ -162,7 +162,7 @@ fn build_error(e: BuildError, state: &AppState) -> ApiError {
         BuildError::Velox(VeloxError::InvalidArgument(msg)) => ApiError::invalid_request(msg),
         BuildError::Velox(VeloxError::Failed { message, logs }) => {
             let mut err = ApiError::new(StatusCode::BAD_GATEWAY, "build_failed", message);
-            err.logs = logs;
+            err.logs = logs.map(String::into_boxed_str);
             err
         }
         BuildError::Velox(VeloxError::Unavailable(why)) => ApiError::new(

@@ -1,0 +1,41 @@
+//! Runs the stand-in Velox used by the tests, so that the whole flow can be tried on one machine
+//! without a real Velox:
+//!
+//! ```sh
+//! cargo run --example fake_velox -- 127.0.0.1:9000 /tmp/velox-out 2s
+//! ```
+//!
+//! Arguments: listen address, folder for the binaries it "builds", build delay (humantime).
+
+#[path = "../tests/support/fake_velox.rs"]
+#[allow(dead_code)]
+mod fake_velox;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:9000".into());
+    let dir = PathBuf::from(args.next().unwrap_or_else(|| {
+        std::env::temp_dir()
+            .join("velox-out")
+            .to_string_lossy()
+            .into_owned()
+    }));
+    let delay = args
+        .next()
+        .map(|d| humantime::parse_duration(&d).unwrap_or_else(|e| panic!("bad delay {d:?}: {e}")))
+        .unwrap_or(Duration::from_secs(2));
+    let velox = fake_velox::FakeVelox::start_on(&addr, &dir);
+    velox.set_delay(delay);
+    println!(
+        "stand-in Velox on {} writing binaries under {} (each build takes {})",
+        velox.url,
+        dir.display(),
+        humantime::format_duration(delay)
+    );
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

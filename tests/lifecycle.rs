@@ -1,0 +1,326 @@
+//! The process's life: graceful stop and restart, SIGKILL right after a MISS, one process per
+//! data dir, configuration precedence and refusal of bad values.
+
+mod support;
+
+use std::time::Duration;
+
+use support::server::run;
+use support::*;
+
+#[actix_web::test]
+async fn sigterm_then_restart_still_hits() {
+    let mut h = Harness::start();
+    let req = build_request("linux", "amd64");
+    let miss = post_json(&h.builds_url(), &req, &[]).await;
+    assert_eq!(miss.status, 200);
+    let status = h.take().terminate();
+    assert!(status.success(), "graceful stop exited with {status}");
+    h.restart();
+    let hit = post_json(&h.builds_url(), &req, &[]).await;
+    assert_eq!(hit.status, 200);
+    assert_eq!(hit.header("x-cache-status"), Some("HIT"));
+    assert_eq!(hit.body, miss.body);
+    assert_eq!(h.velox.calls(), 1);
+}
+
+#[actix_web::test]
+async fn sigkill_right_after_a_miss_keeps_the_entry() {
+    let mut h = Harness::start();
+    for round in 0..3 {
+        let req = distinct_request(round);
+        let miss = post_json(&h.builds_url(), &req, &[]).await;
+        assert_eq!(miss.header("x-cache-status"), Some("MISS"));
+        // No pause: the entry must already be durable when the MISS is answered.
+        h.take().kill();
+        h.restart();
+        let hit = post_json(&h.builds_url(), &req, &[]).await;
+        assert_eq!(hit.header("x-cache-status"), Some("HIT"), "round {round}");
+        assert_eq!(hit.body, miss.body);
+        assert_eq!(
+            sha256_hex(&hit.body),
+            hit.header("etag").expect("etag").trim_matches('"')
+        );
+    }
+    assert_eq!(h.velox.calls(), 3);
+}
+
+#[actix_web::test]
+async fn sigterm_lets_a_download_finish() {
+    let mut h = Harness::start();
+    h.velox.set_size(48 * 1024 * 1024);
+    let req = build_request("linux", "amd64");
+    let miss = post_json(&h.builds_url(), &req, &[]).await;
+    assert_eq!(miss.status, 200);
+    let art = h.url(miss.header("content-location").expect("location"));
+    // Start a download, read its head, then ask the server to stop while it is under way.
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .finish();
+    let mut resp = client.get(&art).send().await.expect("response head");
+    assert_eq!(resp.status(), 200);
+    let server = h.take();
+    let pid = server.pid();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let body = resp
+        .body()
+        .limit(64 * 1024 * 1024)
+        .await
+        .expect("the download finished");
+    assert_eq!(body, miss.body);
+    let mut server = server;
+    assert!(server.wait_exit(Duration::from_secs(40)).success());
+}
+
+#[actix_web::test]
+async fn one_data_dir_one_process() {
+    let h = Harness::start();
+    let second = Server::try_start(&h.opts);
+    let log = match second {
+        Ok(_) => panic!("a second server started on the same data dir"),
+        Err(log) => log,
+    };
+    let dir = h.opts.data_dir.display().to_string();
+    assert!(log.contains(&dir) && log.contains("in use"), "{log}");
+    // Another data dir is fine, side by side.
+    let mut other = h.opts.clone();
+    other.data_dir = h.tmp.path().join("data2");
+    let s2 = Server::start(&other);
+    assert_eq!(get(&s2.admin_url("/healthz"), &[]).await.status, 200);
+}
+
+#[actix_web::test]
+async fn admin_health_readiness_metrics() {
+    let h = Harness::start();
+    let s = h.server();
+    let r = get(&s.admin_url("/healthz"), &[]).await;
+    assert_eq!(r.status, 200);
+    let r = get(&s.admin_url("/readyz"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["ready"], true);
+    assert_eq!(r.json()["velox_last_call"], "not_called_yet");
+    post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
+    post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
+    assert_eq!(
+        get(&s.admin_url("/readyz"), &[]).await.json()["velox_last_call"],
+        "answered"
+    );
+    assert_eq!(metric(s, "velox_cache_hits_total").await, 1.0);
+    assert_eq!(metric(s, "velox_cache_misses_total").await, 1.0);
+    assert_eq!(metric(s, "velox_cache_entries_count").await, 1.0);
+    assert_eq!(metric(s, "velox_cache_size_bytes").await, 300.0 * 1024.0);
+    assert_eq!(
+        metric(s, "velox_builds_total{status=\"success\"}").await,
+        1.0
+    );
+    assert_eq!(metric(s, "velox_build_duration_seconds_count").await, 1.0);
+    assert!(metric(s, "velox_cache_lookup_duration_seconds_count").await >= 2.0);
+    assert!(metric(s, "velox_download_bytes_total").await >= 2.0 * 300.0 * 1024.0);
+    // The admin routes are not on the public listener.
+    get(&h.url("/metrics"), &[])
+        .await
+        .assert_error(404, "not_found");
+
+    // A data dir that stops taking files makes the server not ready.
+    let tmp = s.data_dir.join("tmp");
+    std::fs::remove_dir_all(&tmp).expect("remove tmp");
+    let r = get(&s.admin_url("/readyz"), &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["ready"], false);
+    assert!(!r.json()["storage"]
+        .as_str()
+        .unwrap_or("")
+        .contains(&*s.data_dir.to_string_lossy()));
+    std::fs::create_dir(&tmp).expect("restore tmp");
+    assert_eq!(get(&s.admin_url("/readyz"), &[]).await.status, 200);
+}
+
+#[test]
+fn config_precedence_file_env_flag() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let file = tmp.path().join("velox-cache.toml");
+    std::fs::write(
+        &file,
+        r#"
+listen = "127.0.0.1:1111"
+server_url = "http://file:9000"
+max_queued_builds = 7
+api_token = "from-file"
+[cache]
+max_size_gb = 1.5
+eviction_policy = "lfu"
+[retry]
+max_attempts = 5
+"#,
+    )
+    .expect("write");
+    let f = file.to_str().expect("utf-8");
+    // File only.
+    let (code, out, err) = run(&["config", "--config", f], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("listen = \"127.0.0.1:1111\""), "{out}");
+    assert!(out.contains("server_url = \"http://file:9000\""), "{out}");
+    assert!(out.contains("max_queued_builds = 7"), "{out}");
+    assert!(out.contains("max_size_gb = 1.5"), "{out}");
+    assert!(out.contains("eviction_policy = \"lfu\""), "{out}");
+    assert!(out.contains("max_attempts = 5"), "{out}");
+    assert!(
+        out.contains("build_timeout = \"5m\""),
+        "default kept: {out}"
+    );
+    assert!(!out.contains("from-file"), "token not masked: {out}");
+    assert!(out.contains("api_token = \"********\""), "{out}");
+    // Env beats file; the file named by the environment works too.
+    let env = [
+        ("VELOX_CACHE_CONFIG", f),
+        ("VELOX_CACHE_LISTEN", "127.0.0.1:2222"),
+        ("VELOX_CACHE_SERVER_URL", "http://env:9000"),
+        ("VELOX_CACHE_CACHE__MAX_SIZE_GB", "3"),
+        ("VELOX_CACHE_RETRY__MAX_ATTEMPTS", "2"),
+        ("VELOX_CACHE_API_TOKEN", "12345"),
+    ];
+    let (code, out, err) = run(&["config"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("listen = \"127.0.0.1:2222\""), "{out}");
+    assert!(out.contains("server_url = \"http://env:9000\""), "{out}");
+    assert!(out.contains("max_size_gb = 3.0"), "{out}");
+    assert!(out.contains("max_attempts = 2"), "{out}");
+    assert!(out.contains("max_queued_builds = 7"), "{out}");
+    assert!(!out.contains("12345"), "{out}");
+    // Flag beats env.
+    let (code, out, err) = run(
+        &[
+            "config",
+            "--listen",
+            "127.0.0.1:3333",
+            "--server-url",
+            "http://flag:9000",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("listen = \"127.0.0.1:3333\""), "{out}");
+    assert!(out.contains("server_url = \"http://flag:9000\""), "{out}");
+}
+
+/// A case: its name, environment, extra arguments, and the key the error must name.
+type Case = (
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    Vec<&'static str>,
+    &'static str,
+);
+
+#[test]
+fn invalid_values_exit_2_naming_the_key() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cases: Vec<Case> = vec![
+        (
+            "policy",
+            vec![("VELOX_CACHE_CACHE__EVICTION_POLICY", "random")],
+            vec![],
+            "cache.eviction_policy",
+        ),
+        (
+            "build_timeout",
+            vec![("VELOX_CACHE_BUILD_TIMEOUT", "500ms")],
+            vec![],
+            "build_timeout",
+        ),
+        (
+            "request_timeout",
+            vec![("VELOX_CACHE_REQUEST_TIMEOUT", "forever")],
+            vec![],
+            "request_timeout",
+        ),
+        (
+            "attempts",
+            vec![("VELOX_CACHE_RETRY__MAX_ATTEMPTS", "0")],
+            vec![],
+            "retry.max_attempts",
+        ),
+        (
+            "max_delay",
+            vec![("VELOX_CACHE_RETRY__MAX_DELAY", "10ms")],
+            vec![],
+            "retry.max_delay",
+        ),
+        (
+            "multiplier",
+            vec![("VELOX_CACHE_RETRY__BACKOFF_MULTIPLIER", "0.5")],
+            vec![],
+            "retry.backoff_multiplier",
+        ),
+        (
+            "size",
+            vec![("VELOX_CACHE_CACHE__MAX_SIZE_GB", "-1")],
+            vec![],
+            "cache.max_size_gb",
+        ),
+        (
+            "entries",
+            vec![("VELOX_CACHE_CACHE__MAX_ENTRIES", "many")],
+            vec![],
+            "cache.max_entries",
+        ),
+        (
+            "concurrency",
+            vec![("VELOX_CACHE_MAX_CONCURRENT_BUILDS", "0")],
+            vec![],
+            "max_concurrent_builds",
+        ),
+        (
+            "listen flag",
+            vec![],
+            vec!["--listen", "not-an-address"],
+            "listen",
+        ),
+        (
+            "server_url",
+            vec![("VELOX_CACHE_SERVER_URL", "velox:9000")],
+            vec![],
+            "server_url",
+        ),
+        (
+            "upstream",
+            vec![],
+            vec!["--upstream", "ftp://x"],
+            "upstream",
+        ),
+        ("path_map", vec![], vec!["--path-map", "tmp=/x"], "path_map"),
+        (
+            "unknown env key",
+            vec![("VELOX_CACHE_CACHE__MAX_SIZE", "1")],
+            vec![],
+            "cache.max_size",
+        ),
+    ];
+    for (name, env, args, key) in cases {
+        let mut all = vec!["serve", "--data-dir"];
+        let dd = tmp.path().join("never").display().to_string();
+        all.push(&dd);
+        all.extend(args);
+        let (code, _out, err) = run(&all, &env);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.contains(&format!("`{key}`")), "{name}: {err}");
+    }
+    // Unknown keys in the file, at the top and nested.
+    for (text, key) in [
+        ("lisen = \"x\"\n", "lisen"),
+        ("[cache]\nmax_sise_gb = 1\n", "cache.max_sise_gb"),
+    ] {
+        let file = tmp.path().join("bad.toml");
+        std::fs::write(&file, text).expect("write");
+        let (code, _out, err) = run(&["config", "--config", file.to_str().expect("utf-8")], &[]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(&format!("`{key}`")), "{err}");
+    }
+    let (code, _out, err) = run(
+        &["config", "--config", "/nonexistent/velox-cache.toml"],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+}
