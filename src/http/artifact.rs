@@ -116,8 +116,9 @@ pub fn plan(
     }
 }
 
-/// Builds the response for `blob`. `extra` headers go on every status; `immutable` adds the
-/// artifact route's `Cache-Control`.
+/// Builds the response for `blob`. `extra` headers go on every status (a `Content-Disposition`
+/// among them replaces ours: in proxy mode the PHP app's wins); `immutable` adds the artifact
+/// route's `Cache-Control`.
 pub fn respond(
     req: &HttpRequest,
     blob: Blob,
@@ -148,6 +149,9 @@ pub fn respond(
     if immutable {
         resp.insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"));
     }
+    let own_disposition = !extra
+        .iter()
+        .any(|(name, _)| name == header::CONTENT_DISPOSITION);
     for (name, value) in extra {
         resp.append_header((name, value));
     }
@@ -161,7 +165,7 @@ pub fn respond(
                 )
         }
         Plan::Full | Plan::Partial { .. } => {
-            entity_headers(&mut resp, &blob);
+            entity_headers(&mut resp, &blob, own_disposition);
             let (start, length) = match plan {
                 Plan::Partial { start, length } => {
                     resp.insert_header((
@@ -181,12 +185,14 @@ pub fn respond(
     }
 }
 
-fn entity_headers(resp: &mut HttpResponseBuilder, blob: &Blob) {
+fn entity_headers(resp: &mut HttpResponseBuilder, blob: &Blob, disposition: bool) {
     let digest = base64::engine::general_purpose::STANDARD.encode(blob.digest);
     resp.insert_header((header::CONTENT_TYPE, "application/octet-stream"))
-        .insert_header((
+        .insert_header(("repr-digest", format!("sha-256=:{digest}:")));
+    if disposition {
+        resp.insert_header((
             header::CONTENT_DISPOSITION,
             format!("attachment; filename=\"{}\"", blob.file_name),
-        ))
-        .insert_header(("repr-digest", format!("sha-256=:{digest}:")));
+        ));
+    }
 }
