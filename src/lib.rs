@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin shell over this library so that benchmarks and tests can
 //! reach the pure parts (key canonicalisation, range handling) directly.
 
+pub mod background;
 pub mod build;
 pub mod cli;
 pub mod config;

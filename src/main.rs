@@ -20,6 +20,11 @@ fn main() -> ExitCode {
             print!("{}", config.to_masked_toml());
             ExitCode::SUCCESS
         }
+        Command::Cache { action } => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+                .init();
+            velox_cache::cli::cache::run(&config, &action)
+        }
         Command::Serve => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
                 .init();

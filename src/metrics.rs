@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::store::Totals;
+use crate::store::{EvictionReason, Totals};
 
 /// A histogram with fixed upper bounds, in seconds.
 pub struct Histogram {
@@ -70,6 +70,8 @@ pub struct Metrics {
     pub builds_coalesced: AtomicU64,
     pub velox_retries: AtomicU64,
     pub download_bytes: AtomicU64,
+    /// By [`EvictionReason::ALL`] order.
+    pub evictions: [AtomicU64; 4],
 }
 
 impl Default for Metrics {
@@ -87,6 +89,7 @@ impl Default for Metrics {
             builds_coalesced: AtomicU64::new(0),
             velox_retries: AtomicU64::new(0),
             download_bytes: AtomicU64::new(0),
+            evictions: Default::default(),
         }
     }
 }
@@ -99,6 +102,14 @@ fn one(out: &mut String, kind: &str, name: &str, help: &str, value: u64) {
 }
 
 impl Metrics {
+    pub fn evicted(&self, reason: EvictionReason) {
+        let i = EvictionReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.evictions[i].fetch_add(1, Relaxed);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self, totals: Option<Totals>) -> String {
         let mut out = String::with_capacity(4096);
@@ -180,6 +191,18 @@ impl Metrics {
             "Retried calls to Velox.",
             c(&self.velox_retries),
         );
+        let _ = writeln!(
+            out,
+            "# HELP velox_cache_evictions_total Entries removed, by reason.\n# TYPE velox_cache_evictions_total counter"
+        );
+        for (reason, count) in EvictionReason::ALL.iter().zip(&self.evictions) {
+            let _ = writeln!(
+                out,
+                "velox_cache_evictions_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                c(count)
+            );
+        }
         one(
             &mut out,
             "counter",

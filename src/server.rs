@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use actix_web::{middleware, web, App, HttpServer};
 
+use crate::background::Background;
 use crate::build::velox::VeloxClient;
 use crate::build::BuildService;
 use crate::config::Config;
 use crate::http::{admin, public, AppState};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Limits, Store};
 
 /// How long a graceful stop waits for open downloads.
 const DRAIN_SECS: u64 = 30;
@@ -98,6 +99,13 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         config.server_url
     );
 
+    let background = Background::start(
+        Arc::clone(&store),
+        Limits::from(&config.cache),
+        config.cache.access_update_interval,
+        config.cache.cleanup_interval,
+        Arc::clone(&state.metrics),
+    );
     let public = public.run();
     let admin = admin.run();
     let (public_handle, admin_handle) = (public.handle(), admin.handle());
@@ -107,6 +115,11 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         futures_util::future::join(public_handle.stop(true), admin_handle.stop(true)).await;
     });
     let (a, b) = futures_util::future::join(public, admin).await;
+    background.stop().await;
+    // The last batch of access statistics, then everything to disk.
+    if let Err(e) = store.write_pending_hits() {
+        log::error!("cannot write the last access statistics: {e}");
+    }
     let flushed = store.flush();
     a?;
     b?;

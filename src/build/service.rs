@@ -17,7 +17,7 @@ use super::velox::{open_artifact, VeloxClient, VeloxError};
 use super::{BuildRequest, CacheKey};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::store::{EntryRecord, Store};
+use crate::store::{EntryRecord, Limits, Store};
 
 /// Why a build request could not be answered with a binary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,6 +108,11 @@ impl BuildService {
         }
     }
 
+    /// Builds running or waiting for a slot.
+    pub fn in_flight(&self) -> usize {
+        self.admitted.load(Ordering::SeqCst)
+    }
+
     pub fn velox_health(&self) -> VeloxHealth {
         match self.velox_health.load(Ordering::Relaxed) {
             1 => VeloxHealth::Answered,
@@ -144,7 +149,7 @@ impl BuildService {
         let force = request.force_rebuild;
         if !force {
             if let Some((entry, file, modified)) = self.lookup(&key)? {
-                self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+                self.hit(&key);
                 return Ok(Served {
                     entry,
                     file,
@@ -164,7 +169,7 @@ impl BuildService {
                 if !force {
                     // A build of this key may have finished since the first look.
                     if let Some((entry, file, modified)) = self.lookup(&key)? {
-                        self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+                        self.hit(&key);
                         return Ok(Served {
                             entry,
                             file,
@@ -220,6 +225,21 @@ impl BuildService {
                 build_time: built.build_time,
             },
         })
+    }
+
+    /// Counts a hit: in the metrics, and in the store's batch of access statistics (written at
+    /// once when `cache.access_update_interval` is 0).
+    fn hit(&self, key: &CacheKey) {
+        self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+        self.store.note_hit(key);
+        if self.config.cache.access_update_interval.is_zero() {
+            let store = Arc::clone(&self.store);
+            actix_web::rt::task::spawn_blocking(move || {
+                if let Err(e) = store.write_pending_hits() {
+                    log::error!("cannot write access statistics: {e}");
+                }
+            });
+        }
     }
 
     fn remembered_failure(&self, key: &CacheKey) -> Option<BuildError> {
@@ -335,6 +355,8 @@ impl BuildService {
         let root = self.config.artifact_root.clone();
         let request = request.clone();
         let build_ms = started.elapsed().as_millis() as u64;
+        let limits = Limits::from(&self.config.cache);
+        let metrics = Arc::clone(&self.metrics);
         let ingested = actix_web::rt::task::spawn_blocking(move || {
             let file = open_artifact(&answer.path, path_map.as_ref(), &root).map_err(|e| {
                 log::error!("refusing Velox's artifact for {key}: {e}");
@@ -343,7 +365,7 @@ impl BuildService {
                     logs: Some(answer.logs.clone()).filter(|l| !l.is_empty()),
                 })
             })?;
-            store.ingest(file, &key, &request, build_ms).map_err(|e| {
+            let entry = store.ingest(file, &key, &request, build_ms).map_err(|e| {
                 log::error!("storing the artifact for {key} failed: {e}");
                 match e {
                     crate::store::IngestError::Empty | crate::store::IngestError::SizeChanged { .. } => {
@@ -354,7 +376,18 @@ impl BuildService {
                     }
                     _ => BuildError::Storage,
                 }
-            })
+            })?;
+            // Limits are enforced right after every insert; the new entry is not a victim.
+            match store.enforce(&limits, Some(&key)) {
+                Ok(evicted) => {
+                    for (victim, reason) in evicted {
+                        log::info!("evicted {victim} ({})", reason.as_str());
+                        metrics.evicted(reason);
+                    }
+                }
+                Err(e) => log::error!("enforcing the cache limits failed: {e}"),
+            }
+            Ok(entry)
         })
         .await;
         match ingested {

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::FlagOverrides;
 
+pub mod cache;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "velox-cache",
@@ -48,6 +50,33 @@ pub enum Command {
     Serve,
     /// Print the effective configuration as TOML, the token masked.
     Config,
+    /// Offline work on a data dir the server is not holding.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Entries, bytes and blobs.
+    Stats,
+    /// Entries in key order.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Start after this key.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Re-hash every blob and cross-check entries, trees, counters and manifests; exits 1 if
+    /// anything is wrong.
+    Verify,
+    /// Remove one entry (and its blob when no other entry uses it).
+    Purge { key: String },
+    /// Empty the index and rebuild it from the manifests.
+    RebuildIndex,
 }
 
 impl Cli {

@@ -38,7 +38,8 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
-fn check_token(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+/// With `api_token` set, requires `Authorization: Bearer <token>` (compared in constant time).
+pub(crate) fn check_token(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(token) = &state.config.api_token else {
         return Ok(());
     };

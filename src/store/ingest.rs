@@ -177,7 +177,7 @@ impl Store {
         drop(mfile);
         place(&mut mtmp, &self.manifest_path(key))?;
 
-        if let Some(orphan) = self.commit_entry(key, &entry, now)? {
+        if let Some(orphan) = self.commit_entry(key, &entry, now, true)? {
             let path = self.blob_path(&orphan);
             if let Err(e) = fs::remove_file(&path) {
                 log::warn!("cannot delete the unused blob {}: {e}", hex::encode(orphan));

@@ -11,8 +11,11 @@
 //! Every call here blocks on disk or sled: callers run them on the blocking pool, except the
 //! lookups on the hit path, which are a single in-memory sled read.
 
+mod index;
 mod ingest;
+mod maintain;
 pub mod record;
+mod recover;
 
 use std::fs::{self, File, TryLockError};
 use std::io;
@@ -20,11 +23,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
+use std::collections::HashMap;
 
+use sled::transaction::TransactionError;
+
+pub use index::PendingHits;
 pub use ingest::{IngestError, Manifest};
+pub use maintain::{EvictionReason, Limits};
 pub use record::{BlobRecord, EntryRecord, RecordError};
+pub use recover::{Problems, ReconcileReport};
+
+use index::{be_u64, COUNTER_BYTES, COUNTER_ENTRIES};
 
 use crate::build::CacheKey;
 
@@ -40,6 +49,8 @@ pub enum StoreError {
     },
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    #[error("the index is damaged: {0}")]
+    Corrupt(String),
     #[error("stored record: {0}")]
     Record(#[from] RecordError),
     #[error("i/o: {0}")]
@@ -62,9 +73,6 @@ pub struct Totals {
     pub bytes: u64,
 }
 
-const COUNTER_ENTRIES: &[u8] = b"entries";
-const COUNTER_BYTES: &[u8] = b"bytes";
-
 pub struct Store {
     root: PathBuf,
     db: sled::Db,
@@ -77,6 +85,10 @@ pub struct Store {
     /// Serialises the steps that place or remove blob files together with their index updates,
     /// so that a blob is never deleted between being placed and being referenced.
     write_lock: Mutex<()>,
+    /// Hits counted in memory, written in batches (SPEC §10).
+    pending: Mutex<HashMap<CacheKey, PendingHits>>,
+    /// Whether the index was lost at open and must be rebuilt from the manifests.
+    rebuilt: bool,
     /// Held for the life of the process: one process owns a data dir.
     _lock: File,
 }
@@ -120,7 +132,25 @@ impl Store {
                 log::warn!("cannot remove the leftover {}: {e}", path.display());
             }
         }
-        let db = sled::Config::new().path(root.join("meta")).open()?;
+        let meta = root.join("meta");
+        let (db, rebuilt) = match open_index(&meta) {
+            Ok(db) => (db, false),
+            Err(e) if is_permission(&e) => return Err(e),
+            Err(e) => {
+                // The cache survives its index: set the damaged one aside, start a new one, and
+                // let the background pass re-index the manifests.
+                let aside = root.join(format!("meta.corrupt-{}", crate::util::now_ms()));
+                log::error!(
+                    "the index in {} cannot be opened ({e}); moving it to {} and rebuilding from the manifests",
+                    meta.display(),
+                    aside.display()
+                );
+                if meta.exists() {
+                    fs::rename(&meta, &aside).map_err(dir_err(root))?;
+                }
+                (open_index(&meta)?, true)
+            }
+        };
         Ok(Store {
             root: root.to_path_buf(),
             entries: db.open_tree("entries")?,
@@ -131,8 +161,15 @@ impl Store {
             counters: db.open_tree("counters")?,
             db,
             write_lock: Mutex::new(()),
+            pending: Mutex::new(HashMap::new()),
+            rebuilt,
             _lock: lock,
         })
+    }
+
+    /// Whether the index was rebuilt empty at open (the background pass re-indexes it).
+    pub fn was_rebuilt(&self) -> bool {
+        self.rebuilt
     }
 
     pub fn root(&self) -> &Path {
@@ -216,83 +253,6 @@ impl Store {
         })
     }
 
-    /// Inserts (or replaces) the entry for `key` pointing at the blob `digest`, in one sled
-    /// transaction over the entry, the blob references, the eviction trees and the counters, then
-    /// flushes. Returns the digest of a blob that no entry uses any more, if the replaced entry
-    /// left one; the caller deletes its file.
-    fn commit_entry(
-        &self,
-        key: &CacheKey,
-        entry: &EntryRecord,
-        stored_ms: u64,
-    ) -> Result<Option<[u8; 32]>, StoreError> {
-        let entry_bytes = entry.encode()?;
-        let trees = (
-            &self.entries,
-            &self.blobs,
-            &self.lru,
-            &self.lfu,
-            &self.fifo,
-            &self.counters,
-        );
-        let orphan = trees.transaction(|(en, bl, lru, lfu, fifo, ct)| {
-            let abort = |e: RecordError| ConflictableTransactionError::Abort(StoreError::from(e));
-            let counter =
-                |name: &[u8]| -> Result<u64, sled::transaction::UnabortableTransactionError> {
-                    Ok(ct.get(name)?.map(|v| be_u64(&v)).unwrap_or(0))
-                };
-            let mut entries = counter(COUNTER_ENTRIES)?;
-            let mut bytes = counter(COUNTER_BYTES)?;
-            let mut orphan = None;
-
-            if let Some(old) = en.insert(&key.0, entry_bytes.as_slice())? {
-                let old = EntryRecord::decode(&old).map_err(abort)?;
-                lru.remove(lru_key(&old, key))?;
-                lfu.remove(lfu_key(&old, key))?;
-                fifo.remove(fifo_key(&old, key))?;
-                if let Some(b) = bl.get(old.digest)? {
-                    let mut b = BlobRecord::decode(&b).map_err(abort)?;
-                    b.refs = b.refs.saturating_sub(1);
-                    if b.refs == 0 && old.digest != entry.digest {
-                        bl.remove(&old.digest)?;
-                        bytes = bytes.saturating_sub(b.size);
-                        orphan = Some(old.digest);
-                    } else {
-                        bl.insert(&old.digest, b.encode().map_err(abort)?)?;
-                    }
-                }
-            } else {
-                entries += 1;
-            }
-
-            let blob = match bl.get(entry.digest)? {
-                Some(b) => {
-                    let mut b = BlobRecord::decode(&b).map_err(abort)?;
-                    b.refs += 1;
-                    b
-                }
-                None => {
-                    bytes += entry.size;
-                    BlobRecord {
-                        refs: 1,
-                        size: entry.size,
-                        stored_ms,
-                        file_name: entry.file_name.clone(),
-                    }
-                }
-            };
-            bl.insert(&entry.digest, blob.encode().map_err(abort)?)?;
-            lru.insert(lru_key(entry, key), &[])?;
-            lfu.insert(lfu_key(entry, key), &[])?;
-            fifo.insert(fifo_key(entry, key), &[])?;
-            ct.insert(COUNTER_ENTRIES, &entries.to_be_bytes())?;
-            ct.insert(COUNTER_BYTES, &bytes.to_be_bytes())?;
-            Ok(orphan)
-        })?;
-        self.db.flush()?;
-        Ok(orphan)
-    }
-
     /// Readiness: sled takes a durable write and the data dir takes a file.
     pub fn check_ready(&self) -> Result<(), String> {
         self.counters
@@ -319,34 +279,40 @@ impl Store {
     }
 }
 
-fn be_u64(v: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = v.len().min(8);
-    b[..n].copy_from_slice(&v[..n]);
-    u64::from_be_bytes(b)
+const TREES: [&str; 6] = ["entries", "blobs", "lru", "lfu", "fifo", "counters"];
+
+/// Opens sled and reads the first item of every tree, so that a damaged index is found now and
+/// not on the first request. sled may panic on damaged files: that counts as an error.
+fn open_index(path: &Path) -> Result<sled::Db, StoreError> {
+    let path = path.to_path_buf();
+    let opened = std::panic::catch_unwind(move || -> Result<sled::Db, StoreError> {
+        let db = sled::Config::new().path(path).open()?;
+        for name in TREES {
+            let tree = db.open_tree(name)?;
+            tree.first()?;
+            tree.last()?;
+        }
+        let counters = db.open_tree("counters")?;
+        for name in [COUNTER_ENTRIES, COUNTER_BYTES] {
+            if let Some(v) = counters.get(name)? {
+                if v.len() != 8 {
+                    return Err(StoreError::Corrupt("a counter has the wrong length".into()));
+                }
+            }
+        }
+        Ok(db)
+    });
+    match opened {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Corrupt("sled panicked while opening".into())),
+    }
 }
 
-/// LRU order: last access, then key. The first item is the next victim.
-fn lru_key(e: &EntryRecord, key: &CacheKey) -> Vec<u8> {
-    let mut k = Vec::with_capacity(40);
-    k.extend(e.last_access_ms.to_be_bytes());
-    k.extend(key.0);
-    k
-}
-
-/// LFU order: access count, then last access, then key.
-fn lfu_key(e: &EntryRecord, key: &CacheKey) -> Vec<u8> {
-    let mut k = Vec::with_capacity(48);
-    k.extend(e.access_count.to_be_bytes());
-    k.extend(e.last_access_ms.to_be_bytes());
-    k.extend(key.0);
-    k
-}
-
-/// FIFO order: creation, then key.
-fn fifo_key(e: &EntryRecord, key: &CacheKey) -> Vec<u8> {
-    let mut k = Vec::with_capacity(40);
-    k.extend(e.created_ms.to_be_bytes());
-    k.extend(key.0);
-    k
+fn is_permission(e: &StoreError) -> bool {
+    match e {
+        StoreError::Sled(sled::Error::Io(io)) | StoreError::Io(io) => {
+            io.kind() == io::ErrorKind::PermissionDenied
+        }
+        _ => false,
+    }
 }

@@ -1,0 +1,310 @@
+//! The sled index: entries, blob references, the eviction-ordered trees and the counters, always
+//! changed together in one transaction.
+//!
+//! Tree layouts (all integers big-endian, so that byte order is numeric order):
+//! - `entries`: key (32) → [`EntryRecord`]
+//! - `blobs`: digest (32) → [`BlobRecord`] (how many entries use the blob)
+//! - `lru`: last access (8) ‖ key → ()
+//! - `lfu`: access count (8) ‖ last access (8) ‖ key → ()
+//! - `fifo`: created (8) ‖ key → ()
+//! - `counters`: `entries`, `bytes` → u64
+//!
+//! In each eviction tree the first item is the next victim: finding it is one O(log n) seek.
+
+use std::collections::HashMap;
+
+use sled::transaction::{
+    ConflictableTransactionError, TransactionalTree, UnabortableTransactionError,
+};
+use sled::Transactional;
+
+use super::{BlobRecord, EntryRecord, RecordError, Store, StoreError};
+use crate::build::CacheKey;
+use crate::config::EvictionPolicy;
+
+pub(super) const COUNTER_ENTRIES: &[u8] = b"entries";
+pub(super) const COUNTER_BYTES: &[u8] = b"bytes";
+
+/// Hits not yet written: how many, and the last one's time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingHits {
+    pub count: u64,
+    pub last_ms: u64,
+}
+
+pub(super) fn be_u64(v: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = v.len().min(8);
+    b[..n].copy_from_slice(&v[..n]);
+    u64::from_be_bytes(b)
+}
+
+/// LRU order: last access, then key.
+pub(super) fn lru_key(e: &EntryRecord, key: &CacheKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(40);
+    k.extend(e.last_access_ms.to_be_bytes());
+    k.extend(key.0);
+    k
+}
+
+/// LFU order: access count, then last access, then key.
+pub(super) fn lfu_key(e: &EntryRecord, key: &CacheKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(48);
+    k.extend(e.access_count.to_be_bytes());
+    k.extend(e.last_access_ms.to_be_bytes());
+    k.extend(key.0);
+    k
+}
+
+/// FIFO order: creation, then key.
+pub(super) fn fifo_key(e: &EntryRecord, key: &CacheKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(40);
+    k.extend(e.created_ms.to_be_bytes());
+    k.extend(key.0);
+    k
+}
+
+/// The key at the end of an eviction-tree item.
+pub(super) fn key_of(item: &[u8]) -> Option<CacheKey> {
+    let tail = item.len().checked_sub(32)?;
+    let mut k = [0u8; 32];
+    k.copy_from_slice(&item[tail..]);
+    Some(CacheKey(k))
+}
+
+type Abort = ConflictableTransactionError<StoreError>;
+
+fn abort(e: RecordError) -> Abort {
+    ConflictableTransactionError::Abort(StoreError::from(e))
+}
+
+fn counter(ct: &TransactionalTree, name: &[u8]) -> Result<u64, UnabortableTransactionError> {
+    Ok(ct.get(name)?.map(|v| be_u64(&v)).unwrap_or(0))
+}
+
+/// Drops one reference to `digest` inside a transaction. Returns the blob's size when that was
+/// the last reference (the record is then gone and the file must be deleted by the caller).
+fn release_blob(bl: &TransactionalTree, digest: &[u8; 32]) -> Result<Option<u64>, Abort> {
+    let Some(b) = bl.get(digest)? else {
+        return Ok(None);
+    };
+    let mut b = BlobRecord::decode(&b).map_err(abort)?;
+    b.refs = b.refs.saturating_sub(1);
+    if b.refs == 0 {
+        bl.remove(digest)?;
+        Ok(Some(b.size))
+    } else {
+        bl.insert(digest, b.encode().map_err(abort)?)?;
+        Ok(None)
+    }
+}
+
+impl Store {
+    fn all_trees(
+        &self,
+    ) -> (
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+        &sled::Tree,
+    ) {
+        (
+            &self.entries,
+            &self.blobs,
+            &self.lru,
+            &self.lfu,
+            &self.fifo,
+            &self.counters,
+        )
+    }
+
+    /// Inserts (or replaces) the entry for `key` pointing at the blob `entry.digest`, in one
+    /// transaction over the entry, the blob references, the eviction trees and the counters.
+    /// Returns the digest of a blob that no entry uses any more, if the replaced entry left one;
+    /// the caller deletes its file. Flushes when `flush` is set.
+    pub(super) fn commit_entry(
+        &self,
+        key: &CacheKey,
+        entry: &EntryRecord,
+        stored_ms: u64,
+        flush: bool,
+    ) -> Result<Option<[u8; 32]>, StoreError> {
+        let entry_bytes = entry.encode()?;
+        let orphan = self
+            .all_trees()
+            .transaction(|(en, bl, lru, lfu, fifo, ct)| {
+                let mut entries = counter(ct, COUNTER_ENTRIES)?;
+                let mut bytes = counter(ct, COUNTER_BYTES)?;
+                let mut orphan = None;
+                // The new blob's reference comes first, so that replacing an entry with the same
+                // bytes never drops the blob to zero references.
+                let blob = match bl.get(entry.digest)? {
+                    Some(b) => {
+                        let mut b = BlobRecord::decode(&b).map_err(abort)?;
+                        b.refs += 1;
+                        b
+                    }
+                    None => {
+                        bytes += entry.size;
+                        BlobRecord {
+                            refs: 1,
+                            size: entry.size,
+                            stored_ms,
+                            file_name: entry.file_name.clone(),
+                        }
+                    }
+                };
+                bl.insert(&entry.digest, blob.encode().map_err(abort)?)?;
+                if let Some(old) = en.insert(&key.0, entry_bytes.as_slice())? {
+                    let old = EntryRecord::decode(&old).map_err(abort)?;
+                    lru.remove(lru_key(&old, key))?;
+                    lfu.remove(lfu_key(&old, key))?;
+                    fifo.remove(fifo_key(&old, key))?;
+                    if let Some(size) = release_blob(bl, &old.digest)? {
+                        bytes = bytes.saturating_sub(size);
+                        orphan = Some(old.digest);
+                    }
+                } else {
+                    entries += 1;
+                }
+                lru.insert(lru_key(entry, key), &[])?;
+                lfu.insert(lfu_key(entry, key), &[])?;
+                fifo.insert(fifo_key(entry, key), &[])?;
+                ct.insert(COUNTER_ENTRIES, &entries.to_be_bytes())?;
+                ct.insert(COUNTER_BYTES, &bytes.to_be_bytes())?;
+                Ok(orphan)
+            })?;
+        if flush {
+            self.db.flush()?;
+        }
+        Ok(orphan)
+    }
+
+    /// Removes the entry for `key` from every tree in one transaction and flushes. Returns the
+    /// removed entry and, when it held the last reference to its blob, that blob's digest.
+    pub(super) fn uncommit_entry(
+        &self,
+        key: &CacheKey,
+    ) -> Result<Option<(EntryRecord, Option<[u8; 32]>)>, StoreError> {
+        let removed = self
+            .all_trees()
+            .transaction(|(en, bl, lru, lfu, fifo, ct)| {
+                let Some(old) = en.remove(&key.0)? else {
+                    return Ok(None);
+                };
+                let old = EntryRecord::decode(&old).map_err(abort)?;
+                lru.remove(lru_key(&old, key))?;
+                lfu.remove(lfu_key(&old, key))?;
+                fifo.remove(fifo_key(&old, key))?;
+                let mut bytes = counter(ct, COUNTER_BYTES)?;
+                let orphan = match release_blob(bl, &old.digest)? {
+                    Some(size) => {
+                        bytes = bytes.saturating_sub(size);
+                        Some(old.digest)
+                    }
+                    None => None,
+                };
+                let entries = counter(ct, COUNTER_ENTRIES)?.saturating_sub(1);
+                ct.insert(COUNTER_ENTRIES, &entries.to_be_bytes())?;
+                ct.insert(COUNTER_BYTES, &bytes.to_be_bytes())?;
+                Ok(Some((old, orphan)))
+            })?;
+        if removed.is_some() {
+            self.db.flush()?;
+        }
+        Ok(removed)
+    }
+
+    /// Writes a batch of hits in one transaction over the entries and the LRU and LFU trees.
+    /// Entries that are gone are skipped. Does not flush: a crash may lose one batch of access
+    /// statistics, and nothing else.
+    pub(super) fn write_hits(
+        &self,
+        batch: &HashMap<CacheKey, PendingHits>,
+    ) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        (&self.entries, &self.lru, &self.lfu).transaction(|(en, lru, lfu)| {
+            for (key, hits) in batch {
+                let Some(bytes) = en.get(key.0)? else {
+                    continue;
+                };
+                let old = EntryRecord::decode(&bytes).map_err(abort)?;
+                let mut new = old.clone();
+                new.access_count = old.access_count.saturating_add(hits.count);
+                new.last_access_ms = old.last_access_ms.max(hits.last_ms);
+                lru.remove(lru_key(&old, key))?;
+                lfu.remove(lfu_key(&old, key))?;
+                lru.insert(lru_key(&new, key), &[])?;
+                lfu.insert(lfu_key(&new, key), &[])?;
+                en.insert(&key.0, new.encode().map_err(abort)?)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// The next victim under `policy`, skipping `protect`: the first item of the policy's tree.
+    pub(super) fn victim(
+        &self,
+        policy: EvictionPolicy,
+        protect: Option<&CacheKey>,
+    ) -> Result<Option<CacheKey>, StoreError> {
+        let tree = match policy {
+            EvictionPolicy::Lru => &self.lru,
+            EvictionPolicy::Lfu => &self.lfu,
+            EvictionPolicy::Fifo => &self.fifo,
+        };
+        // At most two items are read: the first, and the second when the first is protected.
+        for item in tree.iter().keys().take(2) {
+            let item = item?;
+            if let Some(key) = key_of(&item) {
+                if Some(&key) != protect {
+                    return Ok(Some(key));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The oldest entry by creation, with its creation time, skipping `protect`.
+    pub(super) fn oldest(
+        &self,
+        protect: Option<&CacheKey>,
+    ) -> Result<Option<(CacheKey, u64)>, StoreError> {
+        for item in self.fifo.iter().keys().take(2) {
+            let item = item?;
+            if let Some(key) = key_of(&item) {
+                if Some(&key) != protect {
+                    return Ok(Some((key, be_u64(&item[..8]))));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Entries in key order, after `after`, at most `limit`.
+    pub fn list(
+        &self,
+        after: Option<&CacheKey>,
+        limit: usize,
+    ) -> Result<Vec<(CacheKey, EntryRecord)>, StoreError> {
+        let iter = match after {
+            Some(k) => self.entries.range((
+                std::ops::Bound::Excluded(k.0.to_vec()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.entries.iter(),
+        };
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (k, v) = item?;
+            let Some(key) = key_of(&k) else { continue };
+            out.push((key, EntryRecord::decode(&v)?));
+        }
+        Ok(out)
+    }
+}

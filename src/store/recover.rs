@@ -1,0 +1,339 @@
+//! Recovery and checking (SPEC §10): the background pass that reconciles the index with the
+//! files after a start (or a crash), the rebuild of the index from the manifests, and `verify`,
+//! which re-hashes every blob and cross-checks every tree.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::index::{be_u64, fifo_key, key_of, lfu_key, lru_key, COUNTER_BYTES, COUNTER_ENTRIES};
+use super::{BlobRecord, EntryRecord, Manifest, Store, StoreError};
+use crate::build::CacheKey;
+
+/// What a reconciliation changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    /// Entries whose blob was missing or had the wrong size.
+    pub dropped_entries: usize,
+    /// Entries re-created from their manifest.
+    pub reindexed: usize,
+    /// Blob files no entry referred to.
+    pub orphan_blobs: usize,
+    /// Manifests with neither an entry nor a blob.
+    pub orphan_manifests: usize,
+}
+
+/// What `verify` found wrong; empty when all is well.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<String>);
+
+/// The files of a two-level sharded folder (`ab/<name>`).
+fn sharded_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let shards = match fs::read_dir(dir) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for shard in shards {
+        let shard = shard?.path();
+        if !shard.is_dir() {
+            continue;
+        }
+        for item in fs::read_dir(&shard)? {
+            let path = item?.path();
+            if path.is_file() {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn file_size(path: &Path) -> Option<u64> {
+    fs::metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+}
+
+fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+fn read_manifest(path: &Path) -> Option<Manifest> {
+    let bytes = fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn manifest_entry(m: &Manifest) -> Option<(CacheKey, EntryRecord)> {
+    let key = CacheKey::from_hex(&m.key)?;
+    let digest = crate::util::parse_hex32(&m.digest)?;
+    Some((
+        key,
+        EntryRecord {
+            digest,
+            size: m.size,
+            created_ms: m.created_ms,
+            last_access_ms: m.created_ms,
+            access_count: 0,
+            build_ms: m.build_ms,
+            file_name: m.file_name.clone(),
+        },
+    ))
+}
+
+impl Store {
+    fn locked(&self) -> Result<std::sync::MutexGuard<'_, ()>, StoreError> {
+        self.write_lock
+            .lock()
+            .map_err(|_| StoreError::Corrupt("write lock poisoned".into()))
+    }
+
+    /// Reconciles the index with the files: drops entries whose blob is missing or short,
+    /// re-indexes manifests whose entry is missing but whose blob is whole, deletes blobs and
+    /// manifests nothing refers to. Safe while the server runs: each change is made under the
+    /// store's write lock, against the index as it is then.
+    pub fn reconcile(&self) -> Result<ReconcileReport, StoreError> {
+        let mut report = ReconcileReport::default();
+
+        // Entries whose blob is not whole.
+        let mut keys = Vec::new();
+        for item in self.entries.iter() {
+            let (k, v) = item?;
+            if let Some(key) = key_of(&k) {
+                keys.push((key, EntryRecord::decode(&v)?));
+            }
+        }
+        for (key, entry) in keys {
+            if file_size(&self.blob_path(&entry.digest)) == Some(entry.size) {
+                continue;
+            }
+            let _guard = self.locked()?;
+            let now = self.lookup(&key)?;
+            if now.as_ref().is_some_and(|e| e.digest == entry.digest)
+                && file_size(&self.blob_path(&entry.digest)) != Some(entry.size)
+            {
+                log::warn!("dropping entry {key}: its blob is missing or has the wrong size");
+                self.remove_locked(&key)?;
+                report.dropped_entries += 1;
+            }
+        }
+
+        // Manifests: re-index what the index lacks, delete what has nothing left.
+        for path in sharded_files(&self.root.join("manifests"))? {
+            let parsed = read_manifest(&path).and_then(|m| manifest_entry(&m).map(|e| (m, e)));
+            let Some((manifest, (key, entry))) = parsed else {
+                log::warn!("deleting the unreadable manifest {}", path.display());
+                let _guard = self.locked()?;
+                fs::remove_file(&path)?;
+                report.orphan_manifests += 1;
+                continue;
+            };
+            if path != self.manifest_path(&key) {
+                log::warn!(
+                    "manifest {} is not where its key says; leaving it",
+                    path.display()
+                );
+                continue;
+            }
+            let _guard = self.locked()?;
+            let current = self.lookup(&key)?;
+            if current.as_ref().is_some_and(|e| e.digest == entry.digest) {
+                continue;
+            }
+            if file_size(&self.blob_path(&entry.digest)) == Some(manifest.size) {
+                log::info!("re-indexing {key} from its manifest");
+                if let Some(orphan) = self.commit_entry(&key, &entry, manifest.created_ms, false)? {
+                    let _ = fs::remove_file(self.blob_path(&orphan));
+                }
+                report.reindexed += 1;
+            } else if current.is_none() {
+                fs::remove_file(&path)?;
+                report.orphan_manifests += 1;
+            }
+        }
+        self.db.flush()?;
+
+        // Blobs no entry refers to.
+        for path in sharded_files(&self.root.join("blobs/sha256"))? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let Some(digest) = crate::util::parse_hex32(name) else {
+                log::warn!("{} is not a blob name; leaving it", path.display());
+                continue;
+            };
+            let _guard = self.locked()?;
+            if self.blobs.get(digest)?.is_none() {
+                log::info!("deleting the orphan blob {name}");
+                fs::remove_file(&path)?;
+                report.orphan_blobs += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Empties every tree and re-indexes the manifests (`cache rebuild-index`).
+    pub fn rebuild_index(&self) -> Result<ReconcileReport, StoreError> {
+        {
+            let _guard = self.locked()?;
+            for tree in [
+                &self.entries,
+                &self.blobs,
+                &self.lru,
+                &self.lfu,
+                &self.fifo,
+                &self.counters,
+            ] {
+                tree.clear()?;
+            }
+            self.db.flush()?;
+        }
+        self.reconcile()
+    }
+
+    /// Re-hashes every blob and cross-checks entries, blob references, eviction trees, counters
+    /// and manifests.
+    pub fn verify(&self) -> Result<Problems, StoreError> {
+        let mut p = Vec::new();
+        let mut entries: HashMap<CacheKey, EntryRecord> = HashMap::new();
+        for item in self.entries.iter() {
+            let (k, v) = item?;
+            match (key_of(&k), EntryRecord::decode(&v)) {
+                (Some(key), Ok(e)) if k.len() == 32 => {
+                    entries.insert(key, e);
+                }
+                _ => p.push(format!("entry {} does not decode", hex::encode(&k))),
+            }
+        }
+        let mut refs: HashMap<[u8; 32], u64> = HashMap::new();
+        for (key, e) in &entries {
+            *refs.entry(e.digest).or_default() += 1;
+            if self.lru.get(lru_key(e, key))?.is_none() {
+                p.push(format!("entry {key} is missing from the LRU tree"));
+            }
+            if self.lfu.get(lfu_key(e, key))?.is_none() {
+                p.push(format!("entry {key} is missing from the LFU tree"));
+            }
+            if self.fifo.get(fifo_key(e, key))?.is_none() {
+                p.push(format!("entry {key} is missing from the FIFO tree"));
+            }
+            match read_manifest(&self.manifest_path(key)) {
+                None => p.push(format!("entry {key} has no readable manifest")),
+                Some(m) => {
+                    if m.key != key.to_hex()
+                        || m.digest != hex::encode(e.digest)
+                        || m.size != e.size
+                    {
+                        p.push(format!("entry {key} disagrees with its manifest"));
+                    }
+                }
+            }
+        }
+        for (name, tree) in [("LRU", &self.lru), ("LFU", &self.lfu), ("FIFO", &self.fifo)] {
+            for item in tree.iter().keys() {
+                let item = item?;
+                let ok = key_of(&item)
+                    .and_then(|k| entries.get(&k).map(|e| (k, e)))
+                    .is_some_and(|(k, e)| {
+                        let expect = match name {
+                            "LRU" => lru_key(e, &k),
+                            "LFU" => lfu_key(e, &k),
+                            _ => fifo_key(e, &k),
+                        };
+                        expect == item.as_ref()
+                    });
+                if !ok {
+                    p.push(format!(
+                        "the {name} tree has a stale item {}",
+                        hex::encode(&item)
+                    ));
+                }
+            }
+        }
+        let mut bytes = 0u64;
+        for item in self.blobs.iter() {
+            let (k, v) = item?;
+            let Ok(rec) = BlobRecord::decode(&v) else {
+                p.push(format!("blob record {} does not decode", hex::encode(&k)));
+                continue;
+            };
+            let Some(digest) = key_of(&k).filter(|_| k.len() == 32).map(|k| k.0) else {
+                p.push(format!("blob record key {} is malformed", hex::encode(&k)));
+                continue;
+            };
+            bytes += rec.size;
+            let name = hex::encode(digest);
+            if refs.remove(&digest) != Some(rec.refs) {
+                p.push(format!("blob {name} has the wrong reference count"));
+            }
+            let path = self.blob_path(&digest);
+            match file_size(&path) {
+                None => p.push(format!("blob {name} is missing")),
+                Some(n) if n != rec.size => {
+                    p.push(format!("blob {name} has {n} bytes, not {}", rec.size))
+                }
+                Some(_) => match sha256_file(&path) {
+                    Ok(h) if h == digest => {}
+                    Ok(_) => p.push(format!("blob {name} does not hash to its name")),
+                    Err(e) => p.push(format!("blob {name} cannot be read: {e}")),
+                },
+            }
+        }
+        for digest in refs.keys() {
+            p.push(format!(
+                "blob {} is used by an entry but has no record",
+                hex::encode(digest)
+            ));
+        }
+        for path in sharded_files(&self.root.join("blobs/sha256"))? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            match crate::util::parse_hex32(name) {
+                Some(d) if self.blobs.get(d)?.is_some() => {}
+                _ => p.push(format!("blob file {name} is not referenced")),
+            }
+        }
+        for path in sharded_files(&self.root.join("manifests"))? {
+            let key = read_manifest(&path).and_then(|m| CacheKey::from_hex(&m.key));
+            if !key.is_some_and(|k| entries.contains_key(&k)) {
+                p.push(format!("manifest {} has no entry", path.display()));
+            }
+        }
+        let counters = self
+            .counters
+            .get(COUNTER_ENTRIES)?
+            .map(|v| be_u64(&v))
+            .unwrap_or(0);
+        if counters != entries.len() as u64 {
+            p.push(format!(
+                "the entries counter says {counters}, there are {}",
+                entries.len()
+            ));
+        }
+        let counted = self
+            .counters
+            .get(COUNTER_BYTES)?
+            .map(|v| be_u64(&v))
+            .unwrap_or(0);
+        if counted != bytes {
+            p.push(format!(
+                "the bytes counter says {counted}, the blobs hold {bytes}"
+            ));
+        }
+        Ok(Problems(p))
+    }
+}
