@@ -74,6 +74,9 @@ pub(super) fn key_of(item: &[u8]) -> Option<CacheKey> {
 
 type Abort = ConflictableTransactionError<StoreError>;
 
+/// A removed entry and, when it held the last reference to its blob, that blob's digest.
+pub(super) type Removed = (EntryRecord, Option<[u8; 32]>);
+
 fn abort(e: RecordError) -> Abort {
     ConflictableTransactionError::Abort(StoreError::from(e))
 }
@@ -184,10 +187,7 @@ impl Store {
 
     /// Removes the entry for `key` from every tree in one transaction and flushes. Returns the
     /// removed entry and, when it held the last reference to its blob, that blob's digest.
-    pub(super) fn uncommit_entry(
-        &self,
-        key: &CacheKey,
-    ) -> Result<Option<(EntryRecord, Option<[u8; 32]>)>, StoreError> {
+    pub(super) fn uncommit_entry(&self, key: &CacheKey) -> Result<Option<Removed>, StoreError> {
         let removed = self
             .all_trees()
             .transaction(|(en, bl, lru, lfu, fifo, ct)| {
