@@ -247,8 +247,19 @@ impl Store {
         Ok(())
     }
 
+    /// Indexes many entries whose blobs are already in place, flushing once at the end (imports
+    /// and benchmarks; the server's own inserts go through `ingest`).
+    pub fn bulk_index(&self, items: &[(CacheKey, EntryRecord)]) -> Result<(), StoreError> {
+        let now = crate::util::now_ms();
+        for (key, entry) in items {
+            self.commit_entry(key, entry, now, false)?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// The next victim under `policy`, skipping `protect`: the first item of the policy's tree.
-    pub(super) fn victim(
+    pub fn victim(
         &self,
         policy: EvictionPolicy,
         protect: Option<&CacheKey>,
