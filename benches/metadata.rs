@@ -47,7 +47,10 @@ fn report(name: &str, mut samples: Vec<Duration>) {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: u64 = std::env::var("VELOX_BENCH_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = std::env::var("VELOX_BENCH_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("data");
     let base = 1_700_000_000_000;
@@ -60,7 +63,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let items: Vec<_> = part.iter().map(|&i| (key(i), entry(i, base))).collect();
         store.bulk_index(&items)?;
     }
-    println!("populate: {:?} ({:.0} inserts/s)", started.elapsed(), n as f64 / started.elapsed().as_secs_f64());
+    println!(
+        "populate: {:?} ({:.0} inserts/s)",
+        started.elapsed(),
+        n as f64 / started.elapsed().as_secs_f64()
+    );
     let on_disk: u64 = walk_size(&root.join("meta"));
     println!("sled size on disk: {:.1} MiB", on_disk as f64 / 1048576.0);
     drop(store);
@@ -70,8 +77,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..5 {
         drop(store.take());
         let t = Instant::now();
-        store = Some(Store::open(&root)?);
+        let s = Store::open(&root)?;
         opens.push(t.elapsed());
+        assert!(!s.was_rebuilt(), "the index was set aside on reopen");
+        store = Some(s);
     }
     let store = store.ok_or("no store")?;
     report("open (sled open + first/last of every tree)", opens);
@@ -89,9 +98,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         decide.push(t.elapsed());
         assert!(hit.is_some() && k != key(0));
     }
-    report("hit decision (canonical key + sled lookup and decode)", decide);
+    report(
+        "hit decision (canonical key + sled lookup and decode)",
+        decide,
+    );
 
-    for policy in [EvictionPolicy::Lru, EvictionPolicy::Lfu, EvictionPolicy::Fifo] {
+    for policy in [
+        EvictionPolicy::Lru,
+        EvictionPolicy::Lfu,
+        EvictionPolicy::Fifo,
+    ] {
         let mut find = Vec::new();
         let mut evict = Vec::new();
         for _ in 0..200 {
@@ -100,14 +116,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             find.push(t.elapsed());
             assert!(victim.is_some());
             let entries = store.totals()?.entries;
-            let limits = Limits { max_bytes: 0, max_entries: entries - 1, max_age: Duration::ZERO, policy };
+            let limits = Limits {
+                max_bytes: 0,
+                max_entries: entries - 1,
+                max_age: Duration::ZERO,
+                policy,
+            };
             let t = Instant::now();
             let gone = store.enforce(&limits, None)?;
             evict.push(t.elapsed());
             assert_eq!(gone.len(), 1);
         }
         report(&format!("{policy:?}: find the victim"), find);
-        report(&format!("{policy:?}: find and evict one victim (one transaction + flush)"), evict);
+        report(
+            &format!("{policy:?}: find and evict one victim (one transaction + flush)"),
+            evict,
+        );
     }
 
     // Hits: a hot set of 10,000 keys, counted in memory and written every 5 s worth of traffic.
@@ -133,7 +157,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let w = Instant::now();
     store.write_pending_hits()?;
-    println!("one batch of 50,000 distinct keys written in {:?}", w.elapsed());
+    println!(
+        "one batch of 50,000 distinct keys written in {:?}",
+        w.elapsed()
+    );
 
     if std::env::var_os("VELOX_BENCH_SKIP_SCAN").is_none() {
         scan_baseline(dir.path(), n)?;
@@ -186,7 +213,10 @@ fn scan_baseline(tmp: &std::path::Path, n: u64) -> Result<(), Box<dyn std::error
                 best = Some((la, p.display().to_string()));
             }
         }
-        println!("baseline: {label} of {n} files to find one LRU victim: {:?}", t.elapsed());
+        println!(
+            "baseline: {label} of {n} files to find one LRU victim: {:?}",
+            t.elapsed()
+        );
     }
     Ok(())
 }

@@ -133,9 +133,9 @@ impl Store {
             }
         }
         let meta = root.join("meta");
-        let (db, rebuilt) = match open_index(&meta) {
+        let (db, rebuilt) = match open_index_waiting(&meta) {
             Ok(db) => (db, false),
-            Err(e) if is_permission(&e) => return Err(e),
+            Err(e) if !is_damage(&e) => return Err(e),
             Err(e) => {
                 // The cache survives its index: set the damaged one aside, start a new one, and
                 // let the background pass re-index the manifests.
@@ -308,11 +308,35 @@ fn open_index(path: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
-fn is_permission(e: &StoreError) -> bool {
-    match e {
-        StoreError::Sled(sled::Error::Io(io)) | StoreError::Io(io) => {
-            io.kind() == io::ErrorKind::PermissionDenied
+/// sled's own lock on its files can outlive a `Db` dropped a moment ago in this process (its
+/// flusher thread lets go last): wait for it a little rather than mistake it for damage.
+fn open_index_waiting(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match open_index(path) {
+            Err(StoreError::Sled(sled::Error::Io(e)))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
         }
+    }
+}
+
+/// Whether an open failure means the files are damaged (set them aside and rebuild) rather than
+/// something an operator must fix (permissions, a full disk, a lock), where the index is kept.
+fn is_damage(e: &StoreError) -> bool {
+    match e {
+        StoreError::Corrupt(_) | StoreError::Record(_) => true,
+        StoreError::Sled(sled::Error::Corruption { .. })
+        | StoreError::Sled(sled::Error::ReportableBug(_))
+        | StoreError::Sled(sled::Error::Unsupported(_)) => true,
+        StoreError::Sled(sled::Error::Io(io)) => matches!(
+            io.kind(),
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+        ),
         _ => false,
     }
 }
