@@ -22,6 +22,15 @@ async fn present(h: &Harness, key: &str) -> bool {
     }
 }
 
+/// Waits (up to 10 s) until the cache holds `n` entries.
+async fn entries_reach(h: &Harness, n: u64) -> bool {
+    let server = h.server();
+    eventually(Duration::from_secs(10), async || {
+        metric(server, "velox_cache_entries_count").await == n as f64
+    })
+    .await
+}
+
 /// Builds distinct requests 0..n and returns their keys.
 async fn build_n(h: &Harness, n: usize) -> Vec<String> {
     let mut keys = Vec::new();
@@ -128,19 +137,9 @@ async fn age_limit_expires_entries() {
     });
     let keys = build_n(&h, 2).await;
     assert!(present(&h, &keys[0]).await);
-    let server = h.server();
-    assert!(
-        eventually(Duration::from_secs(10), async || metric(
-            server,
-            "velox_cache_entries_count"
-        )
-        .await
-            == 0.0)
-        .await,
-        "entries did not expire"
-    );
+    assert!(entries_reach(&h, 0).await, "entries did not expire");
     assert_eq!(
-        metric(server, "velox_cache_evictions_total{reason=\"age\"}").await,
+        metric(h.server(), "velox_cache_evictions_total{reason=\"age\"}").await,
         2.0
     );
     // Their blobs went with them.
@@ -150,11 +149,7 @@ async fn age_limit_expires_entries() {
     )
     .await;
     assert_eq!(r.status, 404);
-    let blobs = std::fs::read_dir(h.server().data_dir.join("blobs/sha256"))
-        .expect("dir")
-        .flatten()
-        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
-        .count();
+    let blobs = walk_files(&h.server().data_dir.join("blobs")).len();
     assert_eq!(blobs, 0);
 }
 
@@ -342,7 +337,7 @@ async fn corrupt_index_is_rebuilt_from_manifests() {
     // Garbage over every file of the sled database.
     let meta = h.opts.data_dir.join("meta");
     let mut n = 0;
-    for e in walk(&meta) {
+    for e in walk_files(&meta) {
         let len = std::fs::metadata(&e)
             .map(|m| m.len())
             .unwrap_or(0)
@@ -377,19 +372,6 @@ async fn corrupt_index_is_rebuilt_from_manifests() {
         .flatten()
         .any(|e| e.file_name().to_string_lossy().starts_with("meta.corrupt-"));
     assert!(aside, "the damaged index was not kept aside");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[actix_web::test]
@@ -439,15 +421,8 @@ async fn entries_whose_blob_vanished_are_dropped() {
     )
     .expect("remove blob");
     h.restart();
-    let server = h.server();
     assert!(
-        eventually(Duration::from_secs(10), async || metric(
-            server,
-            "velox_cache_entries_count"
-        )
-        .await
-            == 0.0)
-        .await,
+        entries_reach(&h, 0).await,
         "the entry without a blob was kept"
     );
     // And a request for it builds again rather than failing.
@@ -578,7 +553,7 @@ async fn cache_commands_offline() {
     assert_eq!(code, 0, "{out}");
 
     // A flipped byte in a blob is found.
-    let blob = walk(&h.opts.data_dir.join("blobs"))
+    let blob = walk_files(&h.opts.data_dir.join("blobs"))
         .into_iter()
         .next()
         .expect("a blob");

@@ -208,19 +208,6 @@ async fn bad_artifact_paths_are_build_failed_and_never_read() {
     assert!(blobs.is_empty(), "{blobs:?}");
 }
 
-fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[actix_web::test]
 async fn path_map_rewrites_the_velox_prefix() {
     let tmp = tempfile::tempdir().expect("tmp");

@@ -148,14 +148,8 @@ impl BuildService {
     ) -> Result<Served, BuildError> {
         let force = request.force_rebuild;
         if !force {
-            if let Some((entry, file, modified)) = self.lookup(&key)? {
-                self.hit(&key);
-                return Ok(Served {
-                    entry,
-                    file,
-                    modified,
-                    status: CacheStatus::Hit,
-                });
+            if let Some(served) = self.serve_hit(&key)? {
+                return Ok(served);
             }
         }
         let (mut rx, deadline) = {
@@ -168,14 +162,8 @@ impl BuildService {
             } else {
                 if !force {
                     // A build of this key may have finished since the first look.
-                    if let Some((entry, file, modified)) = self.lookup(&key)? {
-                        self.hit(&key);
-                        return Ok(Served {
-                            entry,
-                            file,
-                            modified,
-                            status: CacheStatus::Hit,
-                        });
+                    if let Some(served) = self.serve_hit(&key)? {
+                        return Ok(served);
                     }
                     if let Some(err) = self.remembered_failure(&key) {
                         return Err(err);
@@ -225,6 +213,20 @@ impl BuildService {
                 build_time: built.build_time,
             },
         })
+    }
+
+    /// The entry for `key` ready to serve as a hit (and counted as one), if there is one.
+    fn serve_hit(&self, key: &CacheKey) -> Result<Option<Served>, BuildError> {
+        let Some((entry, file, modified)) = self.lookup(key)? else {
+            return Ok(None);
+        };
+        self.hit(key);
+        Ok(Some(Served {
+            entry,
+            file,
+            modified,
+            status: CacheStatus::Hit,
+        }))
     }
 
     /// Counts a hit: in the metrics, and in the store's batch of access statistics (written at
