@@ -20,6 +20,12 @@ fn main() -> ExitCode {
             print!("{}", config.to_masked_toml());
             ExitCode::SUCCESS
         }
+        Command::Healthcheck => velox_cache::cli::healthcheck::run(&config),
+        Command::Warm {
+            file,
+            url,
+            concurrency,
+        } => velox_cache::cli::warm::run(&config, &file, &url, concurrency),
         Command::Cache { action } => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
                 .init();

@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use crate::config::FlagOverrides;
 
 pub mod cache;
+pub mod healthcheck;
+pub mod warm;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +52,19 @@ pub enum Command {
     Serve,
     /// Print the effective configuration as TOML, the token masked.
     Config,
+    /// Exit 0 when the server's admin listener says it is ready, 1 otherwise.
+    Healthcheck,
+    /// Submit each build request of a JSON-lines file to a running server.
+    Warm {
+        /// One build request (JSON) per line; blank lines and `#` comments are skipped.
+        file: PathBuf,
+        /// The server's public base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
     /// Offline work on a data dir the server is not holding.
     Cache {
         #[command(subcommand)]

@@ -1,0 +1,192 @@
+//! The appliance and the operator's tools: the Dockerfile's environment, `healthcheck`, `warm`,
+//! and the migration table from the Go middleware's configuration.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use support::server::run;
+use support::*;
+
+/// The `ENV` of the Dockerfile's last stage, as key/value pairs.
+fn dockerfile_env() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"))
+        .expect("Dockerfile");
+    let last_stage = text.rsplit("\nFROM ").next().expect("a stage");
+    // Join continuation lines, then read every `ENV` instruction.
+    let joined = last_stage.replace("\\\n", " ");
+    let mut env = Vec::new();
+    for line in joined.lines() {
+        let Some(rest) = line.trim().strip_prefix("ENV ") else {
+            continue;
+        };
+        for pair in rest.split_whitespace() {
+            let (k, v) = pair.split_once('=').expect("ENV key=value");
+            env.push((k.to_owned(), v.trim_matches('"').to_owned()));
+        }
+    }
+    env
+}
+
+#[actix_web::test]
+async fn dockerfile_environment_serves_and_healthcheck_tells() {
+    let env = dockerfile_env();
+    let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(keys.contains(&"VELOX_CACHE_DATA_DIR"), "{keys:?}");
+    assert!(keys.contains(&"VELOX_CACHE_LISTEN"), "{keys:?}");
+    assert!(keys.contains(&"VELOX_CACHE_ADMIN_LISTEN"), "{keys:?}");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let artifacts = tmp.path().join("out");
+    let velox = FakeVelox::start(&artifacts);
+    // The image's environment, with the data dir and the ports swapped for temp ones (the image
+    // binds all interfaces; here the same shape, on loopback).
+    let mut opts = Options::new(&tmp.path().join("data"), &velox.url, &artifacts);
+    for (k, v) in &env {
+        let v = match k.as_str() {
+            "VELOX_CACHE_DATA_DIR" => tmp.path().join("data").display().to_string(),
+            "VELOX_CACHE_LISTEN" | "VELOX_CACHE_ADMIN_LISTEN" => {
+                assert!(
+                    v.starts_with("0.0.0.0:"),
+                    "{k}={v}: must be reachable through a published port"
+                );
+                "127.0.0.1:0".to_owned()
+            }
+            _ => v.clone(),
+        };
+        opts = opts.env(k, &v);
+    }
+    let server = Server::start(&opts);
+    let r = post_json(
+        &server.url("/_velox/v1/builds"),
+        &build_request("linux", "amd64"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let admin = server.admin.trim_start_matches("http://").to_owned();
+    let (code, out, err) = run(&["healthcheck", "--admin-listen", &admin], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ready"));
+    // Through the image's own variable, as the HEALTHCHECK sees it.
+    let (code, _, _) = run(&["healthcheck"], &[("VELOX_CACHE_ADMIN_LISTEN", &admin)]);
+    assert_eq!(code, 0);
+    server.kill();
+    let (code, out, _) = run(&["healthcheck", "--admin-listen", &admin], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not ready"), "{out}");
+}
+
+#[actix_web::test]
+async fn warm_counts_hits_builds_failures_and_bad_lines() {
+    let h = Harness::start_with(|o| o.env("VELOX_CACHE_API_TOKEN", "warm-token"));
+    let file = h.tmp.path().join("requests.jsonl");
+    let mut lines = Vec::new();
+    for i in 0..4 {
+        lines.push(serde_json::to_string(&distinct_request(i)).expect("json"));
+    }
+    lines.push(serde_json::to_string(&distinct_request(0)).expect("json")); // a repeat
+    lines.push("{this is not json".to_owned()); // line 6
+    lines.push(String::new());
+    lines.push(serde_json::to_string(&distinct_request(99)).expect("json")); // line 8: fails
+    std::fs::write(&file, lines.join("\n")).expect("write");
+    // Velox fails the build for request 99: script it for whichever call comes last.
+    let f = file.display().to_string();
+    let url = h.url("");
+    // Run the first five with concurrency 1 so that the repeat is a hit, then the failure.
+    h.velox.script([
+        Behavior::Build,
+        Behavior::Build,
+        Behavior::Build,
+        Behavior::Build,
+        Behavior::Code("internal"),
+    ]);
+    let (code, out, err) = run(
+        &["warm", &f, "--url", &url, "--concurrency", "1"],
+        &[("VELOX_CACHE_API_TOKEN", "warm-token")],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("line 6: not a valid build request"), "{out}");
+    assert!(out.contains("line 8: failed: 502"), "{out}");
+    assert!(out.contains("1 hits, 4 built, 2 failed"), "{out}");
+    // Not a terminal: plain lines, no control characters from a progress bar.
+    assert!(!out.contains('\u{1b}') && !out.contains('\r'), "{out:?}");
+    let counts: HashMap<&str, usize> = ["HIT", "MISS"]
+        .iter()
+        .map(|s| {
+            (
+                *s,
+                out.lines()
+                    .filter(|l| l.contains(&format!(": {s} ")))
+                    .count(),
+            )
+        })
+        .collect();
+    assert_eq!(counts["HIT"], 1, "{out}");
+    assert_eq!(counts["MISS"], 4, "{out}");
+    // Without the token, every request is refused: all fail.
+    let (code, out, _) = run(&["warm", &f, "--url", &url], &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("401"), "{out}");
+    // An unreadable file is a usage error.
+    let (code, _, err) = run(&["warm", "/nonexistent.jsonl", "--url", &url], &[]);
+    assert_eq!(code, 2, "{err}");
+}
+
+/// Every key under `velox:` in the Go middleware's configuration example.
+fn middleware_keys(readme: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut inside = false;
+    for line in readme.lines() {
+        if line.trim_end() == "velox:" {
+            inside = true;
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        if indent == 0 {
+            break;
+        }
+        let Some((name, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        let mut path: Vec<&str> = stack.iter().map(|(_, n)| n.as_str()).collect();
+        path.push(name);
+        keys.push(path.join("."));
+        stack.push((indent, name.to_owned()));
+    }
+    keys
+}
+
+#[test]
+fn migration_table_covers_every_middleware_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let reference =
+        std::fs::read_to_string(root.join("../shared/reference/velox-middleware-README.txt"))
+            .expect("../shared/reference/velox-middleware-README.txt beside the repository");
+    let keys = middleware_keys(&reference);
+    assert!(keys.len() >= 15, "the example was not read: {keys:?}");
+    assert!(
+        keys.contains(&"cache.eviction_policy".to_owned()),
+        "{keys:?}"
+    );
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| !readme.contains(&format!("| `velox.{k}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README's migration table lacks: {missing:?}"
+    );
+}
