@@ -70,6 +70,11 @@ pub struct Metrics {
     pub builds_coalesced: AtomicU64,
     pub velox_retries: AtomicU64,
     pub download_bytes: AtomicU64,
+    /// Proxy mode: upstream answers relayed, build instructions answered with a binary, and
+    /// requests velox-cache answered with an error of its own.
+    pub proxy_passed: AtomicU64,
+    pub proxy_build: AtomicU64,
+    pub proxy_error: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -87,6 +92,9 @@ impl Default for Metrics {
             builds_coalesced: AtomicU64::new(0),
             velox_retries: AtomicU64::new(0),
             download_bytes: AtomicU64::new(0),
+            proxy_passed: AtomicU64::new(0),
+            proxy_build: AtomicU64::new(0),
+            proxy_error: AtomicU64::new(0),
         }
     }
 }
@@ -186,6 +194,17 @@ impl Metrics {
             "velox_download_bytes_total",
             "Artifact bytes sent to clients.",
             c(&self.download_bytes),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP velox_proxy_requests_total Proxied requests by outcome.\n\
+             # TYPE velox_proxy_requests_total counter\n\
+             velox_proxy_requests_total{{outcome=\"passed\"}} {}\n\
+             velox_proxy_requests_total{{outcome=\"build\"}} {}\n\
+             velox_proxy_requests_total{{outcome=\"error\"}} {}",
+            c(&self.proxy_passed),
+            c(&self.proxy_build),
+            c(&self.proxy_error)
         );
         out
     }

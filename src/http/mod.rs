@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod artifact;
 pub mod body;
+pub mod proxy;
 pub mod public;
 
 use std::sync::Arc;
