@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use actix_web::body::{self, BodyStream, BoxBody, SizedStream};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::{Method, StatusCode, Version};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use awc::error::{PayloadError, SendRequestError};
 use futures_util::StreamExt;
@@ -264,6 +264,13 @@ async fn proxy(
             )))
         }
     };
+    if close_delimited(req.method(), &resp) {
+        return Err(upstream_unavailable(
+            "the upstream application ended its answer by closing the connection, without \
+             Content-Length or chunked encoding, which velox-cache cannot relay whole \
+             (PHP's built-in server does this; RoadRunner, nginx and Apache do not)",
+        ));
+    }
     if instruction::is_build_instruction(resp.status(), resp.headers()) {
         take_over(req, resp, state, velox, upstream.timeout)
             .await
@@ -271,6 +278,25 @@ async fn proxy(
     } else {
         Ok(Answer::Passed(pass_through(req, resp)))
     }
+}
+
+/// Statuses that never carry a body (RFC 9110 §6.4.1).
+fn bodiless(status: StatusCode) -> bool {
+    status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+/// Whether an answer's body runs to the connection's close (RFC 9112 §6.3: HTTP/1.1, neither
+/// Content-Length nor Transfer-Encoding). awc reads such a body as empty (actix/actix-web#2287),
+/// so relaying it would cut it silently; it is refused instead. HTTP/1.0 answers awc reads whole.
+fn close_delimited<S>(method: &Method, resp: &awc::ClientResponse<S>) -> bool {
+    let status = resp.status();
+    resp.version() == Version::HTTP_11
+        && method != Method::HEAD
+        && !bodiless(status)
+        && !resp.headers().contains_key(header::CONTENT_LENGTH)
+        && !resp.headers().contains_key(header::TRANSFER_ENCODING)
 }
 
 /// Relays the upstream's answer as it comes: never buffered whole, never decoded.
@@ -288,15 +314,12 @@ where
         }
         out.append_header((name.clone(), value.clone()));
     }
-    let bodiless = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
     if req.method() == Method::HEAD {
         match length {
-            Some(n) if !bodiless => out.body(HeadBody(n)),
+            Some(n) if !bodiless(status) => out.body(HeadBody(n)),
             _ => out.body(body::None::new()),
         }
-    } else if bodiless {
+    } else if bodiless(status) {
         out.body(body::None::new())
     } else if let Some(n) = length {
         out.body(SizedStream::new(n, resp))
