@@ -435,9 +435,23 @@ async fn interrupted_downloads_resume_with_curl_and_wget() {
     // A download link of the app (GET): curl's `-C -` resumes GETs only (with a body it
     // resumes the upload instead).
     let link = h.url("/download/linux/amd64");
+    // HEAD first, as some download tools do: the binary's headers, built once, no body.
+    let probe = head(&link, &[]).await;
+    assert_eq!(
+        probe.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&probe.body)
+    );
+    assert_eq!(probe.header("content-length"), Some("4194304"));
+    assert_eq!(probe.header("accept-ranges"), Some("bytes"));
+    assert_eq!(probe.header("x-app"), Some("velox-app"));
+    assert!(probe.body.is_empty());
     let whole = get(&link, &[]).await;
     assert_eq!(whole.status, 200);
+    assert_eq!(whole.header("x-cache-status"), Some("HIT"));
     assert_eq!(whole.body.len(), 4 * 1024 * 1024);
+    assert_eq!(whole.header("etag"), probe.header("etag"));
 
     let file = dir.path().join("rr-curl");
     let mut cmd = tool("curl");

@@ -208,6 +208,9 @@ pub async fn forward(
     }
 }
 
+/// What awc answers with when asked not to decompress.
+type UpstreamResponse = awc::ClientResponse<actix_web::dev::Decompress<actix_web::dev::Payload>>;
+
 async fn proxy(
     req: &HttpRequest,
     payload: web::Payload,
@@ -216,20 +219,13 @@ async fn proxy(
     upstream: &Upstream,
 ) -> Result<Answer, ApiError> {
     let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("{}{path_and_query}", upstream.base);
     let proto = if req.app_config().secure() {
         "https"
     } else {
         "http"
     };
-    let mut request = upstream
-        .client
-        .request(
-            req.method().clone(),
-            format!("{}{path_and_query}", upstream.base),
-        )
-        .no_decompress();
-    let peer = req.peer_addr().map(|a| a.ip());
-    *request.headers_mut() = forward_headers(req.headers(), peer, proto);
+    let headers = forward_headers(req.headers(), req.peer_addr().map(|a| a.ip()), proto);
 
     let last = Rc::new(Cell::new(Instant::now()));
     let sent = Rc::clone(&last);
@@ -243,28 +239,20 @@ async fn proxy(
     } else {
         BoxBody::new(body::None::new())
     };
-
-    let resp = match until_idle(request.send_body(body), &last, upstream.timeout).await {
-        Some(Ok(resp)) => resp,
-        Some(Err(SendRequestError::Body(e))) => {
-            return Err(ApiError::invalid_request(format!(
-                "cannot read the request body: {e}"
-            )))
-        }
-        Some(Err(e)) => {
-            log::warn!("upstream {}: {e}", upstream.base);
-            return Err(upstream_unavailable(
-                "the upstream application cannot be reached",
-            ));
-        }
-        None => {
-            return Err(upstream_unavailable(format!(
-                "the upstream application did not answer within {}",
-                humantime::format_duration(upstream.timeout)
-            )))
-        }
-    };
-    if close_delimited(req.method(), &resp) {
+    let method = req.method().clone();
+    let mut resp = send(upstream, method.clone(), &url, headers.clone(), body, &last).await?;
+    let mut sent_method = method;
+    if sent_method == Method::HEAD
+        && instruction::is_build_instruction(resp.status(), resp.headers())
+    {
+        // A HEAD answer has no body to read the instruction from. HEAD stands for GET without
+        // the body (RFC 9110 §9.3.2): ask again with GET; the binary's headers answer the HEAD.
+        sent_method = Method::GET;
+        let none = BoxBody::new(body::None::new());
+        let last = Cell::new(Instant::now());
+        resp = send(upstream, Method::GET, &url, headers, none, &last).await?;
+    }
+    if close_delimited(&sent_method, &resp) {
         return Err(upstream_unavailable(
             "the upstream application ended its answer by closing the connection, without \
              Content-Length or chunked encoding, which velox-cache cannot relay whole \
@@ -280,6 +268,36 @@ async fn proxy(
     }
 }
 
+/// Sends one request upstream and waits for the head, for at most `upstream_timeout` of
+/// inactivity (see [`until_idle`]; `last` moves on as the body is sent).
+async fn send(
+    upstream: &Upstream,
+    method: Method,
+    url: &str,
+    headers: HeaderMap,
+    body: BoxBody,
+    last: &Cell<Instant>,
+) -> Result<UpstreamResponse, ApiError> {
+    let mut request = upstream.client.request(method, url).no_decompress();
+    *request.headers_mut() = headers;
+    match until_idle(request.send_body(body), last, upstream.timeout).await {
+        Some(Ok(resp)) => Ok(resp),
+        Some(Err(SendRequestError::Body(e))) => Err(ApiError::invalid_request(format!(
+            "cannot read the request body: {e}"
+        ))),
+        Some(Err(e)) => {
+            log::warn!("upstream {}: {e}", upstream.base);
+            Err(upstream_unavailable(
+                "the upstream application cannot be reached",
+            ))
+        }
+        None => Err(upstream_unavailable(format!(
+            "the upstream application did not answer within {}",
+            humantime::format_duration(upstream.timeout)
+        ))),
+    }
+}
+
 /// Statuses that never carry a body (RFC 9110 §6.4.1).
 fn bodiless(status: StatusCode) -> bool {
     status.is_informational()
@@ -290,7 +308,7 @@ fn bodiless(status: StatusCode) -> bool {
 /// Whether an answer's body runs to the connection's close (RFC 9112 §6.3: HTTP/1.1, neither
 /// Content-Length nor Transfer-Encoding). awc reads such a body as empty (actix/actix-web#2287),
 /// so relaying it would cut it silently; it is refused instead. HTTP/1.0 answers awc reads whole.
-fn close_delimited<S>(method: &Method, resp: &awc::ClientResponse<S>) -> bool {
+fn close_delimited(method: &Method, resp: &UpstreamResponse) -> bool {
     let status = resp.status();
     resp.version() == Version::HTTP_11
         && method != Method::HEAD
@@ -300,10 +318,7 @@ fn close_delimited<S>(method: &Method, resp: &awc::ClientResponse<S>) -> bool {
 }
 
 /// Relays the upstream's answer as it comes: never buffered whole, never decoded.
-fn pass_through<S>(req: &HttpRequest, resp: awc::ClientResponse<S>) -> HttpResponse
-where
-    S: futures_util::Stream<Item = Result<web::Bytes, PayloadError>> + Unpin + 'static,
-{
+fn pass_through(req: &HttpRequest, resp: UpstreamResponse) -> HttpResponse {
     let status = resp.status();
     let length = content_length(resp.headers());
     let mut out = HttpResponse::build(status);
@@ -331,16 +346,13 @@ where
 /// Answers a build instruction with the binary: reads and decodes its body (at most 1 MiB,
 /// within `upstream_timeout`), parses it as a build request, and hands it to [`serve_build`] with
 /// the upstream's other headers.
-async fn take_over<S>(
+async fn take_over(
     req: &HttpRequest,
-    mut resp: awc::ClientResponse<S>,
+    mut resp: UpstreamResponse,
     state: &AppState,
     velox: &VeloxClient,
     timeout: Duration,
-) -> Result<HttpResponse, ApiError>
-where
-    S: futures_util::Stream<Item = Result<web::Bytes, PayloadError>> + Unpin,
-{
+) -> Result<HttpResponse, ApiError> {
     let raw = match tokio::time::timeout(timeout, resp.body().limit(MAX_BODY_BYTES)).await {
         Ok(Ok(raw)) => raw,
         Ok(Err(PayloadError::Overflow)) => return Err(invalid_instruction("is larger than 1 MiB")),
