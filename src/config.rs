@@ -85,6 +85,12 @@ pub struct Config {
     pub upstream: Option<String>,
     #[serde(with = "humantime_serde")]
     pub upstream_timeout: Duration,
+    /// PEM file of extra CAs trusted for https upstreams and Velox (private CAs).
+    #[serde(
+        deserialize_with = "lenient_opt_path",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub upstream_ca_file: Option<PathBuf>,
     #[serde(deserialize_with = "lenient_string")]
     pub server_url: String,
     #[serde(deserialize_with = "lenient_path")]
@@ -119,6 +125,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             upstream: None,
             upstream_timeout: Duration::from_secs(60),
+            upstream_ca_file: None,
             server_url: "http://127.0.0.1:9000".into(),
             artifact_root: std::env::temp_dir(),
             path_map: None,
@@ -235,6 +242,12 @@ impl Config {
         }
         if !valid_http_url(&self.server_url) {
             return fail("server_url", "must be an http:// or https:// URL");
+        }
+        if let Some(ca) = &self.upstream_ca_file {
+            // Read now so that a bad file stops the start naming the key, not the first request.
+            if let Err(why) = crate::tls::load_ca_file(ca) {
+                return fail("upstream_ca_file", &why);
+            }
         }
         if let Some(pm) = &self.path_map {
             if PathMap::parse(pm).is_none() {
@@ -366,6 +379,10 @@ fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>,
 
 fn lenient_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
     lenient_string(d).map(PathBuf::from)
+}
+
+fn lenient_opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(lenient_opt_string(d)?.map(PathBuf::from))
 }
 
 #[cfg(test)]

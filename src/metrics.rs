@@ -72,6 +72,11 @@ pub struct Metrics {
     pub download_bytes: AtomicU64,
     /// By [`EvictionReason::ALL`] order.
     pub evictions: [AtomicU64; 4],
+    /// Proxy mode: upstream answers relayed, build instructions answered with a binary, and
+    /// requests velox-cache answered with an error of its own.
+    pub proxy_passed: AtomicU64,
+    pub proxy_build: AtomicU64,
+    pub proxy_error: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -90,6 +95,9 @@ impl Default for Metrics {
             velox_retries: AtomicU64::new(0),
             download_bytes: AtomicU64::new(0),
             evictions: Default::default(),
+            proxy_passed: AtomicU64::new(0),
+            proxy_build: AtomicU64::new(0),
+            proxy_error: AtomicU64::new(0),
         }
     }
 }
@@ -209,6 +217,17 @@ impl Metrics {
             "velox_download_bytes_total",
             "Artifact bytes sent to clients.",
             c(&self.download_bytes),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP velox_proxy_requests_total Proxied requests by outcome.\n\
+             # TYPE velox_proxy_requests_total counter\n\
+             velox_proxy_requests_total{{outcome=\"passed\"}} {}\n\
+             velox_proxy_requests_total{{outcome=\"build\"}} {}\n\
+             velox_proxy_requests_total{{outcome=\"error\"}} {}",
+            c(&self.proxy_passed),
+            c(&self.proxy_build),
+            c(&self.proxy_error)
         );
         out
     }

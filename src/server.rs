@@ -10,7 +10,7 @@ use crate::background::Background;
 use crate::build::velox::VeloxClient;
 use crate::build::BuildService;
 use crate::config::Config;
-use crate::http::{admin, public, AppState};
+use crate::http::{admin, proxy, public, AppState};
 use crate::metrics::Metrics;
 use crate::store::{Limits, Store};
 
@@ -27,6 +27,8 @@ pub enum ServeError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("the server failed: {0}")]
     Io(#[from] io::Error),
 }
@@ -52,17 +54,24 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         metrics,
     });
 
+    let tls = crate::tls::client_config(&config)?;
     let public_state = state.clone();
     let cfg = Arc::clone(&config);
     let public = HttpServer::new(move || {
         // awc's client is not Send: one per worker.
-        let velox = VeloxClient::new(&cfg.server_url, cfg.retry.clone(), cfg.request_timeout);
+        let velox = VeloxClient::new(
+            &cfg.server_url,
+            cfg.retry.clone(),
+            cfg.request_timeout,
+            &tls,
+        );
         App::new()
             .app_data(public_state.clone())
             .app_data(web::Data::new(velox))
+            .app_data(web::Data::new(proxy::Upstream::new(&cfg, &tls)))
             .wrap(middleware::Logger::new("%a \"%r\" %s %b %T"))
             .configure(public::configure)
-            .default_service(web::to(public::not_found))
+            .default_service(web::to(proxy::forward))
     })
     .disable_signals()
     .shutdown_timeout(DRAIN_SECS)

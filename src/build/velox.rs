@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header;
@@ -135,8 +136,16 @@ pub struct VeloxClient {
 }
 
 impl VeloxClient {
-    pub fn new(server_url: &str, retry: RetryConfig, request_timeout: Duration) -> Self {
+    /// `tls` is used when `server_url` is `https://` (see [`crate::tls`]).
+    pub fn new(
+        server_url: &str,
+        retry: RetryConfig,
+        request_timeout: Duration,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Self {
+        let connector = awc::Connector::new().rustls_0_23(Arc::clone(tls));
         let client = awc::Client::builder()
+            .connector(connector)
             .disable_redirects()
             .timeout(request_timeout)
             .finish();

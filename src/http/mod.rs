@@ -5,6 +5,7 @@ pub mod admin;
 pub mod artifact;
 pub mod body;
 pub mod cache_admin;
+pub mod proxy;
 pub mod public;
 
 use std::sync::Arc;

@@ -284,6 +284,15 @@ impl FakeVelox {
     }
 
     pub fn start_on(addr: &str, dir: &Path) -> FakeVelox {
+        Self::serve(addr, dir, None)
+    }
+
+    /// Starts on a free loopback port speaking https with `tls`.
+    pub fn start_tls(dir: &Path, tls: rustls::ServerConfig) -> FakeVelox {
+        Self::serve("127.0.0.1:0", dir, Some(tls))
+    }
+
+    fn serve(addr: &str, dir: &Path, tls: Option<rustls::ServerConfig>) -> FakeVelox {
         std::fs::create_dir_all(dir).expect("artifact dir");
         let state = Arc::new(Mutex::new(State {
             size: 300 * 1024,
@@ -295,6 +304,7 @@ impl FakeVelox {
         };
         let (tx, rx) = std::sync::mpsc::channel();
         let addr = addr.to_owned();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let server = HttpServer::new(move || {
@@ -305,8 +315,11 @@ impl FakeVelox {
                 })
                 .workers(1)
                 .disable_signals()
-                .shutdown_timeout(0)
-                .bind(&addr)
+                .shutdown_timeout(0);
+                let server = match tls {
+                    Some(tls) => server.bind_rustls_0_23(&addr, tls),
+                    None => server.bind(&addr),
+                }
                 .expect("bind the stand-in Velox");
                 let bound = server.addrs()[0];
                 let server = server.run();
@@ -318,7 +331,7 @@ impl FakeVelox {
             .recv_timeout(Duration::from_secs(20))
             .expect("stand-in Velox started");
         FakeVelox {
-            url: format!("http://{bound}"),
+            url: format!("{scheme}://{bound}"),
             dir: dir.to_path_buf(),
             state,
             handle,
