@@ -5,7 +5,8 @@
 //! cargo run --example fake_velox -- 127.0.0.1:9000 /tmp/velox-out 2s
 //! ```
 //!
-//! Arguments: listen address, folder for the binaries it "builds", build delay (humantime).
+//! Arguments: listen address, folder for the binaries it "builds", build delay (humantime), and
+//! optionally the size of each binary in bytes (default 300 KiB).
 
 #[path = "../tests/support/fake_velox.rs"]
 #[allow(dead_code)]
@@ -27,8 +28,15 @@ fn main() {
         .next()
         .map(|d| humantime::parse_duration(&d).unwrap_or_else(|e| panic!("bad delay {d:?}: {e}")))
         .unwrap_or(Duration::from_secs(2));
+    let size = args.next().map(|s| {
+        s.parse::<usize>()
+            .unwrap_or_else(|e| panic!("bad size {s:?}: {e}"))
+    });
     let velox = fake_velox::FakeVelox::start_on(&addr, &dir);
     velox.set_delay(delay);
+    if let Some(size) = size {
+        velox.set_size(size);
+    }
     println!(
         "stand-in Velox on {} writing binaries under {} (each build takes {})",
         velox.url,

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The download path against nginx (SPEC §12), in one run, interleaved: velox-cache serving a cached
+# 64 MiB artifact and nginx (`sendfile on`) serving the very same blob file, both on loopback.
+#   bash benches/download_vs_nginx.sh            # installs nginx-light and wrk when missing (root)
+# Prints each figure, nginx's, and the ratio.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${SECS:-10}
+ROUNDS=${ROUNDS:-2}
+SLOW=${SLOW:-1000}
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light wrk >/dev/null
+fi
+cargo build --release --locked --bin velox-cache --example fake_velox >/dev/null 2>&1
+work=$(mktemp -d)
+cleanup() { kill "${vc_pid:-}" "${fv_pid:-}" 2>/dev/null || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+VP=$(port); PP=$(port); AP=$(port); NP=$(port)
+SIZE=$((64 * 1024 * 1024))
+
+target/release/examples/fake_velox "127.0.0.1:$VP" "$work/out" 10ms "$SIZE" >"$work/fv.log" 2>&1 & fv_pid=$!
+RUST_LOG=warn target/release/velox-cache serve --listen "127.0.0.1:$PP" --admin-listen "127.0.0.1:$AP" \
+  --data-dir "$work/data" --server-url "http://127.0.0.1:$VP" --artifact-root "$work/out" >"$work/vc.log" 2>&1 & vc_pid=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$AP/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+printf '{"target_platform":{"os":"linux","arch":"amd64"},"rr_version":"v2025.1.2","plugins":[{"module_name":"github.com/roadrunner-server/http/v5","tag":"v5.2.7"}]}' >"$work/req.json"
+digest=$(curl -s --data @"$work/req.json" "http://127.0.0.1:$PP/_velox/v1/builds" | sha256sum | cut -c1-64)
+blobdir="$work/data/blobs/sha256/${digest:0:2}"
+[ -f "$blobdir/$digest" ] || { echo "the artifact was not cached" >&2; exit 1; }
+
+cat >"$work/nginx.conf" <<CONF
+user root;
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  default_type application/octet-stream;
+  server { listen 127.0.0.1:$NP; root $blobdir; location / { } }
+}
+CONF
+nginx -c "$work/nginx.conf" -p "$work"
+for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$NP/$digest" && break; sleep 0.1; done
+VC="http://127.0.0.1:$PP/_velox/v1/artifacts/$digest"
+NG="http://127.0.0.1:$NP/$digest"
+curl -s -o /dev/null "$VC"; curl -s -o /dev/null "$NG"  # warm the page cache
+
+# wrk's "Transfer/sec" and "Requests/sec" in bytes and requests; its 50% latency in ms.
+to_bytes() { python3 -c "import sys; v=sys.argv[1]; m={'B':1,'KB':1024,'MB':1024**2,'GB':1024**3}; u=v.lstrip('0123456789.'); print(float(v[:len(v)-len(u)])*m[u])" "$1"; }
+to_ms() { python3 -c "import sys; v=sys.argv[1]; m={'us':0.001,'ms':1,'s':1000}; u=v.lstrip('0123456789.'); print(float(v[:len(v)-len(u)])*m[u])" "$1"; }
+best() { sort -g | tail -1; }
+least() { sort -g | head -1; }
+
+declare -A thr rps lat
+for name in nginx velox; do thr[$name]=""; rps[$name]=""; lat[$name]=""; done
+for round in $(seq "$ROUNDS"); do
+  for name in nginx velox; do
+    url=$NG; [ "$name" = velox ] && url=$VC
+    out=$(wrk -t2 -c8 -d"${SECS}s" "$url")
+    thr[$name]+="$(to_bytes "$(awk '/Transfer\/sec/{print $2}' <<<"$out")")"$'\n'
+    out=$(wrk -t1 -c1 -d"${SECS}s" --latency -H 'Range: bytes=0-1023' "$url")
+    lat[$name]+="$(to_ms "$(awk '$1=="50%"{print $2}' <<<"$out")")"$'\n'
+    out=$(wrk -t2 -c64 -d"${SECS}s" -H 'Range: bytes=0-1023' "$url")
+    rps[$name]+="$(awk '/Requests\/sec/{print $2}' <<<"$out")"$'\n'
+  done
+done
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2])*100:.0f} %')" "$1" "$2"; }
+printf '%-58s %14s %14s %8s\n' figure velox-cache nginx ratio
+t_v=$(best <<<"${thr[velox]}"); t_n=$(best <<<"${thr[nginx]}")
+printf '%-58s %11.2f GB/s %11.2f GB/s %8s\n' "64 MiB full downloads, 8 clients (best of $ROUNDS)" "$(python3 -c "print($t_v/1e9)")" "$(python3 -c "print($t_n/1e9)")" "$(ratio "$t_v" "$t_n")"
+l_v=$(least <<<"${lat[velox]}"); l_n=$(least <<<"${lat[nginx]}")
+printf '%-58s %11.3f ms %12.3f ms %8s\n' "1 KiB range, one client, p50 latency (best of $ROUNDS)" "$l_v" "$l_n" "$(ratio "$l_v" "$l_n")"
+r_v=$(best <<<"${rps[velox]}"); r_n=$(best <<<"${rps[nginx]}")
+printf '%-58s %12.0f r/s %12.0f r/s %8s\n' "1 KiB range, 64 connections (best of $ROUNDS)" "$r_v" "$r_n" "$(ratio "$r_v" "$r_n")"
+
+# Slow downloads: RSS growth per connection while $SLOW clients hang on a 64 MiB download.
+ngx_workers=$(pgrep -P "$(cat "$work/nginx.pid")" | paste -sd, -)
+read -r n_v _ _ per_v < <(python3 benches/slow_clients.py "$vc_pid" 127.0.0.1 "$PP" "/_velox/v1/artifacts/$digest" "$SLOW")
+read -r n_n _ _ per_n < <(python3 benches/slow_clients.py "$ngx_workers" 127.0.0.1 "$NP" "/$digest" "$SLOW")
+printf '%-58s %10s KiB %10s KiB %8s\n' "RSS growth per slow download ($n_v / $n_n clients)" "$per_v" "$per_n" "-"
+
+# HEAD: bytes the server reads (rchar) for 100 HEAD requests on one connection.
+r0=$(awk '/^rchar/{print $2}' "/proc/$vc_pid/io")
+args=(); for _ in $(seq 100); do args+=(--next -s -o /dev/null -I "$VC"); done; curl "${args[@]:1}"
+r1=$(awk '/^rchar/{print $2}' "/proc/$vc_pid/io")
+printf '%-58s %10s B/req %14s %8s\n' "HEAD: bytes read by the server per request" "$(( (r1 - r0) / 100 ))" "-" "-"
