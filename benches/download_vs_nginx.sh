@@ -52,8 +52,8 @@ curl -s -o /dev/null "$VC"; curl -s -o /dev/null "$NG"  # warm the page cache
 # wrk's "Transfer/sec" and "Requests/sec" in bytes and requests; its 50% latency in ms.
 to_bytes() { python3 -c "import sys; v=sys.argv[1]; m={'B':1,'KB':1024,'MB':1024**2,'GB':1024**3}; u=v.lstrip('0123456789.'); print(float(v[:len(v)-len(u)])*m[u])" "$1"; }
 to_ms() { python3 -c "import sys; v=sys.argv[1]; m={'us':0.001,'ms':1,'s':1000}; u=v.lstrip('0123456789.'); print(float(v[:len(v)-len(u)])*m[u])" "$1"; }
-best() { sort -g | tail -1; }
-least() { sort -g | head -1; }
+best() { grep -v '^$' | sort -g | tail -1; }
+least() { grep -v '^$' | sort -g | head -1; }
 
 declare -A thr rps lat
 for name in nginx velox; do thr[$name]=""; rps[$name]=""; lat[$name]=""; done
