@@ -26,6 +26,9 @@ pub const CHUNK: usize = 64 * 1024;
 
 /// `length` bytes of `file` from `offset`, read in `CHUNK`s with `pread` on the blocking pool.
 pub struct FileBody {
+    map: Option<Bytes>,
+    /// The map is known to be in memory up to here (checked a window at a time).
+    resident_until: usize,
     file: Arc<File>,
     offset: u64,
     remaining: u64,
@@ -36,7 +39,19 @@ pub struct FileBody {
 
 impl FileBody {
     pub fn new(file: File, offset: u64, length: u64, metrics: Arc<Metrics>) -> Self {
+        let map = if length >= MAP_AT_LEAST {
+            // SAFETY: a blob at its final path is never written or truncated again (it is only
+            // unlinked, which leaves a mapping valid), so the mapped bytes cannot change or vanish.
+            unsafe { memmap2::Mmap::map(&file) }.ok().map(|m| {
+                let _ = m.advise(memmap2::Advice::Sequential);
+                Bytes::from_owner(m)
+            })
+        } else {
+            None
+        };
         FileBody {
+            map,
+            resident_until: 0,
             file: Arc::new(file),
             offset,
             remaining: length,
@@ -45,6 +60,32 @@ impl FileBody {
             metrics,
         }
     }
+}
+
+/// Bodies at least this long are sent from a memory map: the chunks are slices of it, so the
+/// bytes are copied once (into the connection's write buffer) instead of twice.
+const MAP_AT_LEAST: u64 = 1024 * 1024;
+
+/// How far ahead one residency check looks: one `mincore` per 16 chunks.
+const RESIDENT_WINDOW: usize = 16 * CHUNK;
+
+/// Whether every page of `bytes` (a slice of a mapping) is in memory, so that touching it cannot
+/// block the worker on the disk. A chunk that is not is read on the blocking pool instead, which
+/// also brings it into the page cache.
+fn resident(bytes: &[u8]) -> bool {
+    // SAFETY: sysconf has no preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as usize,
+        _ => return false,
+    };
+    let start = bytes.as_ptr() as usize;
+    let aligned = start & !(page - 1);
+    let span = start + bytes.len() - aligned;
+    let mut pages = vec![0u8; span.div_ceil(page)];
+    // SAFETY: `[aligned, aligned + span)` lies within one live mapping (the page holding the
+    // slice's first byte through the one holding its last), and `pages` has one byte per page.
+    let rc = unsafe { libc::mincore(aligned as *mut libc::c_void, span, pages.as_mut_ptr()) };
+    rc == 0 && pages.iter().all(|p| p & 1 == 1)
 }
 
 /// Reads what of `[offset, offset + len)` is in the page cache without blocking. `None` when
@@ -118,11 +159,28 @@ impl MessageBody for FileBody {
             return Poll::Ready(None);
         }
         let len = this.remaining.min(CHUNK as u64) as usize;
+        // Without the disk: a resident slice of the map, or a page-cache read. Otherwise the
+        // blocking pool reads the chunk.
         if this.pending.is_none() {
-            match read_cached(&this.file, this.offset, len) {
-                Ok(Some(chunk)) => return Poll::Ready(Some(Ok(this.advance(chunk)))),
-                Ok(None) => {}
-                Err(e) => return Poll::Ready(Some(Err(e))),
+            let start = this.offset as usize;
+            match &this.map {
+                Some(map) if start + len <= map.len() => {
+                    if start + len > this.resident_until {
+                        let window = (start + RESIDENT_WINDOW).min(map.len());
+                        if resident(&map[start..window]) {
+                            this.resident_until = window;
+                        }
+                    }
+                    if start + len <= this.resident_until {
+                        let chunk = map.slice(start..start + len);
+                        return Poll::Ready(Some(Ok(this.advance(chunk))));
+                    }
+                }
+                _ => match read_cached(&this.file, this.offset, len) {
+                    Ok(Some(chunk)) => return Poll::Ready(Some(Ok(this.advance(chunk)))),
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Some(Err(e))),
+                },
             }
         }
         let pending = this.pending.get_or_insert_with(|| {
