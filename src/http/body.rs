@@ -6,13 +6,14 @@
 //! come from disk, and only then does the read go to the blocking pool. For the hot artifacts
 //! this server exists for, that saves a thread hand-off per chunk.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use actix_web::body::{BodySize, MessageBody};
@@ -38,14 +39,16 @@ pub struct FileBody {
 }
 
 impl FileBody {
-    pub fn new(file: File, offset: u64, length: u64, metrics: Arc<Metrics>) -> Self {
+    /// `digest` names the blob, so that concurrent downloads of one blob share one mapping.
+    pub fn new(
+        file: File,
+        digest: [u8; 32],
+        offset: u64,
+        length: u64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let map = if length >= MAP_AT_LEAST {
-            // SAFETY: a blob at its final path is never written or truncated again (it is only
-            // unlinked, which leaves a mapping valid), so the mapped bytes cannot change or vanish.
-            unsafe { memmap2::Mmap::map(&file) }.ok().map(|m| {
-                let _ = m.advise(memmap2::Advice::Sequential);
-                Bytes::from_owner(m)
-            })
+            shared_map(&file, digest)
         } else {
             None
         };
@@ -59,6 +62,36 @@ impl FileBody {
             pending: None,
             metrics,
         }
+    }
+}
+
+/// Live mappings by blob digest. One mapping per blob, however many download it: a page mapped
+/// a thousand times would count a thousand times in the process's RSS.
+static MAPS: LazyLock<Mutex<HashMap<[u8; 32], Weak<memmap2::Mmap>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The blob's shared mapping, made when no download holds one.
+fn shared_map(file: &File, digest: [u8; 32]) -> Option<Bytes> {
+    let mut maps = MAPS.lock().ok()?;
+    if let Some(map) = maps.get(&digest).and_then(Weak::upgrade) {
+        return Some(Bytes::from_owner(ArcMap(map)));
+    }
+    // SAFETY: a blob at its final path is never written or truncated again (it is only
+    // unlinked, which leaves a mapping valid), so the mapped bytes cannot change or vanish.
+    let map = unsafe { memmap2::Mmap::map(file) }.ok()?;
+    let _ = map.advise(memmap2::Advice::Sequential);
+    let map = Arc::new(map);
+    maps.retain(|_, w| w.strong_count() > 0);
+    maps.insert(digest, Arc::downgrade(&map));
+    Some(Bytes::from_owner(ArcMap(map)))
+}
+
+/// Lets `Bytes` own a reference to a shared mapping.
+struct ArcMap(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for ArcMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.0[..]
     }
 }
 
