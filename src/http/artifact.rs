@@ -179,7 +179,13 @@ pub fn respond(
             if req.method() == Method::HEAD {
                 resp.body(HeadBody(length))
             } else {
-                resp.body(FileBody::new(blob.file, start, length, Arc::clone(metrics)))
+                resp.body(FileBody::new(
+                    blob.file,
+                    blob.digest,
+                    start,
+                    length,
+                    Arc::clone(metrics),
+                ))
             }
         }
     }
