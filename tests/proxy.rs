@@ -414,7 +414,7 @@ fn tool(name: &str) -> Command {
     Command::new(name)
 }
 
-/// Cuts a download slowed to 256 KiB/s once `file` holds 256 KiB, as a dropped line would.
+/// Cuts a download slowed to 128 KiB/s once `file` holds 256 KiB, as a dropped line would.
 fn cut_download(mut cmd: Command, file: &Path, total: usize) {
     let mut child = cmd.spawn().expect("start the download");
     wait_for_bytes(file, 256 * 1024);
@@ -430,7 +430,10 @@ fn cut_download(mut cmd: Command, file: &Path, total: usize) {
 #[actix_web::test]
 async fn interrupted_downloads_resume_with_curl_and_wget() {
     let (_php, h) = start();
-    h.velox.set_size(4 * 1024 * 1024);
+    // Large enough that a rate-limited client cannot finish before it is cut, even when its
+    // limiter bursts to catch up after the machine stalled it.
+    const SIZE: usize = 24 * 1024 * 1024;
+    h.velox.set_size(SIZE);
     let dir = tempfile::tempdir().expect("dir");
     // A download link of the app (GET): curl's `-C -` resumes GETs only (with a body it
     // resumes the upload instead).
@@ -443,19 +446,22 @@ async fn interrupted_downloads_resume_with_curl_and_wget() {
         "{}",
         String::from_utf8_lossy(&probe.body)
     );
-    assert_eq!(probe.header("content-length"), Some("4194304"));
+    assert_eq!(
+        probe.header("content-length"),
+        Some(SIZE.to_string().as_str())
+    );
     assert_eq!(probe.header("accept-ranges"), Some("bytes"));
     assert_eq!(probe.header("x-app"), Some("velox-app"));
     assert!(probe.body.is_empty());
     let whole = get(&link, &[]).await;
     assert_eq!(whole.status, 200);
     assert_eq!(whole.header("x-cache-status"), Some("HIT"));
-    assert_eq!(whole.body.len(), 4 * 1024 * 1024);
+    assert_eq!(whole.body.len(), SIZE);
     assert_eq!(whole.header("etag"), probe.header("etag"));
 
     let file = dir.path().join("rr-curl");
     let mut cmd = tool("curl");
-    cmd.args(["-sS", "--limit-rate", "256k", "-o"])
+    cmd.args(["-sS", "--limit-rate", "128k", "-o"])
         .arg(&file)
         .arg(&link);
     cut_download(cmd, &file, whole.body.len());
@@ -478,7 +484,7 @@ async fn interrupted_downloads_resume_with_curl_and_wget() {
 
     let file = dir.path().join("rr-wget");
     let mut cmd = tool("wget");
-    cmd.args(["-q", "--limit-rate=256k", "-O"])
+    cmd.args(["-q", "--limit-rate=128k", "-O"])
         .arg(&file)
         .arg(&link);
     cut_download(cmd, &file, whole.body.len());

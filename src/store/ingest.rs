@@ -161,10 +161,7 @@ impl Store {
         let manifest_bytes =
             serde_json::to_vec_pretty(&manifest).map_err(|e| io::Error::other(e.to_string()))?;
 
-        let _guard = self
-            .write_lock
-            .lock()
-            .map_err(|_| io::Error::other("store write lock poisoned"))?;
+        let _guard = self.locked()?;
         let blob_path = self.blob_path(&digest);
         match fs::metadata(&blob_path) {
             // Same name means same bytes: keep the blob already there, drop the copy.

@@ -106,10 +106,7 @@ impl Store {
     /// Removes the entry for `key`: the index first (flushed), then its manifest, then its blob
     /// when no other entry uses it.
     pub fn remove(&self, key: &CacheKey) -> Result<Option<EntryRecord>, StoreError> {
-        let _guard = self
-            .write_lock
-            .lock()
-            .map_err(|_| StoreError::Corrupt("write lock poisoned".into()))?;
+        let _guard = self.locked()?;
         self.remove_locked(key)
     }
 
@@ -140,10 +137,7 @@ impl Store {
             return Ok(evicted);
         }
         self.write_pending_hits()?;
-        let _guard = self
-            .write_lock
-            .lock()
-            .map_err(|_| StoreError::Corrupt("write lock poisoned".into()))?;
+        let _guard = self.locked()?;
         if !limits.max_age.is_zero() {
             let cutoff = crate::util::now_ms().saturating_sub(limits.max_age.as_millis() as u64);
             while let Some((key, created)) = self.oldest(protect)? {

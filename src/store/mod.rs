@@ -167,6 +167,13 @@ impl Store {
         })
     }
 
+    /// Takes the write lock (see the field).
+    pub(super) fn locked(&self) -> Result<std::sync::MutexGuard<'_, ()>, StoreError> {
+        self.write_lock
+            .lock()
+            .map_err(|_| StoreError::Corrupt("write lock poisoned".into()))
+    }
+
     /// Whether the index was rebuilt empty at open (the background pass re-indexes it).
     pub fn was_rebuilt(&self) -> bool {
         self.rebuilt

@@ -99,12 +99,6 @@ fn manifest_entry(m: &Manifest) -> Option<(CacheKey, EntryRecord)> {
 }
 
 impl Store {
-    fn locked(&self) -> Result<std::sync::MutexGuard<'_, ()>, StoreError> {
-        self.write_lock
-            .lock()
-            .map_err(|_| StoreError::Corrupt("write lock poisoned".into()))
-    }
-
     /// Reconciles the index with the files: drops entries whose blob is missing or short,
     /// re-indexes manifests whose entry is missing but whose blob is whole, deletes blobs and
     /// manifests nothing refers to. Safe while the server runs: each change is made under the
