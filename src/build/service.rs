@@ -78,6 +78,21 @@ pub struct BuildService {
     velox_health: AtomicU8,
 }
 
+/// A build's place among the admitted ones and in the in-flight map, given back when dropped.
+struct Admitted<'a> {
+    service: &'a BuildService,
+    key: CacheKey,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut inflight) = self.service.inflight.lock() {
+            inflight.remove(&self.key);
+        }
+        self.service.admitted.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Decrements a counter when dropped, so that cancelled tasks leave the books straight.
 struct Count<'a>(&'a std::sync::atomic::AtomicU64);
 
@@ -285,6 +300,12 @@ impl BuildService {
         deadline: Instant,
         tx: watch::Sender<Option<Outcome>>,
     ) {
+        // Whatever ends this task (an outcome, a panic, the worker stopping), the key must leave
+        // the in-flight map and its admission must be returned, or the key would wait forever.
+        let _slot = Admitted {
+            service: &self,
+            key,
+        };
         let started = Instant::now();
         let outcome =
             match tokio::time::timeout_at(deadline, self.build(&request, key, &velox, deadline))
@@ -314,11 +335,8 @@ impl BuildService {
             }
         }
         self.remember(key, &outcome);
-        if let Ok(mut inflight) = self.inflight.lock() {
-            inflight.remove(&key);
-        }
-        self.admitted.fetch_sub(1, Ordering::SeqCst);
         // Nobody may be waiting any more (all clients left); the result is cached regardless.
+        // Requests that join between this send and the slot's release get this outcome at once.
         let _ = tx.send(Some(outcome));
     }
 
