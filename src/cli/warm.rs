@@ -77,11 +77,7 @@ async fn submit(client: &awc::Client, url: &str, token: Option<&str>, body: Stri
         .headers()
         .get("x-cache-status")
         .is_some_and(|v| v.as_bytes() == b"HIT");
-    let expected = resp
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let expected = crate::http::content_length(resp.headers());
     let mut bytes = 0u64;
     while let Some(chunk) = resp.next().await {
         bytes += chunk

@@ -10,6 +10,8 @@ pub mod public;
 
 use std::sync::Arc;
 
+use actix_web::http::header::{self, HeaderMap};
+
 use crate::build::BuildService;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -21,4 +23,12 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub builds: Arc<BuildService>,
     pub metrics: Arc<Metrics>,
+}
+
+/// The `Content-Length` a message declares, when it declares a valid one.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::body::HeadBody;
 use super::public::{self, serve_build};
-use super::AppState;
+use super::{content_length, AppState};
 use crate::build::request::MAX_BODY_BYTES;
 use crate::build::velox::VeloxClient;
 use crate::build::BuildRequest;
@@ -128,13 +128,6 @@ fn forward_headers(from: &HeaderMap, peer: Option<IpAddr>, proto: &'static str) 
         out.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     }
     out
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
 }
 
 fn upstream_unavailable(message: impl Into<String>) -> ApiError {

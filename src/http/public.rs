@@ -62,11 +62,7 @@ async fn read_body(
     limit: usize,
 ) -> Result<BytesMut, ApiError> {
     let too_large = || ApiError::payload_too_large("the build request is larger than 1 MiB");
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = super::content_length(req.headers());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }

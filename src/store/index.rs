@@ -103,6 +103,19 @@ fn release_blob(bl: &TransactionalTree, digest: &[u8; 32]) -> Result<Option<u64>
 }
 
 impl Store {
+    /// Every tree of the index.
+    pub(super) fn trees(&self) -> [&sled::Tree; 6] {
+        [
+            &self.entries,
+            &self.blobs,
+            &self.lru,
+            &self.lfu,
+            &self.fifo,
+            &self.counters,
+        ]
+    }
+
+    /// Every tree, as sled's multi-tree transactions take them.
     fn all_trees(
         &self,
     ) -> (
@@ -113,14 +126,8 @@ impl Store {
         &sled::Tree,
         &sled::Tree,
     ) {
-        (
-            &self.entries,
-            &self.blobs,
-            &self.lru,
-            &self.lfu,
-            &self.fifo,
-            &self.counters,
-        )
+        let [entries, blobs, lru, lfu, fifo, counters] = self.trees();
+        (entries, blobs, lru, lfu, fifo, counters)
     }
 
     /// Inserts (or replaces) the entry for `key` pointing at the blob `entry.digest`, in one

@@ -185,14 +185,7 @@ impl Store {
     pub fn rebuild_index(&self) -> Result<ReconcileReport, StoreError> {
         {
             let _guard = self.locked()?;
-            for tree in [
-                &self.entries,
-                &self.blobs,
-                &self.lru,
-                &self.lfu,
-                &self.fifo,
-                &self.counters,
-            ] {
+            for tree in self.trees() {
                 tree.clear()?;
             }
             self.db.flush()?;
@@ -238,19 +231,18 @@ impl Store {
                 }
             }
         }
-        for (name, tree) in [("LRU", &self.lru), ("LFU", &self.lfu), ("FIFO", &self.fifo)] {
+        type Position = fn(&EntryRecord, &CacheKey) -> Vec<u8>;
+        let orders: [(&str, &sled::Tree, Position); 3] = [
+            ("LRU", &self.lru, lru_key),
+            ("LFU", &self.lfu, lfu_key),
+            ("FIFO", &self.fifo, fifo_key),
+        ];
+        for (name, tree, position) in orders {
             for item in tree.iter().keys() {
                 let item = item?;
                 let ok = key_of(&item)
-                    .and_then(|k| entries.get(&k).map(|e| (k, e)))
-                    .is_some_and(|(k, e)| {
-                        let expect = match name {
-                            "LRU" => lru_key(e, &k),
-                            "LFU" => lfu_key(e, &k),
-                            _ => fifo_key(e, &k),
-                        };
-                        expect == item.as_ref()
-                    });
+                    .and_then(|k| entries.get(&k).map(|e| position(e, &k)))
+                    .is_some_and(|expect| expect == item.as_ref());
                 if !ok {
                     p.push(format!(
                         "the {name} tree has a stale item {}",
