@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The download path against nginx (SPEC §12), in one run, interleaved: velox-cache serving a cached
+# The download path against nginx (BENCHMARKS.md), in one run, interleaved: velox-cache serving a cached
 # 64 MiB artifact and nginx (`sendfile on`) serving the very same blob file, both on loopback.
 #   bash benches/download_vs_nginx.sh            # installs nginx-light and wrk when missing (root)
 # Prints each figure, nginx's, and the ratio.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::http::header::{EntityTag, HttpDate};
 use actix_web::test::TestRequest;
-use velox_cache::build::BuildRequest;
+use velox_cache::builds::BuildRequest;
 use velox_cache::http::artifact::{plan, Plan};
 
 /// Runs `f` in batches for about a second; prints the median batch's time per call.

@@ -1,4 +1,4 @@
-//! Configuration (SPEC §8): defaults < TOML file < environment < command-line flags, layered by
+//! Configuration (docs/configuration.md): defaults < TOML file < environment < command-line flags, layered by
 //! figment; then checked here, so that a bad value stops the start naming its key.
 
 use std::net::SocketAddr;
@@ -391,10 +391,10 @@ mod tests {
 
     #[test]
     fn path_map_rewrites_whole_components() {
-        let pm = PathMap::parse("/tmp=/shared/velox").expect("valid");
+        let pm = PathMap::parse("/tmp=/srv/velox").expect("valid");
         assert_eq!(
             pm.apply(Path::new("/tmp/abc/roadrunner")),
-            Path::new("/shared/velox/abc/roadrunner")
+            Path::new("/srv/velox/abc/roadrunner")
         );
         assert_eq!(
             pm.apply(Path::new("/tmpx/roadrunner")),

@@ -1,16 +1,18 @@
 //! velox-cache: a caching artifact server for Velox-built RoadRunner binaries.
 //!
-//! The binary (`src/main.rs`) is a thin shell over this library so that benchmarks and tests can
-//! reach the pure parts (key canonicalisation, range handling) directly.
+//! The binary (`src/main.rs`) is a thin shell over this library. The modules that are `pub` are
+//! what the binary, the benchmarks and the in-process store tests use; everything else is
+//! `pub(crate)`, so the compiler reports what nothing calls.
 
-pub mod background;
-pub mod build;
+pub(crate) mod background;
+pub mod builds;
 pub mod cli;
 pub mod config;
-pub mod error;
+pub(crate) mod error;
 pub mod http;
-pub mod metrics;
+pub mod ids;
+pub(crate) mod metrics;
 pub mod server;
 pub mod store;
-pub mod tls;
-pub mod util;
+pub(crate) mod tls;
+pub(crate) mod util;

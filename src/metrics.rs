@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §9), named as the Go middleware named them so dashboards carry over.
+//! Prometheus metrics (docs/metrics.md), named as the Go middleware named them so dashboards carry over.
 //! Plain atomics and fixed-bucket histograms: nothing here allocates on the hot path.
 
 use std::fmt::Write;

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use actix_web::{middleware, web, App, HttpServer};
 
 use crate::background::Background;
-use crate::build::velox::VeloxClient;
-use crate::build::BuildService;
+use crate::builds::{BuildService, VeloxClient};
 use crate::config::Config;
 use crate::http::{admin, proxy, public, AppState};
 use crate::metrics::Metrics;

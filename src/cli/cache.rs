@@ -1,11 +1,11 @@
-//! `velox-cache cache stats|list|verify|purge <key>|rebuild-index` (SPEC §11): offline work on a
+//! `velox-cache cache stats|list|verify|purge <key>|rebuild-index` (docs/cli.md): offline work on a
 //! data dir. The store's lock keeps these away from a data dir a server is holding.
 
 use std::process::ExitCode;
 
 use super::CacheAction;
-use crate::build::CacheKey;
 use crate::config::Config;
+use crate::ids::CacheKey;
 use crate::store::{Store, StoreError};
 
 pub fn run(config: &Config, action: &CacheAction) -> ExitCode {
@@ -52,7 +52,7 @@ fn act(store: &Store, action: &CacheAction) -> Result<ExitCode, StoreError> {
             for (key, e) in store.list(after.as_ref(), *limit)? {
                 println!(
                     "{key} {} {:>12} {:>6} {}",
-                    hex::encode(e.digest),
+                    e.digest.to_hex(),
                     e.size,
                     e.access_count,
                     e.file_name

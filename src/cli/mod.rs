@@ -1,4 +1,4 @@
-//! Command-line arguments (SPEC §11). Flags that set configuration keys are global, so they may
+//! Command-line arguments (docs/cli.md). Flags that set configuration keys are global, so they may
 //! stand before or after the subcommand.
 
 use std::path::PathBuf;

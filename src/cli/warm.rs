@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::{stream, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::build::BuildRequest;
+use crate::builds::BuildRequest;
 use crate::config::Config;
 
 #[derive(Default)]

@@ -1,11 +1,11 @@
-//! Admin routes (SPEC §7), on the loopback listener: `/healthz`, `/readyz`, `/metrics`.
+//! Admin routes (docs/http-api.md), on the loopback listener: `/healthz`, `/readyz`, `/metrics`.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::AppState;
-use crate::build::service::VeloxHealth;
+use crate::builds::VeloxHealth;
 use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -1,4 +1,4 @@
-//! Responses that carry a binary (SPEC §5): the entity headers, conditional requests
+//! Responses that carry a binary (docs/http-api.md): the entity headers, conditional requests
 //! (`If-None-Match`, `If-Modified-Since`, `If-Range`), single byte ranges, and HEAD.
 //!
 //! actix-files' `NamedFile` is not used: its ETag is built from inode and mtime, not content, and
@@ -17,11 +17,13 @@ use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use base64::Engine;
 
 use super::body::{FileBody, HeadBody};
+use crate::error::ApiError;
+use crate::ids::Digest;
 use crate::metrics::Metrics;
 
 /// A blob about to be sent.
 pub struct Blob {
-    pub digest: [u8; 32],
+    pub digest: Digest,
     pub size: u64,
     /// When the blob was stored (the file's mtime).
     pub modified: SystemTime,
@@ -126,7 +128,7 @@ pub fn respond(
     immutable: bool,
     metrics: &Arc<Metrics>,
 ) -> HttpResponse {
-    let hex = hex::encode(blob.digest);
+    let hex = blob.digest.to_hex();
     let etag = EntityTag::new_strong(hex.clone());
     let modified = http_date(blob.modified);
     let conditional = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -158,11 +160,10 @@ pub fn respond(
     match plan {
         Plan::NotModified => resp.finish(),
         Plan::Unsatisfiable => {
+            let err = ApiError::range_not_satisfiable(blob.size);
             resp.insert_header((header::CONTENT_RANGE, format!("bytes */{}", blob.size)))
                 .insert_header((header::CONTENT_TYPE, "application/json"))
-                .body(
-                    r#"{"error":"range_not_satisfiable","message":"the requested range is outside the artifact"}"#,
-                )
+                .body(err.json_body())
         }
         Plan::Full | Plan::Partial { .. } => {
             entity_headers(&mut resp, &blob, own_disposition);

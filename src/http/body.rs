@@ -20,6 +20,7 @@ use actix_web::body::{BodySize, MessageBody};
 use actix_web::rt::task::JoinHandle;
 use actix_web::web::Bytes;
 
+use crate::ids::Digest;
 use crate::metrics::Metrics;
 
 /// Bytes read per chunk: what one download holds in memory at a time.
@@ -42,7 +43,7 @@ impl FileBody {
     /// `digest` names the blob, so that concurrent downloads of one blob share one mapping.
     pub fn new(
         file: File,
-        digest: [u8; 32],
+        digest: Digest,
         offset: u64,
         length: u64,
         metrics: Arc<Metrics>,
@@ -67,11 +68,11 @@ impl FileBody {
 
 /// Live mappings by blob digest. One mapping per blob, however many download it: a page mapped
 /// a thousand times would count a thousand times in the process's RSS.
-static MAPS: LazyLock<Mutex<HashMap<[u8; 32], Weak<memmap2::Mmap>>>> =
+static MAPS: LazyLock<Mutex<HashMap<Digest, Weak<memmap2::Mmap>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The blob's shared mapping, made when no download holds one.
-fn shared_map(file: &File, digest: [u8; 32]) -> Option<Bytes> {
+fn shared_map(file: &File, digest: Digest) -> Option<Bytes> {
     let mut maps = MAPS.lock().ok()?;
     if let Some(map) = maps.get(&digest).and_then(Weak::upgrade) {
         return Some(Bytes::from_owner(ArcMap(map)));

@@ -1,4 +1,4 @@
-//! Cache inspection and management on the admin listener (SPEC §7): `/v1/cache`,
+//! Cache inspection and management on the admin listener (docs/http-api.md): `/v1/cache`,
 //! `/v1/cache/stats`, `/v1/cache/{key}` (GET, DELETE) and `/v1/cache/cleanup`.
 
 use std::sync::atomic::Ordering;
@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use super::public::check_token;
 use super::AppState;
-use crate::build::CacheKey;
 use crate::error::ApiError;
+use crate::ids::CacheKey;
 use crate::store::{EntryRecord, EvictionReason, Limits, StoreError};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -34,7 +34,7 @@ fn rfc3339(ms: u64) -> String {
 /// An entry as JSON, with the hits not yet written counted in.
 fn view(state: &AppState, key: &CacheKey, e: &EntryRecord) -> Value {
     let pending = state.store.pending_hits(key);
-    let digest = hex::encode(e.digest);
+    let digest = e.digest.to_hex();
     json!({
         "key": key.to_hex(),
         "digest": digest,
@@ -148,7 +148,7 @@ async fn delete(
             state.metrics.evicted(EvictionReason::Manual);
             log::info!("deleted {key} on request");
             Ok(HttpResponse::Ok()
-                .json(json!({"deleted": key.to_hex(), "digest": hex::encode(entry.digest)})))
+                .json(json!({"deleted": key.to_hex(), "digest": entry.digest.to_hex()})))
         }
         None => Err(ApiError::not_found("no entry has that key")),
     }

@@ -1,18 +1,18 @@
 //! The HTTP layer: the public listener (build API, artifacts) and the admin listener (health,
 //! readiness, metrics). Handlers turn lower-layer errors into [`crate::error::ApiError`].
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod artifact;
-pub mod body;
-pub mod cache_admin;
-pub mod proxy;
-pub mod public;
+pub(crate) mod body;
+pub(crate) mod cache_admin;
+pub(crate) mod proxy;
+pub(crate) mod public;
 
 use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderMap};
 
-use crate::build::BuildService;
+use crate::builds::BuildService;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;

@@ -1,4 +1,4 @@
-//! Proxy mode (SPEC §7): with `upstream` set, every public request that no `/_velox/` route takes
+//! Proxy mode (docs/http-api.md): with `upstream` set, every public request that no `/_velox/` route takes
 //! goes to the upstream PHP app. Its answer streams back unchanged, unless it is a build
 //! instruction (a 2xx with `X-Velox-Build: true`), which velox-cache answers with the binary.
 //!
@@ -28,11 +28,9 @@ use tokio::time::Instant;
 use super::body::HeadBody;
 use super::public::{self, serve_build};
 use super::{content_length, AppState};
-use crate::build::request::MAX_BODY_BYTES;
-use crate::build::velox::VeloxClient;
-use crate::build::BuildRequest;
+use crate::builds::{BuildRequest, VeloxClient, MAX_BODY_BYTES};
 use crate::config::Config;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// One worker's way to the upstream (awc's client is not `Send`).
 pub struct Upstream {
@@ -131,13 +129,12 @@ fn forward_headers(from: &HeaderMap, peer: Option<IpAddr>, proto: &'static str) 
 }
 
 fn upstream_unavailable(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", message)
+    ApiError::new(ErrorCode::UpstreamUnavailable, message)
 }
 
 fn invalid_instruction(message: impl Into<String>) -> ApiError {
     ApiError::new(
-        StatusCode::BAD_GATEWAY,
-        "invalid_build_instruction",
+        ErrorCode::InvalidBuildInstruction,
         format!("the upstream's build instruction {}", message.into()),
     )
 }
@@ -368,7 +365,7 @@ async fn take_over(
     if serde_json::from_slice::<serde::de::IgnoredAny>(&json).is_err() {
         return Err(invalid_instruction("is not JSON"));
     }
-    // JSON that breaks SPEC §2's rules is the request's fault, as on the build API: a 400.
+    // JSON that breaks docs/build-requests.md's rules is the request's fault, as on the build API: a 400.
     let (build, dropped) = BuildRequest::parse(&json).map_err(|e| {
         ApiError::invalid_request(e.message).with_request_id(e.request_id.as_deref())
     })?;

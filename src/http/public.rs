@@ -1,20 +1,17 @@
-//! Public routes (SPEC §7): `POST /_velox/v1/builds` and `GET|HEAD /_velox/v1/artifacts/{sha256}`.
+//! Public routes (docs/http-api.md): `POST /_velox/v1/builds` and `GET|HEAD /_velox/v1/artifacts/{sha256}`.
 
 use std::time::SystemTime;
 
 use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::http::StatusCode;
 use actix_web::web::{self, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use super::artifact::{self, Blob};
 use super::AppState;
-use crate::build::request::MAX_BODY_BYTES;
-use crate::build::service::{CacheStatus, Served};
-use crate::build::velox::{VeloxClient, VeloxError};
-use crate::build::{BuildError, BuildRequest};
+use crate::builds::{BuildRequest, CacheStatus, Served, VeloxClient, MAX_BODY_BYTES};
 use crate::error::ApiError;
+use crate::ids::Digest;
 
 /// Registers the public routes. Anything else is for the upstream (or 404 without one).
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -96,7 +93,7 @@ async fn create_build(
     serve_build(&req, build, &state, &velox, Vec::new()).await
 }
 
-/// Answers a validated build request with its binary (SPEC §5), from the cache or a build.
+/// Answers a validated build request with its binary (docs/http-api.md), from the cache or a build.
 /// `extra` headers (the PHP app's, in proxy mode) are copied onto the response.
 pub async fn serve_build(
     req: &HttpRequest,
@@ -108,11 +105,10 @@ pub async fn serve_build(
     let key = build.cache_key();
     let request_id = build.request_id().map(str::to_owned);
     let file_name = build.file_name();
-    let served = state
-        .builds
-        .resolve(build, key, velox)
-        .await
-        .map_err(|e| build_error(e, state).with_request_id(request_id.as_deref()))?;
+    let served = state.builds.resolve(build, key, velox).await.map_err(|e| {
+        e.to_api_error(&state.config)
+            .with_request_id(request_id.as_deref())
+    })?;
     let Served {
         entry,
         file,
@@ -153,44 +149,6 @@ pub async fn serve_build(
     Ok(artifact::respond(req, blob, headers, false, &state.metrics))
 }
 
-/// Maps a build outcome to SPEC §6's errors.
-fn build_error(e: BuildError, state: &AppState) -> ApiError {
-    match e {
-        BuildError::Velox(VeloxError::InvalidArgument(msg)) => ApiError::invalid_request(msg),
-        BuildError::Velox(VeloxError::Failed { message, logs }) => {
-            let mut err = ApiError::new(StatusCode::BAD_GATEWAY, "build_failed", message);
-            err.logs = logs.map(String::into_boxed_str);
-            err
-        }
-        BuildError::Velox(VeloxError::Unavailable(why)) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "velox_unavailable",
-            format!(
-                "Velox did not answer usefully after {} attempt(s): {why}",
-                state.config.retry.max_attempts
-            ),
-        ),
-        BuildError::Velox(VeloxError::Timeout) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            format!(
-                "the build did not finish within {}",
-                humantime::format_duration(state.config.build_timeout)
-            ),
-        ),
-        BuildError::Overloaded => {
-            let mut err = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "too many builds are running or waiting; try again later",
-            );
-            err.retry_after = Some(5);
-            err
-        }
-        BuildError::Storage => ApiError::storage_unavailable(),
-    }
-}
-
 /// `GET|HEAD /_velox/v1/artifacts/{sha256}`: the immutable blob.
 async fn get_artifact(
     req: HttpRequest,
@@ -198,7 +156,7 @@ async fn get_artifact(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let not_found = || ApiError::not_found("no artifact has that digest");
-    let digest = crate::util::parse_hex32(&digest).ok_or_else(not_found)?;
+    let digest = Digest::from_hex(&digest).ok_or_else(not_found)?;
     let record = state
         .store
         .blob(&digest)

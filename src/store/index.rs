@@ -19,8 +19,8 @@ use sled::transaction::{
 use sled::Transactional;
 
 use super::{BlobRecord, EntryRecord, RecordError, Store, StoreError};
-use crate::build::CacheKey;
 use crate::config::EvictionPolicy;
+use crate::ids::{CacheKey, Digest};
 
 pub(super) const COUNTER_ENTRIES: &[u8] = b"entries";
 pub(super) const COUNTER_BYTES: &[u8] = b"bytes";
@@ -75,7 +75,7 @@ pub(super) fn key_of(item: &[u8]) -> Option<CacheKey> {
 type Abort = ConflictableTransactionError<StoreError>;
 
 /// A removed entry and, when it held the last reference to its blob, that blob's digest.
-pub(super) type Removed = (EntryRecord, Option<[u8; 32]>);
+pub(super) type Removed = (EntryRecord, Option<Digest>);
 
 fn abort(e: RecordError) -> Abort {
     ConflictableTransactionError::Abort(StoreError::from(e))
@@ -87,17 +87,17 @@ fn counter(ct: &TransactionalTree, name: &[u8]) -> Result<u64, UnabortableTransa
 
 /// Drops one reference to `digest` inside a transaction. Returns the blob's size when that was
 /// the last reference (the record is then gone and the file must be deleted by the caller).
-fn release_blob(bl: &TransactionalTree, digest: &[u8; 32]) -> Result<Option<u64>, Abort> {
+fn release_blob(bl: &TransactionalTree, digest: &Digest) -> Result<Option<u64>, Abort> {
     let Some(b) = bl.get(digest)? else {
         return Ok(None);
     };
     let mut b = BlobRecord::decode(&b).map_err(abort)?;
     b.refs = b.refs.saturating_sub(1);
     if b.refs == 0 {
-        bl.remove(digest)?;
+        bl.remove(digest.as_bytes())?;
         Ok(Some(b.size))
     } else {
-        bl.insert(digest, b.encode().map_err(abort)?)?;
+        bl.insert(digest.as_bytes(), b.encode().map_err(abort)?)?;
         Ok(None)
     }
 }
@@ -140,7 +140,7 @@ impl Store {
         entry: &EntryRecord,
         stored_ms: u64,
         flush: bool,
-    ) -> Result<Option<[u8; 32]>, StoreError> {
+    ) -> Result<Option<Digest>, StoreError> {
         let entry_bytes = entry.encode()?;
         let orphan = self
             .all_trees()
@@ -166,7 +166,7 @@ impl Store {
                         }
                     }
                 };
-                bl.insert(&entry.digest, blob.encode().map_err(abort)?)?;
+                bl.insert(entry.digest.as_bytes(), blob.encode().map_err(abort)?)?;
                 if let Some(old) = en.insert(&key.0, entry_bytes.as_slice())? {
                     let old = EntryRecord::decode(&old).map_err(abort)?;
                     lru.remove(lru_key(&old, key))?;

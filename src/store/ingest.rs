@@ -1,4 +1,4 @@
-//! Ingest (SPEC §10): copy the file Velox wrote into `tmp/` while hashing it, check its size,
+//! Ingest (docs/storage.md): copy the file Velox wrote into `tmp/` while hashing it, check its size,
 //! fsync, rename it to its digest path, fsync the folder; write the manifest the same way; then
 //! commit the entry to sled and flush before anyone is told it exists.
 
@@ -7,10 +7,10 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 use super::{EntryRecord, Store, StoreError};
-use crate::build::{BuildRequest, CacheKey};
+use crate::ids::{CacheKey, Digest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -24,9 +24,14 @@ pub enum IngestError {
     Store(#[from] StoreError),
 }
 
+/// The manifest layout this build writes and reads. A manifest of another version is left alone
+/// (never deleted, never indexed), so a downgrade cannot destroy a newer version's records.
+pub const MANIFEST_VERSION: u32 = 1;
+
 /// The immutable record beside each entry, from which the index can be rebuilt.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
+    /// [`MANIFEST_VERSION`] when written by this build.
     pub version: u32,
     pub key: String,
     pub digest: String,
@@ -34,7 +39,8 @@ pub struct Manifest {
     pub created_ms: u64,
     pub build_ms: u64,
     pub file_name: String,
-    pub request: BuildRequest,
+    /// What was built, as the build layer describes it; the store does not look inside.
+    pub request: serde_json::Value,
 }
 
 /// A file in `tmp/` that is deleted unless it was moved into place.
@@ -97,13 +103,15 @@ impl Store {
         Ok((TempFile { path, keep: false }, file))
     }
 
-    /// Stores the artifact read from `src` as the entry for `key`. Blocks: run it on the blocking
-    /// pool. Returns the committed entry.
+    /// Stores the artifact read from `src` as the entry for `key`, downloaded as `file_name`, with
+    /// `request` (opaque to the store) kept in its manifest. Blocks: run it on the blocking pool.
+    /// Returns the committed entry.
     pub fn ingest(
         &self,
         mut src: File,
         key: &CacheKey,
-        request: &BuildRequest,
+        file_name: &str,
+        request: serde_json::Value,
         build_ms: u64,
     ) -> Result<EntryRecord, IngestError> {
         let expected = src.metadata()?.len();
@@ -133,7 +141,7 @@ impl Store {
         }
         out.sync_all()?;
         drop(out);
-        let digest: [u8; 32] = hasher.finalize().into();
+        let digest = Digest(hasher.finalize().into());
         let now = crate::util::now_ms();
         let entry = EntryRecord {
             digest,
@@ -142,21 +150,17 @@ impl Store {
             last_access_ms: now,
             access_count: 0,
             build_ms,
-            file_name: request.file_name(),
+            file_name: file_name.to_owned(),
         };
         let manifest = Manifest {
-            version: 1,
+            version: MANIFEST_VERSION,
             key: key.to_hex(),
-            digest: hex::encode(digest),
+            digest: digest.to_hex(),
             size: copied,
             created_ms: now,
             build_ms,
             file_name: entry.file_name.clone(),
-            request: BuildRequest {
-                request_id: None,
-                force_rebuild: false,
-                ..request.clone()
-            },
+            request,
         };
         let manifest_bytes =
             serde_json::to_vec_pretty(&manifest).map_err(|e| io::Error::other(e.to_string()))?;
@@ -177,7 +181,7 @@ impl Store {
         if let Some(orphan) = self.commit_entry(key, &entry, now, true)? {
             let path = self.blob_path(&orphan);
             if let Err(e) = fs::remove_file(&path) {
-                log::warn!("cannot delete the unused blob {}: {e}", hex::encode(orphan));
+                log::warn!("cannot delete the unused blob {}: {e}", orphan.to_hex());
             }
         }
         Ok(entry)

@@ -1,4 +1,4 @@
-//! Keeping the cache within its limits (SPEC §10): hits counted in memory and written in batches,
+//! Keeping the cache within its limits (docs/storage.md): hits counted in memory and written in batches,
 //! entries removed with their manifest and blob, and size/count/age limits enforced by taking
 //! victims from the front of the eviction-ordered trees.
 
@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::index::PendingHits;
 use super::{EntryRecord, Store, StoreError};
-use crate::build::CacheKey;
 use crate::config::{CacheConfig, EvictionPolicy};
+use crate::ids::CacheKey;
 
 /// Why an entry left the cache (the `reason` label of `velox_cache_evictions_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

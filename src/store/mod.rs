@@ -1,4 +1,4 @@
-//! The cache store (SPEC §10): binaries as content-addressed blob files, one immutable manifest per
+//! The cache store (docs/storage.md): binaries as content-addressed blob files, one immutable manifest per
 //! entry, and every piece of metadata in sled.
 //!
 //! ```text
@@ -35,7 +35,7 @@ pub use recover::{Problems, ReconcileReport};
 
 use index::{be_u64, COUNTER_BYTES, COUNTER_ENTRIES};
 
-use crate::build::CacheKey;
+use crate::ids::{CacheKey, Digest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -85,10 +85,8 @@ pub struct Store {
     /// Serialises the steps that place or remove blob files together with their index updates,
     /// so that a blob is never deleted between being placed and being referenced.
     write_lock: Mutex<()>,
-    /// Hits counted in memory, written in batches (SPEC §10).
+    /// Hits counted in memory, written in batches (docs/storage.md).
     pending: Mutex<HashMap<CacheKey, PendingHits>>,
-    /// Whether the index was lost at open and must be rebuilt from the manifests.
-    rebuilt: bool,
     /// Held for the life of the process: one process owns a data dir.
     _lock: File,
 }
@@ -133,8 +131,8 @@ impl Store {
             }
         }
         let meta = root.join("meta");
-        let (db, rebuilt) = match open_index_waiting(&meta) {
-            Ok(db) => (db, false),
+        let db = match open_index_waiting(&meta) {
+            Ok(db) => db,
             Err(e) if !is_damage(&e) => return Err(e),
             Err(e) => {
                 // The cache survives its index: set the damaged one aside, start a new one, and
@@ -148,7 +146,7 @@ impl Store {
                 if meta.exists() {
                     fs::rename(&meta, &aside).map_err(dir_err(root))?;
                 }
-                (open_index(&meta)?, true)
+                open_index(&meta)?
             }
         };
         Ok(Store {
@@ -162,7 +160,6 @@ impl Store {
             db,
             write_lock: Mutex::new(()),
             pending: Mutex::new(HashMap::new()),
-            rebuilt,
             _lock: lock,
         })
     }
@@ -174,22 +171,13 @@ impl Store {
             .map_err(|_| StoreError::Corrupt("write lock poisoned".into()))
     }
 
-    /// Whether the index was rebuilt empty at open (the background pass re-indexes it).
-    pub fn was_rebuilt(&self) -> bool {
-        self.rebuilt
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
 
     /// `blobs/sha256/ab/<hex>`
-    pub fn blob_path(&self, digest: &[u8; 32]) -> PathBuf {
-        let hex = hex::encode(digest);
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.to_hex();
         self.root.join("blobs/sha256").join(&hex[..2]).join(hex)
     }
 
@@ -211,7 +199,7 @@ impl Store {
     }
 
     /// The blob record for `digest`, if any entry uses it.
-    pub fn blob(&self, digest: &[u8; 32]) -> Result<Option<BlobRecord>, StoreError> {
+    pub fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, StoreError> {
         match self.blobs.get(digest)? {
             Some(bytes) => Ok(Some(BlobRecord::decode(&bytes)?)),
             None => Ok(None),
@@ -221,12 +209,12 @@ impl Store {
     /// Opens a blob for reading, checking that the file has the size the index says, and returns
     /// it with its mtime (when it was stored). A missing or short file is reported as `None`: the
     /// entry cannot be served.
-    pub fn open_blob(&self, digest: &[u8; 32], size: u64) -> Option<(File, SystemTime)> {
+    pub fn open_blob(&self, digest: &Digest, size: u64) -> Option<(File, SystemTime)> {
         let path = self.blob_path(digest);
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) => {
-                log::error!("blob {} cannot be opened: {e}", hex::encode(digest));
+                log::error!("blob {} cannot be opened: {e}", digest.to_hex());
                 return None;
             }
         };
@@ -238,13 +226,13 @@ impl Store {
             Ok(m) => {
                 log::error!(
                     "blob {} has {} bytes, the index says {size}",
-                    hex::encode(digest),
+                    digest.to_hex(),
                     m.len()
                 );
                 None
             }
             Err(e) => {
-                log::error!("blob {} cannot be read: {e}", hex::encode(digest));
+                log::error!("blob {} cannot be read: {e}", digest.to_hex());
                 None
             }
         }

@@ -5,6 +5,8 @@
 use bincode::config;
 use serde::{Deserialize, Serialize};
 
+use crate::ids::Digest;
+
 /// Why stored bytes could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -26,7 +28,7 @@ const BLOB_V1: u8 = 1;
 /// One cache entry: a cache key's binary and what is known about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryRecord {
-    pub digest: [u8; 32],
+    pub digest: Digest,
     pub size: u64,
     pub created_ms: u64,
     pub last_access_ms: u64,
@@ -87,7 +89,7 @@ mod tests {
 
     fn entry() -> EntryRecord {
         EntryRecord {
-            digest: [7; 32],
+            digest: Digest([7; 32]),
             size: 1234,
             created_ms: 1_700_000_000_000,
             last_access_ms: 1_700_000_001_000,

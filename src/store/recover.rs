@@ -1,4 +1,4 @@
-//! Recovery and checking (SPEC §10): the background pass that reconciles the index with the
+//! Recovery and checking (docs/storage.md): the background pass that reconciles the index with the
 //! files after a start (or a crash), the rebuild of the index from the manifests, and `verify`,
 //! which re-hashes every blob and cross-checks every tree.
 
@@ -8,11 +8,12 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 use super::index::{be_u64, fifo_key, key_of, lfu_key, lru_key, COUNTER_BYTES, COUNTER_ENTRIES};
+use super::ingest::MANIFEST_VERSION;
 use super::{BlobRecord, EntryRecord, Manifest, Store, StoreError};
-use crate::build::CacheKey;
+use crate::ids::{CacheKey, Digest};
 
 /// What a reconciliation changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -62,7 +63,7 @@ fn file_size(path: &Path) -> Option<u64> {
         .map(|m| m.len())
 }
 
-fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
+fn sha256_file(path: &Path) -> io::Result<Digest> {
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1024 * 1024];
@@ -73,17 +74,45 @@ fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().into())
+    Ok(Digest(h.finalize().into()))
+}
+
+/// What a manifest file holds, as far as this build can tell.
+enum ManifestFile {
+    Readable(Box<Manifest>),
+    /// Another version's layout: left alone.
+    OtherVersion(u32),
+    Unreadable,
+}
+
+fn read_manifest_file(path: &Path) -> ManifestFile {
+    let Ok(bytes) = fs::read(path) else {
+        return ManifestFile::Unreadable;
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return ManifestFile::Unreadable;
+    };
+    match value.get("version").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(MANIFEST_VERSION) => {}
+        Some(v) => return ManifestFile::OtherVersion(v.try_into().unwrap_or(u32::MAX)),
+        None => return ManifestFile::Unreadable,
+    }
+    match serde_json::from_value(value) {
+        Ok(m) => ManifestFile::Readable(Box::new(m)),
+        Err(_) => ManifestFile::Unreadable,
+    }
 }
 
 fn read_manifest(path: &Path) -> Option<Manifest> {
-    let bytes = fs::read(path).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    match read_manifest_file(path) {
+        ManifestFile::Readable(m) => Some(*m),
+        _ => None,
+    }
 }
 
 fn manifest_entry(m: &Manifest) -> Option<(CacheKey, EntryRecord)> {
     let key = CacheKey::from_hex(&m.key)?;
-    let digest = crate::util::parse_hex32(&m.digest)?;
+    let digest = Digest::from_hex(&m.digest)?;
     Some((
         key,
         EntryRecord {
@@ -131,7 +160,17 @@ impl Store {
 
         // Manifests: re-index what the index lacks, delete what has nothing left.
         for path in sharded_files(&self.root.join("manifests"))? {
-            let parsed = read_manifest(&path).and_then(|m| manifest_entry(&m).map(|e| (m, e)));
+            let parsed = match read_manifest_file(&path) {
+                ManifestFile::OtherVersion(v) => {
+                    log::warn!(
+                        "leaving the manifest {} alone: its layout is version {v}, this build reads {MANIFEST_VERSION}",
+                        path.display()
+                    );
+                    continue;
+                }
+                ManifestFile::Readable(m) => manifest_entry(&m).map(|e| (m, e)),
+                ManifestFile::Unreadable => None,
+            };
             let Some((manifest, (key, entry))) = parsed else {
                 log::warn!("deleting the unreadable manifest {}", path.display());
                 let _guard = self.locked()?;
@@ -167,7 +206,7 @@ impl Store {
         // Blobs no entry refers to.
         for path in sharded_files(&self.root.join("blobs/sha256"))? {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let Some(digest) = crate::util::parse_hex32(name) else {
+            let Some(digest) = Digest::from_hex(name) else {
                 log::warn!("{} is not a blob name; leaving it", path.display());
                 continue;
             };
@@ -207,7 +246,7 @@ impl Store {
                 _ => p.push(format!("entry {} does not decode", hex::encode(&k))),
             }
         }
-        let mut refs: HashMap<[u8; 32], u64> = HashMap::new();
+        let mut refs: HashMap<Digest, u64> = HashMap::new();
         for (key, e) in &entries {
             *refs.entry(e.digest).or_default() += 1;
             if self.lru.get(lru_key(e, key))?.is_none() {
@@ -222,10 +261,7 @@ impl Store {
             match read_manifest(&self.manifest_path(key)) {
                 None => p.push(format!("entry {key} has no readable manifest")),
                 Some(m) => {
-                    if m.key != key.to_hex()
-                        || m.digest != hex::encode(e.digest)
-                        || m.size != e.size
-                    {
+                    if m.key != key.to_hex() || m.digest != e.digest.to_hex() || m.size != e.size {
                         p.push(format!("entry {key} disagrees with its manifest"));
                     }
                 }
@@ -258,12 +294,12 @@ impl Store {
                 p.push(format!("blob record {} does not decode", hex::encode(&k)));
                 continue;
             };
-            let Some(digest) = key_of(&k).filter(|_| k.len() == 32).map(|k| k.0) else {
+            let Some(digest) = Digest::from_slice(&k) else {
                 p.push(format!("blob record key {} is malformed", hex::encode(&k)));
                 continue;
             };
             bytes += rec.size;
-            let name = hex::encode(digest);
+            let name = digest.to_hex();
             if refs.remove(&digest) != Some(rec.refs) {
                 p.push(format!("blob {name} has the wrong reference count"));
             }
@@ -283,12 +319,12 @@ impl Store {
         for digest in refs.keys() {
             p.push(format!(
                 "blob {} is used by an entry but has no record",
-                hex::encode(digest)
+                digest.to_hex()
             ));
         }
         for path in sharded_files(&self.root.join("blobs/sha256"))? {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            match crate::util::parse_hex32(name) {
+            match Digest::from_hex(name) {
                 Some(d) if self.blobs.get(d)?.is_some() => {}
                 _ => p.push(format!("blob file {name} is not referenced")),
             }

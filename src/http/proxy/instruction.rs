@@ -1,4 +1,4 @@
-//! Build instructions (SPEC §7): which upstream answers are ones, their body decoded per its
+//! Build instructions (docs/http-api.md): which upstream answers are ones, their body decoded per its
 //! `Content-Encoding` with the decoded size capped, and which of their headers go on the binary.
 //!
 //! Decoding uses the codec crates' readers through `Read::take`, not actix-http's `Decoder`,
@@ -24,7 +24,7 @@ pub fn is_build_instruction(status: StatusCode, headers: &HeaderMap) -> bool {
 
 /// Headers of the PHP response that do not go on the binary: `X-Velox-Build`, and those that
 /// describe the instruction's body rather than the binary or that velox-cache sets itself
-/// (SPEC §5). `Content-Disposition` is not among them: the app's wins.
+/// (docs/http-api.md). `Content-Disposition` is not among them: the app's wins.
 const NOT_COPIED: &[&str] = &[
     "x-velox-build",
     "content-type",

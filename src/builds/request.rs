@@ -1,15 +1,15 @@
-//! The build request (Velox's `api.request.v1.BuildRequest`), its validation (SPEC §2) and its
+//! The build request (Velox's `api.request.v1.BuildRequest`), its validation (docs/build-requests.md) and its
 //! cache key.
 //!
 //! Parsing is lenient where protojson is (snake_case and lowerCamelCase names, `null` for absent)
 //! and strict where Velox is (the same validation rules). Fields Velox does not know are dropped
 //! here, before anything reaches Velox, whose decoder rejects unknown fields.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
+
+use crate::ids::CacheKey;
 
 /// Largest body accepted for a build request.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -355,6 +355,17 @@ impl BuildRequest {
         }
     }
 
+    /// What the manifest keeps of the request: everything that shaped the binary, without the
+    /// per-call `request_id` and `force_rebuild`.
+    pub fn manifest_payload(&self) -> serde_json::Value {
+        let kept = BuildRequest {
+            request_id: None,
+            force_rebuild: false,
+            ..self.clone()
+        };
+        serde_json::to_value(kept).unwrap_or(Value::Null)
+    }
+
     /// The request id when it is set and not empty.
     pub fn request_id(&self) -> Option<&str> {
         self.request_id.as_deref().filter(|s| !s.is_empty())
@@ -387,33 +398,6 @@ fn valid_rr_version(v: &str) -> bool {
         }
     }
     true
-}
-
-/// A cache key: 32 bytes, shown as 64 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CacheKey(pub [u8; 32]);
-
-impl CacheKey {
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    /// Parses 64 hex digits (either case).
-    pub fn from_hex(s: &str) -> Option<CacheKey> {
-        crate::util::parse_hex32(s).map(CacheKey)
-    }
-}
-
-impl fmt::Display for CacheKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for CacheKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CacheKey({})", self.to_hex())
-    }
 }
 
 #[cfg(test)]

@@ -5,5 +5,7 @@ pub mod request;
 pub mod service;
 pub mod velox;
 
-pub use request::{BuildRequest, CacheKey};
-pub use service::{BuildError, BuildService};
+pub use crate::ids::CacheKey;
+pub use request::{BuildRequest, MAX_BODY_BYTES};
+pub use service::{BuildError, BuildService, CacheStatus, Served, VeloxHealth};
+pub use velox::VeloxClient;

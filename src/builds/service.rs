@@ -1,4 +1,4 @@
-//! One build per key (SPEC §4): the cache-hit decision, coalescing of identical misses, the
+//! One build per key (docs/build-requests.md): the cache-hit decision, coalescing of identical misses, the
 //! concurrency and queue limits, the memory of failed builds, and `force_rebuild`.
 //!
 //! A build runs as its own task on the worker that started it, so it goes on when its clients
@@ -16,20 +16,77 @@ use tokio::time::Instant;
 use super::velox::{open_artifact, VeloxClient, VeloxError};
 use super::{BuildRequest, CacheKey};
 use crate::config::Config;
+use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
-use crate::store::{EntryRecord, Limits, Store};
+use crate::store::{EntryRecord, IngestError, Limits, Store};
+
+/// A cause shared by every waiter of a build (the outcome is cloned to each).
+pub type SharedCause = Arc<dyn std::error::Error + Send + Sync>;
 
 /// Why a build request could not be answered with a binary.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BuildError {
     #[error(transparent)]
     Velox(#[from] VeloxError),
     /// Past `max_concurrent_builds + max_queued_builds`.
     #[error("too many builds are running or waiting")]
     Overloaded,
-    /// The store failed; details are in the log.
-    #[error("the cache storage failed")]
-    Storage,
+    /// The disk or the index failed.
+    #[error("the cache storage failed: {0}")]
+    Storage(#[source] SharedCause),
+    /// A bug: a poisoned lock, a lost task, a closed semaphore.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl BuildError {
+    fn storage(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BuildError::Storage(Arc::new(e))
+    }
+
+    /// The answer a client gets (docs/http-api.md, "Errors"). Causes stay in the log.
+    pub fn to_api_error(&self, config: &Config) -> ApiError {
+        match self {
+            BuildError::Velox(VeloxError::InvalidArgument(msg)) => {
+                ApiError::invalid_request(msg.clone())
+            }
+            BuildError::Velox(VeloxError::Failed { message, logs }) => {
+                let mut err = ApiError::new(ErrorCode::BuildFailed, message.clone());
+                err.logs = logs.as_deref().map(Box::from);
+                err
+            }
+            BuildError::Velox(VeloxError::Unavailable(why)) => ApiError::new(
+                ErrorCode::VeloxUnavailable,
+                format!(
+                    "Velox did not answer usefully after {} attempt(s): {why}",
+                    config.retry.max_attempts
+                ),
+            ),
+            BuildError::Velox(VeloxError::Timeout) => ApiError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the build did not finish within {}",
+                    humantime::format_duration(config.build_timeout)
+                ),
+            ),
+            BuildError::Overloaded => {
+                let mut err = ApiError::new(
+                    ErrorCode::Overloaded,
+                    "too many builds are running or waiting; try again later",
+                );
+                err.retry_after = Some(5);
+                err
+            }
+            BuildError::Storage(cause) => {
+                log::error!("answering storage_unavailable: {cause}");
+                ApiError::storage_unavailable()
+            }
+            BuildError::Internal(what) => {
+                log::error!("answering internal: {what}");
+                ApiError::internal()
+            }
+        }
+    }
 }
 
 /// How the binary was obtained.
@@ -144,7 +201,7 @@ impl BuildService {
         let started = std::time::Instant::now();
         let entry = self.store.lookup(key).map_err(|e| {
             log::error!("lookup of {key} failed: {e}");
-            BuildError::Storage
+            BuildError::storage(e)
         })?;
         let found = entry.and_then(|entry| {
             let (file, modified) = self.store.open_blob(&entry.digest, entry.size)?;
@@ -168,7 +225,10 @@ impl BuildService {
             }
         }
         let (mut rx, deadline) = {
-            let mut inflight = self.inflight.lock().map_err(|_| BuildError::Storage)?;
+            let mut inflight = self
+                .inflight
+                .lock()
+                .map_err(|_| BuildError::Internal("the in-flight map's lock is poisoned"))?;
             if let Some(rx) = inflight.get(&key) {
                 self.metrics
                     .builds_coalesced
@@ -211,15 +271,23 @@ impl BuildService {
             Ok(Ok(outcome)) => outcome.clone(),
             Ok(Err(_)) => {
                 log::error!("the build task for {key} ended without an outcome");
-                return Err(BuildError::Storage);
+                return Err(BuildError::Internal(
+                    "the build task ended without an outcome",
+                ));
             }
             Err(_) => return Err(BuildError::Velox(VeloxError::Timeout)),
         };
-        let built = outcome.unwrap_or(Err(BuildError::Storage))?;
+        let built = outcome.unwrap_or(Err(BuildError::Internal(
+            "the build task ended without an outcome",
+        )))?;
         let (file, modified) = self
             .store
             .open_blob(&built.entry.digest, built.entry.size)
-            .ok_or(BuildError::Storage)?;
+            .ok_or_else(|| {
+                BuildError::storage(std::io::Error::other(
+                    "the blob just stored cannot be opened",
+                ))
+            })?;
         Ok(Served {
             entry: built.entry,
             file,
@@ -352,7 +420,7 @@ impl BuildService {
             Arc::clone(&self.slots)
                 .acquire_owned()
                 .await
-                .map_err(|_| BuildError::Storage)?
+                .map_err(|_| BuildError::Internal("the build slots are closed"))?
         };
         let _active = Count::up(&self.metrics.builds_active);
         let started = Instant::now();
@@ -385,18 +453,20 @@ impl BuildService {
                     logs: Some(answer.logs.clone()).filter(|l| !l.is_empty()),
                 })
             })?;
-            let entry = store.ingest(file, &key, &request, build_ms).map_err(|e| {
-                log::error!("storing the artifact for {key} failed: {e}");
-                match e {
-                    crate::store::IngestError::Empty | crate::store::IngestError::SizeChanged { .. } => {
-                        BuildError::Velox(VeloxError::Failed {
-                            message: "Velox's artifact changed while it was read".into(),
-                            logs: None,
-                        })
+            let entry = store
+                .ingest(file, &key, &request.file_name(), request.manifest_payload(), build_ms)
+                .map_err(|e| {
+                    log::error!("storing the artifact for {key} failed: {e}");
+                    match e {
+                        IngestError::Empty | IngestError::SizeChanged { .. } => {
+                            BuildError::Velox(VeloxError::Failed {
+                                message: "Velox's artifact changed while it was read".into(),
+                                logs: None,
+                            })
+                        }
+                        e => BuildError::storage(e),
                     }
-                    _ => BuildError::Storage,
-                }
-            })?;
+                })?;
             // Limits are enforced right after every insert; the new entry is not a victim.
             match store.enforce(&limits, Some(&key)) {
                 Ok(evicted) => {
@@ -414,7 +484,7 @@ impl BuildService {
             Ok(result) => result,
             Err(e) => {
                 log::error!("the ingest task for {key} failed: {e}");
-                Err(BuildError::Storage)
+                Err(BuildError::Internal("the ingest task failed"))
             }
         }
     }

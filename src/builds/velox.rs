@@ -1,4 +1,4 @@
-//! The Velox client (SPEC §3): Connect unary over HTTP/1.1 with JSON, the retry matrix, and the
+//! The Velox client (docs/velox.md): Connect unary over HTTP/1.1 with JSON, the retry matrix, and the
 //! checks on the path Velox answers with.
 //!
 //! awc's `Client` is not `Send`: one is made per worker and this client runs on that worker's
@@ -66,7 +66,7 @@ pub enum Attempt {
     Fatal(VeloxError),
 }
 
-/// Classifies Velox's answer per SPEC §3's table.
+/// Classifies Velox's answer per docs/velox.md's table.
 pub fn classify(status: u16, body: &[u8]) -> Attempt {
     if status == 200 {
         return match serde_json::from_slice::<VeloxSuccess>(body) {
