@@ -1,4 +1,4 @@
-//! The cache as an operator leaves it running (SPEC §7 admin routes, §9, §10, §11): eviction per
+//! The cache as an operator leaves it running (docs/http-api.md's admin routes, docs/metrics.md, docs/storage.md, docs/cli.md): eviction per
 //! policy, size and age limits, access statistics across restarts, crash loops, a corrupt index,
 //! orphans, and the offline `cache` commands.
 

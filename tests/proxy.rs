@@ -1,4 +1,4 @@
-//! Proxy mode (SPEC §7) through real HTTP: a real PHP app (`tests/php/router.php` under
+//! Proxy mode (docs/http-api.md) through real HTTP: a real PHP app (`tests/php/router.php` under
 //! `php -S`) behind the real binary, beside the stand-in Velox. Pass-through pages, streaming,
 //! the velox-app build flow with encoded instructions, resumes with curl and wget, errors, and
 //! the memory a large pass-through costs.

@@ -1,4 +1,4 @@
-//! What velox-cache does with each answer Velox can give (SPEC §3, §4, §6): the retry matrix,
+//! What velox-cache does with each answer Velox can give (docs/velox.md, docs/build-requests.md, docs/http-api.md): the retry matrix,
 //! failure memory, timeouts, artifact path checks, bad input, overload, the token.
 
 mod support;

@@ -203,7 +203,7 @@ switch (true) {
                 echo '{"pad": "' . str_repeat('x', 2 * 1048576) . '"}';
                 break;
             case 'invalid':
-                // Valid JSON that breaks SPEC §2's rules.
+                // Valid JSON that breaks docs/build-requests.md's rules.
                 json_out(200, [
                     'request_id' => '3f1c2d4e-5b6a-4c7d-8e9f-0a1b2c3d4e5f',
                     'rr_version' => 'not a version',

@@ -1,5 +1,5 @@
 //! A stand-in for a Velox build server (`vx server`) that speaks its Connect protocol as the real
-//! one does (SPEC §3): `POST /api.service.v1.BuildService/Build` with JSON, unknown fields
+//! one does (docs/velox.md): `POST /api.service.v1.BuildService/Build` with JSON, unknown fields
 //! rejected with `invalid_argument`, the request validated, `409 already_exists` while the same
 //! build is under way, the binary written to a folder and its path answered.
 //!

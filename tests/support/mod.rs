@@ -71,7 +71,7 @@ impl Harness {
     }
 }
 
-/// A build request in the shape the SPEC shows.
+/// A build request in the shape velox-app sends.
 pub fn build_request(os: &str, arch: &str) -> Value {
     json!({
         "request_id": "b66d5617-64dd-419b-a68b-b002938320ab",
@@ -109,7 +109,7 @@ impl Resp {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
     }
 
-    /// Asserts a SPEC §6 error.
+    /// Asserts a docs/http-api.md error.
     pub fn assert_error(&self, status: u16, code: &str) -> Value {
         assert_eq!(
             self.status,
