@@ -124,6 +124,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 max_entries: entries - 1,
                 max_age: Duration::ZERO,
                 policy,
+                min_free_bytes: 0,
             };
             let t = Instant::now();
             let gone = store.enforce(&limits, None)?;

@@ -1,5 +1,6 @@
-//! Background work of a running server: the start-up reconciliation pass, the access-statistics
-//! writer, and the periodic limit enforcement. One stop signal ends them all; `stop` joins them.
+//! Background work of a running server: the start-up pass (reconciliation, then the limits), the
+//! access-statistics writer, and the periodic limit enforcement. One stop signal ends them all;
+//! `stop` joins them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,12 +66,20 @@ impl Background {
     ) -> Self {
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        let s = Arc::clone(&store);
+        let (s, m) = (Arc::clone(&store), Arc::clone(&metrics));
         tasks.push(actix_web::rt::spawn(async move {
-            match actix_web::rt::task::spawn_blocking(move || s.reconcile()).await {
-                Ok(Ok(report)) => log::info!("start-up reconciliation: {report:?}"),
-                Ok(Err(e)) => log::error!("start-up reconciliation failed: {e}"),
-                Err(e) => log::error!("start-up reconciliation did not run: {e}"),
+            let pass = move || {
+                match s.reconcile() {
+                    Ok(report) => log::info!("start-up reconciliation: {report:?}"),
+                    Err(e) => log::error!("start-up reconciliation failed: {e}"),
+                }
+                // A crash between an insert and its eviction (or lower limits than the last run
+                // had) must not leave the cache over its limits until the first cleanup_interval.
+                let evicted = cleanup(&s, &limits, &m);
+                log::info!("start-up pass: the limits evicted {evicted} entries");
+            };
+            if let Err(e) = actix_web::rt::task::spawn_blocking(pass).await {
+                log::error!("the start-up pass did not run: {e}");
             }
         }));
         if !access_every.is_zero() {

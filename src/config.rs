@@ -5,9 +5,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
+
+pub mod duration;
+mod load;
+
+pub use load::Loaded;
 
 /// Environment prefix; nested keys use `__` (`VELOX_CACHE_CACHE__MAX_SIZE_GB`).
 pub const ENV_PREFIX: &str = "VELOX_CACHE_";
@@ -26,9 +29,9 @@ pub enum EvictionPolicy {
 #[serde(default, deny_unknown_fields)]
 pub struct RetryConfig {
     pub max_attempts: u32,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub initial_delay: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub max_delay: Duration,
     pub backoff_multiplier: f64,
 }
@@ -50,11 +53,13 @@ pub struct CacheConfig {
     pub max_size_gb: f64,
     pub max_entries: u64,
     pub max_age_days: f64,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub cleanup_interval: Duration,
     pub eviction_policy: EvictionPolicy,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub access_update_interval: Duration,
+    /// Free space eviction keeps on the data dir's filesystem, in GB (1024³ bytes).
+    pub min_free_gb: f64,
 }
 
 impl Default for CacheConfig {
@@ -66,6 +71,7 @@ impl Default for CacheConfig {
             cleanup_interval: Duration::from_secs(3600),
             eviction_policy: EvictionPolicy::Lru,
             access_update_interval: Duration::from_secs(5),
+            min_free_gb: 1.0,
         }
     }
 }
@@ -83,7 +89,7 @@ pub struct Config {
         skip_serializing_if = "Option::is_none"
     )]
     pub upstream: Option<String>,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub upstream_timeout: Duration,
     /// PEM file of extra CAs trusted for https upstreams and Velox (private CAs).
     #[serde(
@@ -100,13 +106,13 @@ pub struct Config {
         skip_serializing_if = "Option::is_none"
     )]
     pub path_map: Option<String>,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub build_timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub request_timeout: Duration,
     pub max_concurrent_builds: usize,
     pub max_queued_builds: usize,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub failure_ttl: Duration,
     #[serde(
         deserialize_with = "lenient_opt_string",
@@ -196,27 +202,35 @@ impl PathMap {
 
 impl Config {
     /// Loads the configuration from the file named by `config_file` (or `VELOX_CACHE_CONFIG`),
-    /// the environment and the flags, and checks it.
+    /// the environment and the flags, and checks it. Warnings (environment variables that name
+    /// no key) go to the log; [`Config::load_checked`] hands them back instead.
     pub fn load(config_file: Option<&Path>, flags: &FlagOverrides) -> Result<Config, ConfigError> {
-        let env_file = std::env::var_os(ENV_CONFIG_FILE).map(PathBuf::from);
-        let file = config_file.map(Path::to_path_buf).or(env_file);
-        let mut fig = Figment::new();
-        if let Some(file) = &file {
-            if !file.is_file() {
-                return Err(ConfigError(format!(
-                    "the config file {} does not exist or is not a file",
-                    file.display()
-                )));
-            }
-            fig = fig.merge(Toml::file_exact(file));
+        let loaded = Config::load_checked(config_file, flags, false)?;
+        for w in &loaded.warnings {
+            log::warn!("{w}");
         }
-        let env = Env::prefixed(ENV_PREFIX)
-            .split("__")
-            .filter(|k| !k.as_str().eq_ignore_ascii_case("config"));
-        fig = fig.merge(env).merge(Serialized::defaults(flags));
-        let config: Config = fig.extract().map_err(describe_figment_error)?;
-        config.validate()?;
-        Ok(config)
+        Ok(loaded.config)
+    }
+
+    /// As [`Config::load`], with the warnings returned; `serving` adds the checks that only
+    /// matter to a server (folders that must exist).
+    pub fn load_checked(
+        config_file: Option<&Path>,
+        flags: &FlagOverrides,
+        serving: bool,
+    ) -> Result<Loaded, ConfigError> {
+        load::load(config_file, flags, serving)
+    }
+
+    /// What `serve` needs beyond [`Config::validate`]: folders that exist now.
+    pub fn validate_for_serving(&self) -> Result<(), ConfigError> {
+        if !self.artifact_root.is_dir() {
+            return Err(ConfigError(format!(
+                "invalid value for `artifact_root`: the folder {} does not exist (or is not a folder); Velox's artifacts must resolve inside it",
+                self.artifact_root.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Checks what types alone cannot.
@@ -237,11 +251,17 @@ impl Config {
         }
         if let Some(u) = &self.upstream {
             if !valid_http_url(u) {
-                return fail("upstream", "must be an http:// or https:// URL");
+                return fail(
+                    "upstream",
+                    "must be an http:// or https:// URL, such as http://127.0.0.1:8081",
+                );
             }
         }
         if !valid_http_url(&self.server_url) {
-            return fail("server_url", "must be an http:// or https:// URL");
+            return fail(
+                "server_url",
+                "must be an http:// or https:// URL, such as http://velox:9000",
+            );
         }
         if let Some(ca) = &self.upstream_ca_file {
             // Read now so that a bad file stops the start naming the key, not the first request.
@@ -285,6 +305,9 @@ impl Config {
         if !(c.max_age_days.is_finite() && c.max_age_days >= 0.0) {
             return fail("cache.max_age_days", "must be a number of at least 0");
         }
+        if !(c.min_free_gb.is_finite() && c.min_free_gb >= 0.0) {
+            return fail("cache.min_free_gb", "must be a number of at least 0");
+        }
         Ok(())
     }
 
@@ -307,43 +330,6 @@ fn valid_http_url(u: &str) -> bool {
         .strip_prefix("http://")
         .or_else(|| u.strip_prefix("https://"));
     matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
-}
-
-/// Turns figment's errors into one message per error, each naming the key.
-fn describe_figment_error(err: figment::Error) -> ConfigError {
-    let mut lines = Vec::new();
-    for e in err {
-        let mut path = e.path.join(".");
-        let what = match &e.kind {
-            figment::error::Kind::UnknownField(field, _) => {
-                // figment's path may or may not already end with the field.
-                if e.path.last() != Some(field) {
-                    if !path.is_empty() {
-                        path.push('.');
-                    }
-                    path.push_str(field);
-                }
-                "unknown key".to_string()
-            }
-            kind => kind.to_string(),
-        };
-        let source = match &e.metadata {
-            Some(m) if m.name.contains("FlagOverrides") => " (from the command line)".to_string(),
-            Some(m) => match &m.source {
-                Some(figment::Source::File(f)) => format!(" (from {})", f.display()),
-                _ => format!(" (from {})", m.name),
-            },
-            None => String::new(),
-        };
-        if path.is_empty() {
-            lines.push(format!("invalid configuration: {what}{source}"));
-        } else if what == "unknown key" {
-            lines.push(format!("unknown key `{path}`{source}"));
-        } else {
-            lines.push(format!("invalid value for `{path}`: {what}{source}"));
-        }
-    }
-    ConfigError(lines.join("\n"))
 }
 
 /// Accepts any scalar as a string: the environment cannot say `"1234"` is text and not a number.

@@ -8,30 +8,36 @@ use velox_cache::config::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref(), &cli.overrides()) {
-        Ok(c) => c,
+    let loaded = match Config::load_checked(cli.config.as_deref(), &cli.overrides(), cli.serving())
+    {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("velox-cache: {e}");
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Config => {
+    // Before any logger exists, and once: every subcommand reads the same environment.
+    for w in &loaded.warnings {
+        eprintln!("velox-cache: warning: {w}");
+    }
+    let config = loaded.config;
+    match cli.command {
+        Some(Command::Config(_)) => {
             print!("{}", config.to_masked_toml());
             ExitCode::SUCCESS
         }
-        Command::Healthcheck => velox_cache::cli::healthcheck::run(&config),
-        Command::Warm {
+        Some(Command::Healthcheck { .. }) => velox_cache::cli::healthcheck::run(&config),
+        Some(Command::Warm {
             file,
             url,
             concurrency,
-        } => velox_cache::cli::warm::run(&config, &file, &url, concurrency),
-        Command::Cache { action } => {
+        }) => velox_cache::cli::warm::run(&config, &file, &url, concurrency),
+        Some(Command::Cache { action, .. }) => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
                 .init();
             velox_cache::cli::cache::run(&config, &action)
         }
-        Command::Serve => {
+        None | Some(Command::Serve(_)) => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
                 .init();
             match velox_cache::server::run(config) {

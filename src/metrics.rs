@@ -71,12 +71,53 @@ pub struct Metrics {
     pub velox_retries: AtomicU64,
     pub download_bytes: AtomicU64,
     /// By [`EvictionReason::ALL`] order.
-    pub evictions: [AtomicU64; 4],
+    pub evictions: [AtomicU64; EvictionReason::ALL.len()],
     /// Proxy mode: upstream answers relayed, build instructions answered with a binary, and
     /// requests velox-cache answered with an error of its own.
     pub proxy_passed: AtomicU64,
     pub proxy_build: AtomicU64,
     pub proxy_error: AtomicU64,
+    /// By [`StoreErrorReason::ALL`] order.
+    pub store_errors: [AtomicU64; StoreErrorReason::ALL.len()],
+}
+
+/// Why storing or keeping a binary failed (the `reason` label of
+/// `velox_cache_store_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorReason {
+    /// The filesystem had no room (`ENOSPC`, `EDQUOT`).
+    Full,
+    /// Any other failure of the disk or the index.
+    Io,
+    /// Stored bytes found not to match their digest.
+    Corrupt,
+}
+
+impl StoreErrorReason {
+    pub const ALL: [StoreErrorReason; 3] = [
+        StoreErrorReason::Full,
+        StoreErrorReason::Io,
+        StoreErrorReason::Corrupt,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreErrorReason::Full => "full",
+            StoreErrorReason::Io => "io",
+            StoreErrorReason::Corrupt => "corrupt",
+        }
+    }
+}
+
+/// Gauges read at scrape time from outside the counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// The data dir's filesystem, when `statvfs` answers.
+    pub disk: Option<crate::store::DiskSpace>,
+    /// `cache.min_free_gb` in bytes.
+    pub min_free_bytes: u64,
+    /// Whether Velox answered its last call (true before the first call).
+    pub velox_up: bool,
 }
 
 impl Default for Metrics {
@@ -98,6 +139,7 @@ impl Default for Metrics {
             proxy_passed: AtomicU64::new(0),
             proxy_build: AtomicU64::new(0),
             proxy_error: AtomicU64::new(0),
+            store_errors: Default::default(),
         }
     }
 }
@@ -116,6 +158,48 @@ impl Metrics {
             .position(|r| *r == reason)
             .unwrap_or(0);
         self.evictions[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn store_error(&self, reason: StoreErrorReason) {
+        let i = StoreErrorReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.store_errors[i].fetch_add(1, Relaxed);
+    }
+
+    /// The gauges of [`Gauges`], appended to [`Metrics::render`]'s text.
+    pub fn render_gauges(out: &mut String, g: &Gauges) {
+        if let Some(d) = g.disk {
+            one(
+                out,
+                "gauge",
+                "velox_cache_disk_free_bytes",
+                "Free bytes on the data dir's filesystem.",
+                d.free,
+            );
+            one(
+                out,
+                "gauge",
+                "velox_cache_disk_total_bytes",
+                "Size of the data dir's filesystem.",
+                d.total,
+            );
+        }
+        one(
+            out,
+            "gauge",
+            "velox_cache_min_free_bytes",
+            "The free space eviction keeps (cache.min_free_gb).",
+            g.min_free_bytes,
+        );
+        one(
+            out,
+            "gauge",
+            "velox_velox_up",
+            "1 unless Velox's last call found it unreachable.",
+            u64::from(g.velox_up),
+        );
     }
 
     /// The Prometheus text exposition.
@@ -229,6 +313,19 @@ impl Metrics {
             c(&self.proxy_build),
             c(&self.proxy_error)
         );
+        let _ = writeln!(
+            out,
+            "# HELP velox_cache_store_errors_total Failures to store or keep a binary, by reason.\n\
+             # TYPE velox_cache_store_errors_total counter"
+        );
+        for (reason, count) in StoreErrorReason::ALL.iter().zip(&self.store_errors) {
+            let _ = writeln!(
+                out,
+                "velox_cache_store_errors_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                c(count)
+            );
+        }
         out
     }
 }

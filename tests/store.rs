@@ -84,6 +84,7 @@ fn count_limit(n: u64, policy: EvictionPolicy) -> Limits {
         max_entries: n,
         max_age: Duration::ZERO,
         policy,
+        min_free_bytes: 0,
     }
 }
 
@@ -175,6 +176,7 @@ fn size_limit_evicts_until_the_bytes_fit_and_never_the_protected_entry() {
         max_entries: 0,
         max_age: Duration::ZERO,
         policy: EvictionPolicy::Fifo,
+        min_free_bytes: 0,
     };
     let evicted = f.enforce(limits, Some(1));
     assert_eq!(
@@ -199,6 +201,7 @@ fn age_limit_removes_expired_entries() {
         max_entries: 0,
         max_age: Duration::from_millis(40),
         policy: EvictionPolicy::Lru,
+        min_free_bytes: 0,
     };
     assert_eq!(f.enforce(limits, None), vec![(key(1), EvictionReason::Age)]);
     assert!(f.present(2));

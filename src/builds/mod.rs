@@ -3,6 +3,7 @@
 
 pub mod request;
 pub mod service;
+mod unstored;
 pub mod velox;
 
 pub use crate::ids::CacheKey;

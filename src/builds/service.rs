@@ -6,18 +6,19 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
+use super::unstored::Unstored;
 use super::velox::{open_artifact, VeloxClient, VeloxError};
 use super::{BuildRequest, CacheKey};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StoreErrorReason};
 use crate::store::{EntryRecord, IngestError, Limits, Store};
 
 /// A cause shared by every waiter of a build (the outcome is cloned to each).
@@ -106,11 +107,22 @@ pub struct Served {
     pub file: File,
     pub modified: SystemTime,
     pub status: CacheStatus,
+    /// False for a binary served from Velox's own file because the disk was full: it has no
+    /// artifact URL.
+    pub stored: bool,
+}
+
+/// Where a build's binary is.
+#[derive(Debug, Clone)]
+enum Artifact {
+    Stored(EntryRecord),
+    /// The disk was full: Velox's file, shared by every waiter.
+    Unstored(Arc<Unstored>),
 }
 
 #[derive(Debug, Clone)]
 struct Built {
-    entry: EntryRecord,
+    artifact: Artifact,
     build_time: Duration,
 }
 
@@ -133,6 +145,8 @@ pub struct BuildService {
     slots: Arc<Semaphore>,
     admitted: AtomicUsize,
     velox_health: AtomicU8,
+    /// The size of the last binary that found no room on the disk; 0 once one is stored again.
+    short_of: Arc<AtomicU64>,
 }
 
 /// A build's place among the admitted ones and in the in-flight map, given back when dropped.
@@ -177,12 +191,19 @@ impl BuildService {
             failures: Mutex::new(HashMap::new()),
             admitted: AtomicUsize::new(0),
             velox_health: AtomicU8::new(0),
+            short_of: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// Builds running or waiting for a slot.
     pub fn in_flight(&self) -> usize {
         self.admitted.load(Ordering::SeqCst)
+    }
+
+    /// The size of the last binary that could not be stored for lack of space, while no binary
+    /// has been stored since (0: none), for `/readyz`.
+    pub fn storage_short_of(&self) -> u64 {
+        self.short_of.load(Ordering::Relaxed)
     }
 
     pub fn velox_health(&self) -> VeloxHealth {
@@ -280,22 +301,35 @@ impl BuildService {
         let built = outcome.unwrap_or(Err(BuildError::Internal(
             "the build task ended without an outcome",
         )))?;
-        let (file, modified) = self
-            .store
-            .open_blob(&built.entry.digest, built.entry.size)
-            .ok_or_else(|| {
-                BuildError::storage(std::io::Error::other(
-                    "the blob just stored cannot be opened",
-                ))
-            })?;
-        Ok(Served {
-            entry: built.entry,
-            file,
-            modified,
-            status: CacheStatus::Miss {
-                build_time: built.build_time,
-            },
-        })
+        let status = CacheStatus::Miss {
+            build_time: built.build_time,
+        };
+        match built.artifact {
+            Artifact::Stored(entry) => {
+                let (file, modified) =
+                    self.store
+                        .open_blob(&entry.digest, entry.size)
+                        .ok_or_else(|| {
+                            BuildError::storage(std::io::Error::other(
+                                "the blob just stored cannot be opened",
+                            ))
+                        })?;
+                Ok(Served {
+                    entry,
+                    file,
+                    modified,
+                    status,
+                    stored: true,
+                })
+            }
+            Artifact::Unstored(unstored) => Ok(Served {
+                file: unstored.open().map_err(BuildError::storage)?,
+                entry: unstored.entry.clone(),
+                modified: unstored.modified,
+                status,
+                stored: false,
+            }),
+        }
     }
 
     /// The entry for `key` ready to serve as a hit (and counted as one), if there is one.
@@ -309,6 +343,7 @@ impl BuildService {
             file,
             modified,
             status: CacheStatus::Hit,
+            stored: true,
         }))
     }
 
@@ -382,8 +417,8 @@ impl BuildService {
                 Ok(outcome) => outcome,
                 Err(_) => Err(BuildError::Velox(VeloxError::Timeout)),
             }
-            .map(|entry| Built {
-                entry,
+            .map(|artifact| Built {
+                artifact,
                 build_time: started.elapsed(),
             });
         let m = &self.metrics;
@@ -414,7 +449,7 @@ impl BuildService {
         key: CacheKey,
         velox: &VeloxClient,
         deadline: Instant,
-    ) -> Result<EntryRecord, BuildError> {
+    ) -> Result<Artifact, BuildError> {
         let permit = {
             let _queued = Count::up(&self.metrics.builds_queued);
             Arc::clone(&self.slots)
@@ -445,6 +480,7 @@ impl BuildService {
         let build_ms = started.elapsed().as_millis() as u64;
         let limits = Limits::from(&self.config.cache);
         let metrics = Arc::clone(&self.metrics);
+        let short_of = Arc::clone(&self.short_of);
         let ingested = actix_web::rt::task::spawn_blocking(move || {
             let file = open_artifact(&answer.path, path_map.as_ref(), &root).map_err(|e| {
                 log::error!("refusing Velox's artifact for {key}: {e}");
@@ -453,20 +489,47 @@ impl BuildService {
                     logs: Some(answer.logs.clone()).filter(|l| !l.is_empty()),
                 })
             })?;
-            let entry = store
+            // Kept for the disk-full path: ingest consumes the file, and reads here are positional.
+            let spare = file.try_clone().ok();
+            make_room(&store, &limits, &metrics, &file);
+            let stored = store
                 .ingest(file, &key, &request.file_name(), request.manifest_payload(), build_ms)
-                .map_err(|e| {
+                .map_err(IngestError::classified);
+            let entry = match stored {
+                Ok(entry) => entry,
+                Err(IngestError::NoSpace(e)) => {
+                    metrics.store_error(StoreErrorReason::Full);
+                    let unstored = spare
+                        .ok_or_else(|| std::io::Error::other("no second handle on the artifact"))
+                        .and_then(|f| Unstored::hash(f, request.file_name(), build_ms))
+                        .map_err(|why| {
+                            log::error!("no space to store {key} ({e}), and Velox's file cannot be served: {why}");
+                            BuildError::storage(e)
+                        })?;
+                    log::error!(
+                        "no space to store {key} ({} bytes); serving Velox's file without storing it",
+                        unstored.entry.size
+                    );
+                    short_of.store(unstored.entry.size, Ordering::Relaxed);
+                    return Ok(Artifact::Unstored(Arc::new(unstored)));
+                }
+                Err(e) => {
                     log::error!("storing the artifact for {key} failed: {e}");
-                    match e {
+                    return Err(match e {
                         IngestError::Empty | IngestError::SizeChanged { .. } => {
                             BuildError::Velox(VeloxError::Failed {
                                 message: "Velox's artifact changed while it was read".into(),
                                 logs: None,
                             })
                         }
-                        e => BuildError::storage(e),
-                    }
-                })?;
+                        e => {
+                            metrics.store_error(StoreErrorReason::Io);
+                            BuildError::storage(e)
+                        }
+                    });
+                }
+            };
+            short_of.store(0, Ordering::Relaxed);
             // Limits are enforced right after every insert; the new entry is not a victim.
             match store.enforce(&limits, Some(&key)) {
                 Ok(evicted) => {
@@ -477,7 +540,7 @@ impl BuildService {
                 }
                 Err(e) => log::error!("enforcing the cache limits failed: {e}"),
             }
-            Ok(entry)
+            Ok(Artifact::Stored(entry))
         })
         .await;
         match ingested {
@@ -487,5 +550,20 @@ impl BuildService {
                 Err(BuildError::Internal("the ingest task failed"))
             }
         }
+    }
+}
+
+/// Before a binary is stored: the free-space floor plus room for the binary itself, so that it
+/// fits when evicting can make it fit.
+fn make_room(store: &Store, limits: &Limits, metrics: &Metrics, file: &File) {
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    match store.enforce_with_room(limits, None, size) {
+        Ok(evicted) => {
+            for (victim, reason) in evicted {
+                log::info!("evicted {victim} ({}) to make room", reason.as_str());
+                metrics.evicted(reason);
+            }
+        }
+        Err(e) => log::error!("making room for a new binary failed: {e}"),
     }
 }

@@ -1,60 +1,81 @@
-//! Command-line arguments (docs/cli.md). Flags that set configuration keys are global, so they may
-//! stand before or after the subcommand.
+//! Command-line arguments (docs/cli.md). Each subcommand takes the flags it uses and no others,
+//! so that its `--help` is its own; every flag that sets a configuration key names its
+//! environment variable there. The server's flags are also accepted before the subcommand
+//! (`velox-cache --data-dir DIR serve`), since a bare `velox-cache` is `serve`.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::FlagOverrides;
 
 pub mod cache;
 pub mod healthcheck;
+mod remote;
 pub mod warm;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "velox-cache",
     version,
-    about = "Caching artifact server for Velox-built RoadRunner binaries"
+    about = "Caching artifact server for Velox-built RoadRunner binaries",
+    after_help = "Without a command, runs the server (serve). Every key can also be set in the \
+                  environment (VELOX_CACHE_<KEY>, nested keys with __) or in the TOML file; \
+                  see docs/configuration.md."
 )]
 pub struct Cli {
-    /// TOML config file (also VELOX_CACHE_CONFIG).
+    /// TOML config file [env: VELOX_CACHE_CONFIG]
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Public listen address.
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// Admin listen address (health, readiness, metrics).
-    #[arg(long, global = true, value_name = "ADDR")]
-    pub admin_listen: Option<String>,
-    /// Data directory (sled index, blobs, manifests).
-    #[arg(long, global = true, value_name = "DIR")]
-    pub data_dir: Option<String>,
-    /// Upstream PHP application (turns proxy mode on).
-    #[arg(long, global = true, value_name = "URL")]
-    pub upstream: Option<String>,
-    /// Velox server URL.
-    #[arg(long, global = true, value_name = "URL")]
-    pub server_url: Option<String>,
-    /// Directory Velox's artifact paths must resolve into.
-    #[arg(long, global = true, value_name = "DIR")]
-    pub artifact_root: Option<String>,
-    /// FROM=TO rewrite of the path prefix Velox answers with.
-    #[arg(long, global = true, value_name = "FROM=TO")]
-    pub path_map: Option<String>,
+    #[command(flatten)]
+    pub server: ServerFlags,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// The flags that set the server's configuration keys.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServerFlags {
+    /// Public listen address [env: VELOX_CACHE_LISTEN]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Admin listen address: health, readiness, metrics [env: VELOX_CACHE_ADMIN_LISTEN]
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Data directory: index, blobs, manifests [env: VELOX_CACHE_DATA_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<String>,
+    /// Upstream PHP application; turns proxy mode on [env: VELOX_CACHE_UPSTREAM]
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Velox server URL [env: VELOX_CACHE_SERVER_URL]
+    #[arg(long, value_name = "URL")]
+    pub server_url: Option<String>,
+    /// Folder Velox's artifact paths must resolve into [env: VELOX_CACHE_ARTIFACT_ROOT]
+    #[arg(long, value_name = "DIR")]
+    pub artifact_root: Option<String>,
+    /// FROM=TO rewrite of the path prefix Velox answers with [env: VELOX_CACHE_PATH_MAP]
+    #[arg(long, value_name = "FROM=TO")]
+    pub path_map: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default).
-    Serve,
+    Serve(ServerFlags),
     /// Print the effective configuration as TOML, the token masked.
-    Config,
+    Config(ServerFlags),
     /// Exit 0 when the server's admin listener says it is ready, 1 otherwise.
-    Healthcheck,
+    Healthcheck {
+        /// The admin listener to ask [env: VELOX_CACHE_ADMIN_LISTEN]
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<String>,
+    },
     /// Submit each build request of a JSON-lines file to a running server.
+    #[command(
+        after_help = "The token sent is api_token [env: VELOX_CACHE_API_TOKEN]; each request may \
+                      take build_timeout [env: VELOX_CACHE_BUILD_TIMEOUT] plus 30s."
+    )]
     Warm {
         /// One build request (JSON) per line; blank lines and `#` comments are skipped.
         file: PathBuf,
@@ -65,8 +86,14 @@ pub enum Command {
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
     },
-    /// Offline work on a data dir the server is not holding.
+    /// Offline work on a data dir; `stats` and `list` ask the running server when one holds it.
     Cache {
+        /// The data dir to work on [env: VELOX_CACHE_DATA_DIR]
+        #[arg(long, global = true, value_name = "DIR")]
+        data_dir: Option<String>,
+        /// Where to ask a running server that holds the data dir [env: VELOX_CACHE_ADMIN_LISTEN]
+        #[arg(long, global = true, value_name = "ADDR")]
+        admin_listen: Option<String>,
         #[command(subcommand)]
         action: CacheAction,
     },
@@ -74,7 +101,7 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum CacheAction {
-    /// Entries, bytes and blobs.
+    /// Entries and bytes.
     Stats,
     /// Entries in key order.
     List {
@@ -94,16 +121,60 @@ pub enum CacheAction {
     RebuildIndex,
 }
 
+impl ServerFlags {
+    /// These flags over `under` (flags given before the subcommand).
+    fn over(&self, under: &ServerFlags) -> ServerFlags {
+        let pick = |a: &Option<String>, b: &Option<String>| a.clone().or_else(|| b.clone());
+        ServerFlags {
+            listen: pick(&self.listen, &under.listen),
+            admin_listen: pick(&self.admin_listen, &under.admin_listen),
+            data_dir: pick(&self.data_dir, &under.data_dir),
+            upstream: pick(&self.upstream, &under.upstream),
+            server_url: pick(&self.server_url, &under.server_url),
+            artifact_root: pick(&self.artifact_root, &under.artifact_root),
+            path_map: pick(&self.path_map, &under.path_map),
+        }
+    }
+}
+
 impl Cli {
+    /// Whether the command runs the server.
+    pub fn serving(&self) -> bool {
+        matches!(self.command, None | Some(Command::Serve(_)))
+    }
+
+    /// The configuration keys set on the command line, the subcommand's flags over the ones
+    /// given before it.
     pub fn overrides(&self) -> FlagOverrides {
+        let top = &self.server;
+        let f = match &self.command {
+            None => top.clone(),
+            Some(Command::Serve(f) | Command::Config(f)) => f.over(top),
+            Some(Command::Healthcheck { admin_listen }) => ServerFlags {
+                admin_listen: admin_listen.clone(),
+                ..ServerFlags::default()
+            }
+            .over(top),
+            Some(Command::Cache {
+                data_dir,
+                admin_listen,
+                ..
+            }) => ServerFlags {
+                data_dir: data_dir.clone(),
+                admin_listen: admin_listen.clone(),
+                ..ServerFlags::default()
+            }
+            .over(top),
+            Some(Command::Warm { .. }) => top.clone(),
+        };
         FlagOverrides {
-            listen: self.listen.clone(),
-            admin_listen: self.admin_listen.clone(),
-            data_dir: self.data_dir.clone(),
-            upstream: self.upstream.clone(),
-            server_url: self.server_url.clone(),
-            artifact_root: self.artifact_root.clone(),
-            path_map: self.path_map.clone(),
+            listen: f.listen,
+            admin_listen: f.admin_listen,
+            data_dir: f.data_dir,
+            upstream: f.upstream,
+            server_url: f.server_url,
+            artifact_root: f.artifact_root,
+            path_map: f.path_map,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! `velox-cache warm FILE --url URL [--concurrency N]`: submits each build request of a
 //! JSON-lines file to a running server's build API, a few at a time, shows progress, and ends
-//! with a summary. Bad lines are reported with their number and counted as failures; the exit
-//! status is 1 when anything failed.
+//! with a summary. `--url` is checked once before anything is sent (its form, then that a
+//! server answers there). Bad lines are reported with their number and counted as failures; the
+//! exit status is 1 when anything failed.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -25,7 +26,8 @@ struct Tally {
 impl Tally {
     fn line(&self) -> String {
         format!(
-            "{} hits, {} built, {} failed, {}",
+            "{} succeeded ({} hits, {} built), {} failed, {}",
+            self.hits + self.built,
             self.hits,
             self.built,
             self.failed,
@@ -90,7 +92,34 @@ async fn submit(client: &awc::Client, url: &str, token: Option<&str>, body: Stri
     Ok((hit, bytes))
 }
 
+/// Whether a velox-cache answers at `url`: its build route answers a GET with its own 405.
+async fn probe(client: &awc::Client, endpoint: &str) -> Result<(), String> {
+    let resp = client
+        .get(endpoint)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the server at {endpoint}: {e}"))?;
+    if resp.status() == 405 || resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{endpoint} answered {}: is --url a velox-cache's public listener?",
+            resp.status()
+        ))
+    }
+}
+
 pub fn run(config: &Config, file: &Path, url: &str, concurrency: usize) -> ExitCode {
+    let base = url.trim_end_matches('/');
+    let well_formed = base
+        .strip_prefix("http://")
+        .or_else(|| base.strip_prefix("https://"))
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+    if !well_formed {
+        eprintln!("velox-cache: --url must be an http:// or https:// URL, such as http://127.0.0.1:8080 (got {url:?})");
+        return ExitCode::from(2);
+    }
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
@@ -113,15 +142,19 @@ pub fn run(config: &Config, file: &Path, url: &str, concurrency: usize) -> ExitC
             }
         }
     }
-    let endpoint = format!("{}/_velox/v1/builds", url.trim_end_matches('/'));
+    let endpoint = format!("{base}/_velox/v1/builds");
     let token = config.api_token.clone();
     let tty = std::io::stdout().is_terminal();
     let started = Instant::now();
     let total = jobs.len();
-    let tally = actix_web::rt::System::new().block_on(async move {
+    let requests = total + tally.failed;
+    let tally: Result<Tally, String> = actix_web::rt::System::new().block_on(async move {
         let client = awc::Client::builder()
             .timeout(config.build_timeout + Duration::from_secs(30))
             .finish();
+        if !jobs.is_empty() {
+            probe(&client, &endpoint).await?;
+        }
         let bar = if tty {
             let bar = ProgressBar::new(total as u64);
             if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}")
@@ -169,10 +202,17 @@ pub fn run(config: &Config, file: &Path, url: &str, concurrency: usize) -> ExitC
             }
         }
         bar.finish_and_clear();
-        tally
+        Ok(tally)
     });
+    let tally = match tally {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("velox-cache: {why}; nothing was sent");
+            return ExitCode::FAILURE;
+        }
+    };
     println!(
-        "warmed {total} request(s) in {:.1}s: {}",
+        "{requests} request(s) in {:.1}s: {}",
         started.elapsed().as_secs_f64(),
         tally.line()
     );

@@ -7,6 +7,8 @@ use serde_json::json;
 use super::AppState;
 use crate::builds::VeloxHealth;
 use crate::error::ApiError;
+use crate::metrics::{Gauges, Metrics};
+use crate::store::{DiskSpace, Limits};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
@@ -20,10 +22,35 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 when sled takes a write and the data dir a file, else 503.
+/// Below this much free space a refused write is the disk being full, not something else.
+const FULL_BELOW: u64 = 1024 * 1024;
+
+/// The storage state `/readyz` reports (docs/storage.md, "Disk full").
+fn storage_state(
+    probe: &Result<(), String>,
+    disk: Option<DiskSpace>,
+    min_free: u64,
+    short_of: u64,
+) -> &'static str {
+    let free = disk.map(|d| d.free);
+    match probe {
+        Err(_) if free.is_some_and(|f| f < FULL_BELOW) => "full",
+        Err(_) => "unwritable",
+        // The last binary built found no room, and would still find none.
+        Ok(()) if short_of > 0 && free.is_some_and(|f| f < short_of.saturating_add(min_free)) => {
+            "full"
+        }
+        Ok(()) if min_free > 0 && free.is_some_and(|f| f < min_free) => "low",
+        Ok(()) => "ok",
+    }
+}
+
+/// `GET /readyz`: 200 when sled takes a write and the data dir a file, else 503; `storage` is
+/// `ok`, `low` (less free than `cache.min_free_gb` however much was evicted), `full` (a binary
+/// found no room, or the disk refuses writes for lack of space) or `unwritable`.
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
-    let storage = web::block(move || store.check_ready())
+    let (probe, disk) = web::block(move || (store.check_ready(), store.disk_space()))
         .await
         .map_err(|_| ApiError::storage_unavailable())?;
     let velox = match state.builds.velox_health() {
@@ -31,12 +58,19 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         VeloxHealth::Answered => "answered",
         VeloxHealth::Unreachable => "unreachable",
     };
-    let ready = storage.is_ok();
-    let body = json!({
+    let min_free = Limits::from(&state.config.cache).min_free_bytes;
+    let storage = storage_state(&probe, disk, min_free, state.builds.storage_short_of());
+    let ready = probe.is_ok();
+    let mut body = json!({
         "ready": ready,
-        "storage": storage.err().unwrap_or_else(|| "ok".into()),
+        "storage": storage,
         "velox_last_call": velox,
+        "disk_free_bytes": disk.map(|d| d.free),
+        "min_free_bytes": min_free,
     });
+    if let Err(why) = probe {
+        body["storage_error"] = why.into();
+    }
     let status = if ready {
         StatusCode::OK
     } else {
@@ -52,7 +86,41 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .totals()
         .map_err(|e| log::error!("cannot read the cache totals: {e}"))
         .ok();
+    let mut text = state.metrics.render(totals);
+    Metrics::render_gauges(
+        &mut text,
+        &Gauges {
+            disk: state.store.disk_space(),
+            min_free_bytes: Limits::from(&state.config.cache).min_free_bytes,
+            velox_up: state.builds.velox_health() != VeloxHealth::Unreachable,
+        },
+    );
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render(totals))
+        .body(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_states() {
+        let disk = |free| {
+            Some(DiskSpace {
+                free,
+                total: 100 << 20,
+            })
+        };
+        let ok = Ok(());
+        let refused = Err("no".to_string());
+        assert_eq!(storage_state(&ok, disk(50 << 20), 10 << 20, 0), "ok");
+        assert_eq!(storage_state(&ok, disk(5 << 20), 10 << 20, 0), "low");
+        assert_eq!(storage_state(&ok, disk(5 << 20), 0, 0), "ok");
+        assert_eq!(storage_state(&ok, disk(50 << 20), 0, 60 << 20), "full");
+        assert_eq!(storage_state(&ok, disk(70 << 20), 0, 60 << 20), "ok");
+        assert_eq!(storage_state(&refused, disk(0), 0, 0), "full");
+        assert_eq!(storage_state(&refused, disk(50 << 20), 0, 0), "unwritable");
+        assert_eq!(storage_state(&refused, None, 0, 0), "unwritable");
+    }
 }

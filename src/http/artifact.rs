@@ -29,6 +29,10 @@ pub struct Blob {
     pub modified: SystemTime,
     pub file: File,
     pub file_name: String,
+    /// A blob of the store. False for Velox's own file served when the disk was full: it has
+    /// no artifact URL (no `Content-Location`) and is never memory-mapped, since its bytes are
+    /// not the store's to vouch for.
+    pub stored: bool,
 }
 
 /// What the request asks of the bytes, after conditionals.
@@ -143,11 +147,13 @@ pub fn respond(
     let mut resp = HttpResponse::build(status);
     resp.insert_header(header::ETag(etag))
         .insert_header(header::LastModified(modified))
-        .insert_header((
+        .insert_header((header::ACCEPT_RANGES, "bytes"));
+    if blob.stored {
+        resp.insert_header((
             header::CONTENT_LOCATION,
             format!("/_velox/v1/artifacts/{hex}"),
-        ))
-        .insert_header((header::ACCEPT_RANGES, "bytes"));
+        ));
+    }
     if immutable {
         resp.insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"));
     }
@@ -179,6 +185,13 @@ pub fn respond(
             };
             if req.method() == Method::HEAD {
                 resp.body(HeadBody(length))
+            } else if !blob.stored {
+                resp.body(FileBody::unmapped(
+                    blob.file,
+                    start,
+                    length,
+                    Arc::clone(metrics),
+                ))
             } else {
                 resp.body(FileBody::new(
                     blob.file,

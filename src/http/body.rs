@@ -66,6 +66,23 @@ impl FileBody {
     }
 }
 
+impl FileBody {
+    /// A body read with `pread` only: for a file that is not a blob of the store, whose bytes
+    /// may change under a mapping.
+    pub fn unmapped(file: File, offset: u64, length: u64, metrics: Arc<Metrics>) -> Self {
+        FileBody {
+            map: None,
+            resident_until: 0,
+            file: Arc::new(file),
+            offset,
+            remaining: length,
+            length,
+            pending: None,
+            metrics,
+        }
+    }
+}
+
 /// Live mappings by blob digest. One mapping per blob, however many download it: a page mapped
 /// a thousand times would count a thousand times in the process's RSS.
 static MAPS: LazyLock<Mutex<HashMap<Digest, Weak<memmap2::Mmap>>>> =

@@ -113,6 +113,9 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         "misses": misses,
         "hit_ratio": ratio,
         "builds_in_flight": state.builds.in_flight(),
+        // Lets `velox-cache cache stats` check that it asked the server of its own data dir.
+        "data_dir": std::fs::canonicalize(&state.config.data_dir)
+            .unwrap_or_else(|_| state.config.data_dir.clone()),
     })))
 }
 

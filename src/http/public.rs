@@ -114,6 +114,7 @@ pub async fn serve_build(
         file,
         modified,
         status,
+        stored,
     } = served;
     let mut headers = extra;
     let mut add = |name: &'static str, value: String| {
@@ -145,6 +146,7 @@ pub async fn serve_build(
         modified,
         file,
         file_name,
+        stored,
     };
     Ok(artifact::respond(req, blob, headers, false, &state.metrics))
 }
@@ -175,6 +177,7 @@ async fn get_artifact(
         modified,
         file,
         file_name: record.file_name,
+        stored: true,
     };
     Ok(artifact::respond(
         &req,

@@ -22,6 +22,31 @@ pub enum IngestError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The filesystem had no room (`ENOSPC`, `EDQUOT`); see [`IngestError::classified`].
+    #[error("no space left to store the artifact: {0}")]
+    NoSpace(#[source] io::Error),
+}
+
+impl IngestError {
+    /// The same error, as [`IngestError::NoSpace`] when its cause is a full filesystem (in a
+    /// file write, a rename or sled's own log), so that the caller can tell it from the rest.
+    pub fn classified(self) -> IngestError {
+        fn full(e: &io::Error) -> bool {
+            matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                || e.kind() == io::ErrorKind::StorageFull
+        }
+        match self {
+            IngestError::Io(e) if full(&e) => IngestError::NoSpace(e),
+            IngestError::Store(StoreError::Io(e)) if full(&e) => IngestError::NoSpace(e),
+            IngestError::Store(StoreError::Sled(sled::Error::Io(e))) if full(&e) => {
+                IngestError::NoSpace(e)
+            }
+            IngestError::Store(StoreError::DataDir { source, .. }) if full(&source) => {
+                IngestError::NoSpace(source)
+            }
+            other => other,
+        }
+    }
 }
 
 /// The manifest layout this build writes and reads. A manifest of another version is left alone

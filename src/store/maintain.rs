@@ -1,6 +1,6 @@
 //! Keeping the cache within its limits (docs/storage.md): hits counted in memory and written in batches,
-//! entries removed with their manifest and blob, and size/count/age limits enforced by taking
-//! victims from the front of the eviction-ordered trees.
+//! entries removed with their manifest and blob, and size/count/age limits and the free-space
+//! floor enforced by taking victims from the front of the eviction-ordered trees.
 
 use std::collections::HashMap;
 use std::fs;
@@ -18,14 +18,17 @@ pub enum EvictionReason {
     Count,
     Age,
     Manual,
+    /// The data dir's filesystem had less free space than `cache.min_free_gb`.
+    FreeSpace,
 }
 
 impl EvictionReason {
-    pub const ALL: [EvictionReason; 4] = [
+    pub const ALL: [EvictionReason; 5] = [
         EvictionReason::Size,
         EvictionReason::Count,
         EvictionReason::Age,
         EvictionReason::Manual,
+        EvictionReason::FreeSpace,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +37,7 @@ impl EvictionReason {
             EvictionReason::Count => "count",
             EvictionReason::Age => "age",
             EvictionReason::Manual => "manual",
+            EvictionReason::FreeSpace => "free_space",
         }
     }
 }
@@ -45,6 +49,32 @@ pub struct Limits {
     pub max_entries: u64,
     pub max_age: Duration,
     pub policy: EvictionPolicy,
+    /// Free bytes kept on the data dir's filesystem (a hard floor); 0: none.
+    pub min_free_bytes: u64,
+}
+
+/// The data dir's filesystem, as `statvfs` sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Bytes an unprivileged writer may still use.
+    pub free: u64,
+    pub total: u64,
+}
+
+/// `statvfs(2)` of the filesystem holding `path`.
+pub fn disk_space(path: &std::path::Path) -> Option<DiskSpace> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a valid C string; `st` is written by the call before it is read.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some(DiskSpace {
+        free: (st.f_bavail as u64).saturating_mul(frsize),
+        total: (st.f_blocks as u64).saturating_mul(frsize),
+    })
 }
 
 impl From<&CacheConfig> for Limits {
@@ -55,6 +85,7 @@ impl From<&CacheConfig> for Limits {
             max_entries: c.max_entries,
             max_age: Duration::from_secs_f64(c.max_age_days * 86_400.0),
             policy: c.eviction_policy,
+            min_free_bytes: (c.min_free_gb * 1024.0 * 1024.0 * 1024.0) as u64,
         }
     }
 }
@@ -124,16 +155,39 @@ impl Store {
         Ok(Some(entry))
     }
 
+    /// The data dir's filesystem now.
+    pub fn disk_space(&self) -> Option<DiskSpace> {
+        disk_space(&self.root)
+    }
+
     /// Brings the cache within `limits`: expired entries first, then victims of the policy while
-    /// there are too many entries or bytes. Pending hits are written first, so that decisions
-    /// count them. `protect` (the entry just inserted) is never a victim.
+    /// there are too many entries or bytes, then while the filesystem has less free space than
+    /// the floor. Pending hits are written first, so that decisions count them. `protect` (the
+    /// entry just inserted) is never a victim.
     pub fn enforce(
         &self,
         limits: &Limits,
         protect: Option<&CacheKey>,
     ) -> Result<Vec<(CacheKey, EvictionReason)>, StoreError> {
+        self.enforce_with_room(limits, protect, 0)
+    }
+
+    /// [`Store::enforce`], keeping `room` bytes free beyond the floor (for a binary about to be
+    /// stored). Room that the whole filesystem could not give is not asked for: evicting
+    /// everything for a binary that cannot fit anyway would only empty the cache.
+    pub fn enforce_with_room(
+        &self,
+        limits: &Limits,
+        protect: Option<&CacheKey>,
+        room: u64,
+    ) -> Result<Vec<(CacheKey, EvictionReason)>, StoreError> {
         let mut evicted = Vec::new();
-        if limits.max_bytes == 0 && limits.max_entries == 0 && limits.max_age.is_zero() {
+        if limits.max_bytes == 0
+            && limits.max_entries == 0
+            && limits.max_age.is_zero()
+            && limits.min_free_bytes == 0
+            && room == 0
+        {
             return Ok(evicted);
         }
         self.write_pending_hits()?;
@@ -168,7 +222,52 @@ impl Store {
             }
             evicted.push((key, reason));
         }
+        self.keep_free_locked(limits, protect, room, &mut evicted)?;
         Ok(evicted)
+    }
+
+    /// The free-space floor. A deleted blob that a download still holds open frees nothing
+    /// until the download ends, so the bytes of every blob deleted here count as freed at once:
+    /// otherwise a busy server would evict its whole cache to make room that is already coming.
+    fn keep_free_locked(
+        &self,
+        limits: &Limits,
+        protect: Option<&CacheKey>,
+        room: u64,
+        evicted: &mut Vec<(CacheKey, EvictionReason)>,
+    ) -> Result<(), StoreError> {
+        let Some(space) = self.disk_space() else {
+            return Ok(());
+        };
+        let room = if room.saturating_add(limits.min_free_bytes) > space.total {
+            0
+        } else {
+            room
+        };
+        let want = limits.min_free_bytes.saturating_add(room);
+        if want == 0 {
+            return Ok(());
+        }
+        let mut freed = 0u64;
+        loop {
+            let Some(space) = self.disk_space() else {
+                return Ok(());
+            };
+            if space.free.saturating_add(freed) >= want {
+                return Ok(());
+            }
+            let Some(key) = self.victim(limits.policy, protect)? else {
+                return Ok(());
+            };
+            let Some(entry) = self.remove_locked(&key)? else {
+                log::error!("eviction tree names {key}, which has no entry");
+                return Ok(());
+            };
+            if self.blob(&entry.digest)?.is_none() {
+                freed = freed.saturating_add(entry.size);
+            }
+            evicted.push((key, EvictionReason::FreeSpace));
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use sled::transaction::TransactionError;
 
 pub use index::PendingHits;
 pub use ingest::{IngestError, Manifest};
-pub use maintain::{EvictionReason, Limits};
+pub use maintain::{disk_space, DiskSpace, EvictionReason, Limits};
 pub use record::{BlobRecord, EntryRecord, RecordError};
 pub use recover::{Problems, ReconcileReport};
 

@@ -1,0 +1,115 @@
+//! `cache stats` and `cache list` for a data dir a running server holds (docs/cli.md): asked of
+//! that server's admin listener (`admin_listen`, from the flags, the environment or the file)
+//! instead of refused. The server must say it serves this very data dir, so that a command
+//! pointed at one dir never prints another's entries.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::healthcheck::reachable;
+use crate::config::Config;
+
+/// An entry as `cache list` prints it.
+pub struct Line {
+    pub key: String,
+    pub digest: String,
+    pub size: u64,
+    pub access_count: u64,
+    pub file_name: String,
+}
+
+fn base(config: &Config) -> String {
+    format!("http://{}", reachable(config.admin_listen))
+}
+
+async fn get_json(client: &awc::Client, url: &str) -> Result<Value, String> {
+    let mut resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{url} did not answer: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("{url} answered {}", resp.status()));
+    }
+    resp.json::<Value>()
+        .limit(16 * 1024 * 1024)
+        .await
+        .map_err(|e| format!("{url} answered something that is not JSON: {e}"))
+}
+
+/// Checks that the server's stats are for `data_dir`, and returns them.
+async fn stats_for(client: &awc::Client, config: &Config) -> Result<Value, String> {
+    let url = format!("{}/v1/cache/stats", base(config));
+    let stats = get_json(client, &url).await?;
+    let ours = canonical(&config.data_dir);
+    match stats["data_dir"].as_str() {
+        Some(theirs) if Path::new(theirs) == ours => Ok(stats),
+        Some(theirs) => Err(format!(
+            "the server at {} serves the data dir {theirs}, not {}; pass the --admin-listen of the server holding it",
+            base(config),
+            ours.display()
+        )),
+        None => Err(format!(
+            "the server at {} does not say which data dir it serves",
+            base(config)
+        )),
+    }
+}
+
+pub fn canonical(dir: &Path) -> std::path::PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+fn block_on<T>(f: impl AsyncFnOnce(&awc::Client) -> Result<T, String>) -> Result<T, String> {
+    actix_web::rt::System::new().block_on(async move {
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .finish();
+        f(&client).await
+    })
+}
+
+/// Entries and bytes, from the server holding the data dir.
+pub fn stats(config: &Config) -> Result<(u64, u64), String> {
+    block_on(async |client| {
+        let s = stats_for(client, config).await?;
+        match (s["entries"].as_u64(), s["bytes"].as_u64()) {
+            (Some(e), Some(b)) => Ok((e, b)),
+            _ => Err("the server's stats lack entries or bytes".into()),
+        }
+    })
+}
+
+/// Up to `limit` entries after `after`, in key order, page by page.
+pub fn list(config: &Config, after: Option<String>, limit: usize) -> Result<Vec<Line>, String> {
+    block_on(async |client| {
+        stats_for(client, config).await?;
+        let mut out = Vec::new();
+        let mut after = after;
+        while out.len() < limit {
+            let page = (limit - out.len()).min(1000);
+            let mut url = format!("{}/v1/cache?limit={page}", base(config));
+            if let Some(a) = &after {
+                url.push_str(&format!("&after={a}"));
+            }
+            let v = get_json(client, &url).await?;
+            let entries = v["entries"].as_array().cloned().unwrap_or_default();
+            for e in &entries {
+                out.push(Line {
+                    key: e["key"].as_str().unwrap_or_default().to_owned(),
+                    digest: e["digest"].as_str().unwrap_or_default().to_owned(),
+                    size: e["size"].as_u64().unwrap_or(0),
+                    access_count: e["access_count"].as_u64().unwrap_or(0),
+                    file_name: e["file_name"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+            match v["next"].as_str() {
+                Some(next) if !entries.is_empty() => after = Some(next.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    })
+}
