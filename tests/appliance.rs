@@ -108,7 +108,10 @@ async fn warm_counts_hits_builds_failures_and_bad_lines() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("line 6: not a valid build request"), "{out}");
     assert!(out.contains("line 8: failed: 502"), "{out}");
-    assert!(out.contains("1 hits, 4 built, 2 failed"), "{out}");
+    assert!(
+        out.contains("7 request(s)") && out.contains("5 succeeded (1 hits, 4 built), 2 failed"),
+        "{out}"
+    );
     // Not a terminal: plain lines, no control characters from a progress bar.
     assert!(!out.contains('\u{1b}') && !out.contains('\r'), "{out:?}");
     let counts: HashMap<&str, usize> = ["HIT", "MISS"]

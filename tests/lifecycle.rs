@@ -292,10 +292,28 @@ fn invalid_values_exit_2_naming_the_key() {
         ),
         ("path_map", vec![], vec!["--path-map", "tmp=/x"], "path_map"),
         (
-            "unknown env key",
-            vec![("VELOX_CACHE_CACHE__MAX_SIZE", "1")],
+            "artifact_root that does not exist",
+            vec![("VELOX_CACHE_ARTIFACT_ROOT", "/nonexistent/velox-out")],
             vec![],
-            "cache.max_size",
+            "artifact_root",
+        ),
+        (
+            "min_free_gb",
+            vec![("VELOX_CACHE_CACHE__MIN_FREE_GB", "-0.5")],
+            vec![],
+            "cache.min_free_gb",
+        ),
+        (
+            "bare duration",
+            vec![("VELOX_CACHE_FAILURE_TTL", "60")],
+            vec![],
+            "failure_ttl",
+        ),
+        (
+            "zero build_timeout",
+            vec![("VELOX_CACHE_BUILD_TIMEOUT", "0")],
+            vec![],
+            "build_timeout",
         ),
     ];
     for (name, env, args, key) in cases {

@@ -154,9 +154,12 @@ pub(super) fn load(
         .unwrap_or_default();
 
     let mut ignored_env: Vec<Vec<String>> = Vec::new();
-    let mut unknown_file: Vec<Vec<String>> = Vec::new();
-    // Each round takes one more unknown key out, so this ends after at most as many rounds as
-    // the file and the environment have keys.
+    let mut dropped_env: Vec<Vec<String>> = Vec::new();
+    let mut dropped_file: Vec<Vec<String>> = Vec::new();
+    let mut lines: Vec<String> = Vec::new();
+    // serde stops at the first problem: each round reports one, takes its key out and reads
+    // again, so that one run lists them all. Each round takes one more key out, so this ends
+    // after at most as many rounds as the file and the environment have keys.
     let (fig, extracted) = loop {
         let mut fig = Figment::new();
         if let Some(f) = &file {
@@ -164,7 +167,7 @@ pub(super) fn load(
                 inner: Toml::file_exact(f),
                 origin: Origin::File,
                 file: Some(f.clone()),
-                drop: unknown_file.clone(),
+                drop: dropped_file.clone(),
             });
         }
         fig = fig
@@ -172,7 +175,7 @@ pub(super) fn load(
                 inner: env_provider(),
                 origin: Origin::Env,
                 file: None,
-                drop: ignored_env.clone(),
+                drop: ignored_env.iter().chain(&dropped_env).cloned().collect(),
             })
             .merge(Without {
                 inner: Serialized::defaults(flags),
@@ -183,34 +186,29 @@ pub(super) fn load(
         match fig.extract::<Config>() {
             Ok(config) => break (fig, Ok(config)),
             Err(e) => {
-                if let Some(path) = unknown_path(&e) {
-                    // The environment wins over the file, so a key in both is the environment's.
-                    if has_path(&env_data, &path) && !ignored_env.contains(&path) {
+                let unknown = unknown_path(&e);
+                let path = unknown.clone().unwrap_or_else(|| e.path.clone());
+                let taken = |dropped: &[Vec<String>]| dropped.contains(&path);
+                // The environment wins over the file, so a key in both is the environment's.
+                if has_path(&env_data, &path) && !taken(&ignored_env) && !taken(&dropped_env) {
+                    if unknown.is_some() {
                         ignored_env.push(path);
-                        continue;
+                    } else {
+                        lines.push(describe(&e));
+                        dropped_env.push(path);
                     }
-                    if has_path(&file_data, &path) && !unknown_file.contains(&path) {
-                        unknown_file.push(path);
-                        continue;
-                    }
+                    continue;
+                }
+                if has_path(&file_data, &path) && !taken(&dropped_file) {
+                    lines.push(describe(&e));
+                    dropped_file.push(path);
+                    continue;
                 }
                 break (fig, Err(e));
             }
         }
     };
 
-    let mut lines: Vec<String> = unknown_file
-        .iter()
-        .map(|p| {
-            format!(
-                "unknown key `{}`{}",
-                p.join("."),
-                file.as_ref()
-                    .map(|f| format!(" (in {})", f.display()))
-                    .unwrap_or_default()
-            )
-        })
-        .collect();
     let config = match extracted {
         Ok(config) => Some(config),
         Err(err) => {
@@ -292,7 +290,9 @@ fn describe(e: &figment::Error) -> String {
     let source = source_suffix(e.metadata.as_ref(), &path);
     let key = path.join(".");
     match &e.kind {
-        Kind::UnknownField(..) => format!("unknown key `{key}`{source}"),
+        Kind::UnknownField(..) => {
+            format!("unknown key `{key}`{}", source.replace("(from ", "(in "))
+        }
         kind if key.is_empty() => format!("invalid configuration: {}{source}", describe_kind(kind)),
         kind => format!("invalid value for `{key}`: {}{source}", describe_kind(kind)),
     }
