@@ -542,8 +542,9 @@ async fn cache_commands_offline() {
         ));
     }
     let dd = h.opts.data_dir.display().to_string();
-    // While the server holds the data dir, offline commands refuse with a clear message.
-    let (code, _out, err) = run(&["cache", "stats", "--data-dir", &dd], &[]);
+    // While the server holds the data dir, the commands that change or re-hash it refuse with
+    // a clear message.
+    let (code, _out, err) = run(&["cache", "verify", "--data-dir", &dd], &[]);
     assert_ne!(code, 0);
     assert!(err.contains(&dd) && err.contains("running server"), "{err}");
     assert!(h.take().terminate().success());
@@ -584,4 +585,129 @@ async fn cache_commands_offline() {
     h.restart();
     let r = post_json(&h.builds_url(), &distinct_request(1), &[]).await;
     assert_eq!(r.header("x-cache-status"), Some("HIT"));
+}
+
+#[actix_web::test]
+async fn limits_are_enforced_by_the_start_up_pass() {
+    // Five entries under no limit, then a crash: the data dir is over the limits the next run
+    // has, as after a crash between an insert and its eviction.
+    let mut h = Harness::start();
+    let keys = build_n(&h, 5).await;
+    h.take().kill();
+    h.opts = h
+        .opts
+        .clone()
+        .env("VELOX_CACHE_CACHE__MAX_ENTRIES", "3")
+        .env("VELOX_CACHE_CACHE__CLEANUP_INTERVAL", "1h");
+    h.restart();
+    // Without waiting for cleanup_interval, and without a request.
+    assert!(
+        entries_reach(&h, 3).await,
+        "the start-up pass left the cache over its limit"
+    );
+    assert_eq!(
+        metric(h.server(), "velox_cache_evictions_total{reason=\"count\"}").await,
+        2.0
+    );
+    // LRU, none hit: the oldest two went.
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(present(&h, k).await, i >= 2, "entry {i}");
+    }
+    assert!(h.server().log_text().contains("start-up pass: the limits evicted 2"));
+}
+
+#[actix_web::test]
+async fn offline_commands_refuse_what_is_not_a_data_dir() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let typo = tmp.path().join("dta");
+    let t = typo.display().to_string();
+    for action in ["stats", "list", "verify", "rebuild-index"] {
+        let (code, out, err) = run(&["cache", action, "--data-dir", &t], &[]);
+        assert_eq!(code, 2, "{action}: {out}{err}");
+        assert!(err.contains(&t) && err.contains("does not exist"), "{err}");
+        assert!(!typo.exists(), "{action} created the data dir");
+    }
+    // A folder that is not a data dir (a home directory, say) is refused and left alone.
+    let other = tmp.path().join("home");
+    std::fs::create_dir(&other).expect("dir");
+    std::fs::write(other.join("notes.txt"), b"mine").expect("write");
+    let o = other.display().to_string();
+    let (code, _, err) = run(&["cache", "stats", "--data-dir", &o], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a velox-cache data dir"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&other).expect("dir").flatten().collect();
+    assert_eq!(left.len(), 1, "the folder was written to");
+}
+
+#[actix_web::test]
+async fn offline_stats_rebuild_a_damaged_index_from_the_manifests() {
+    let mut h = Harness::start();
+    build_n(&h, 3).await;
+    assert!(h.take().terminate().success());
+    for e in walk_files(&h.opts.data_dir.join("meta")) {
+        let len = std::fs::metadata(&e).map(|m| m.len()).unwrap_or(0).max(4096);
+        let garbage: Vec<u8> = (0..len).map(|i| (i * 7919 % 251) as u8).collect();
+        std::fs::write(&e, garbage).expect("overwrite");
+    }
+    let dd = h.opts.data_dir.display().to_string();
+    let (code, out, err) = run(&["cache", "stats", "--data-dir", &dd], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("entries: 3"), "reported as empty: {out}\n{err}");
+    assert!(err.contains("re-indexed 3 entries"), "{err}");
+    let (code, out, _) = run(&["cache", "verify", "--data-dir", &dd], &[]);
+    assert_eq!(code, 0, "{out}");
+    h.restart();
+    let r = post_json(&h.builds_url(), &distinct_request(2), &[]).await;
+    assert_eq!(r.header("x-cache-status"), Some("HIT"));
+}
+
+#[actix_web::test]
+async fn stats_and_list_ask_the_server_that_holds_the_data_dir() {
+    let h = Harness::start();
+    let mut keys = build_n(&h, 3).await;
+    keys.sort();
+    hit(&h, 0, 2).await;
+    let dd = h.opts.data_dir.display().to_string();
+    let admin = h.server().admin.trim_start_matches("http://").to_owned();
+    let (code, out, err) = run(
+        &["cache", "stats", "--data-dir", &dd, "--admin-listen", &admin],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("entries: 3"), "{out}");
+    assert!(out.contains(&format!("bytes: {}", 3 * 300 * 1024)), "{out}");
+    assert!(err.contains("held by a running server"), "{err}");
+    // The admin address from the environment works as well as the flag.
+    let (code, out, _) = run(
+        &["cache", "list", "--data-dir", &dd],
+        &[("VELOX_CACHE_ADMIN_LISTEN", &admin)],
+    );
+    assert_eq!(code, 0);
+    let listed: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(listed, keys, "{out}");
+    // Paging through the server, as offline.
+    let (_, out, _) = run(
+        &[
+            "cache", "list", "--data-dir", &dd, "--admin-listen", &admin, "--limit", "1",
+            "--after", &keys[0],
+        ],
+        &[],
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with(&keys[1]), "{out}");
+    // A server of another data dir is not taken for this one's.
+    let mut other = h.opts.clone();
+    other.data_dir = h.tmp.path().join("data2");
+    let s2 = Server::start(&other);
+    let admin2 = s2.admin.trim_start_matches("http://").to_owned();
+    let (code, out, err) = run(
+        &["cache", "stats", "--data-dir", &dd, "--admin-listen", &admin2],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("serves the data dir"), "{err}");
+    assert!(!out.contains("entries"), "{out}");
 }
