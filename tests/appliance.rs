@@ -218,3 +218,55 @@ fn migration_table_covers_every_middleware_key() {
         "README's migration table lacks: {missing:?}"
     );
 }
+
+/// What a graceful stop may take: open downloads get 30 s (docs/operations.md, "Stopping").
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[test]
+fn stop_grace_periods_outlast_the_drain() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Docker Compose: the velox-cache service's stop_grace_period.
+    let compose =
+        std::fs::read_to_string(root.join("examples/docker-compose.yml")).expect("compose");
+    let service = compose
+        .split("\n  velox-cache:\n")
+        .nth(1)
+        .expect("a velox-cache service");
+    let grace = service
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("stop_grace_period:"))
+        .expect("stop_grace_period on the velox-cache service");
+    let grace = humantime::parse_duration(grace.trim()).expect("a duration");
+    assert!(grace > DRAIN, "stop_grace_period {grace:?}");
+    // systemd: the unit's stop timeout, and no restart loop on a refused configuration.
+    let unit = std::fs::read_to_string(root.join("examples/velox-cache.service")).expect("unit");
+    let timeout = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .expect("TimeoutStopSec");
+    let timeout = humantime::parse_duration(timeout.trim()).expect("a duration");
+    assert!(timeout > DRAIN, "TimeoutStopSec {timeout:?}");
+    assert!(unit.lines().any(|l| l == "RestartPreventExitStatus=2"));
+    // And systemd itself accepts the unit (with the binary under test as its ExecStart).
+    if let Ok(out) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    {
+        if out.status.success() {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let path = tmp.path().join("velox-cache.service");
+            std::fs::write(
+                &path,
+                unit.replace("/usr/local/bin/velox-cache", support::server::BIN),
+            )
+            .expect("write");
+            let out = std::process::Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(&path)
+                .output()
+                .expect("systemd-analyze");
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && text.trim().is_empty(), "{text}");
+        }
+    }
+}

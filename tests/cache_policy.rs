@@ -613,7 +613,10 @@ async fn limits_are_enforced_by_the_start_up_pass() {
     for (i, k) in keys.iter().enumerate() {
         assert_eq!(present(&h, k).await, i >= 2, "entry {i}");
     }
-    assert!(h.server().log_text().contains("start-up pass: the limits evicted 2"));
+    assert!(h
+        .server()
+        .log_text()
+        .contains("start-up pass: the limits evicted 2"));
 }
 
 #[actix_web::test]
@@ -645,14 +648,20 @@ async fn offline_stats_rebuild_a_damaged_index_from_the_manifests() {
     build_n(&h, 3).await;
     assert!(h.take().terminate().success());
     for e in walk_files(&h.opts.data_dir.join("meta")) {
-        let len = std::fs::metadata(&e).map(|m| m.len()).unwrap_or(0).max(4096);
+        let len = std::fs::metadata(&e)
+            .map(|m| m.len())
+            .unwrap_or(0)
+            .max(4096);
         let garbage: Vec<u8> = (0..len).map(|i| (i * 7919 % 251) as u8).collect();
         std::fs::write(&e, garbage).expect("overwrite");
     }
     let dd = h.opts.data_dir.display().to_string();
     let (code, out, err) = run(&["cache", "stats", "--data-dir", &dd], &[]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("entries: 3"), "reported as empty: {out}\n{err}");
+    assert!(
+        out.contains("entries: 3"),
+        "reported as empty: {out}\n{err}"
+    );
     assert!(err.contains("re-indexed 3 entries"), "{err}");
     let (code, out, _) = run(&["cache", "verify", "--data-dir", &dd], &[]);
     assert_eq!(code, 0, "{out}");
@@ -670,7 +679,14 @@ async fn stats_and_list_ask_the_server_that_holds_the_data_dir() {
     let dd = h.opts.data_dir.display().to_string();
     let admin = h.server().admin.trim_start_matches("http://").to_owned();
     let (code, out, err) = run(
-        &["cache", "stats", "--data-dir", &dd, "--admin-listen", &admin],
+        &[
+            "cache",
+            "stats",
+            "--data-dir",
+            &dd,
+            "--admin-listen",
+            &admin,
+        ],
         &[],
     );
     assert_eq!(code, 0, "{err}");
@@ -691,8 +707,16 @@ async fn stats_and_list_ask_the_server_that_holds_the_data_dir() {
     // Paging through the server, as offline.
     let (_, out, _) = run(
         &[
-            "cache", "list", "--data-dir", &dd, "--admin-listen", &admin, "--limit", "1",
-            "--after", &keys[0],
+            "cache",
+            "list",
+            "--data-dir",
+            &dd,
+            "--admin-listen",
+            &admin,
+            "--limit",
+            "1",
+            "--after",
+            &keys[0],
         ],
         &[],
     );
@@ -704,7 +728,14 @@ async fn stats_and_list_ask_the_server_that_holds_the_data_dir() {
     let s2 = Server::start(&other);
     let admin2 = s2.admin.trim_start_matches("http://").to_owned();
     let (code, out, err) = run(
-        &["cache", "stats", "--data-dir", &dd, "--admin-listen", &admin2],
+        &[
+            "cache",
+            "stats",
+            "--data-dir",
+            &dd,
+            "--admin-listen",
+            &admin2,
+        ],
         &[],
     );
     assert_eq!(code, 1, "{out}");

@@ -44,8 +44,25 @@ fn promtool(args: &[&str], stdin: Option<&[u8]>) -> (bool, String) {
 /// Grafana's `$variables` are not metric names.
 fn selectors(expr: &str) -> Vec<(String, Vec<(String, String)>)> {
     const NOT_METRICS: &[&str] = &[
-        "sum", "min", "max", "avg", "count", "stddev", "topk", "bottomk", "quantile", "by",
-        "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "stddev",
+        "topk",
+        "bottomk",
+        "quantile",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
         "offset",
     ];
     let b: Vec<char> = expr.chars().collect();
@@ -93,7 +110,8 @@ fn selectors(expr: &str) -> Vec<(String, Vec<(String, String)>)> {
                 i += 1;
             }
             last_was_metric = false;
-        } else if c.is_ascii_digit() || (c == '.' && b.get(i + 1).is_some_and(char::is_ascii_digit)) {
+        } else if c.is_ascii_digit() || (c == '.' && b.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == '.') {
                 i += 1;
             }
@@ -109,8 +127,15 @@ fn selectors(expr: &str) -> Vec<(String, Vec<(String, String)>)> {
                 j += 1;
             }
             let call = b.get(j) == Some(&'(');
-            if ["by", "without", "on", "ignoring", "group_left", "group_right"]
-                .contains(&word.as_str())
+            if [
+                "by",
+                "without",
+                "on",
+                "ignoring",
+                "group_left",
+                "group_right",
+            ]
+            .contains(&word.as_str())
                 && call
             {
                 // A label list, not a call.
@@ -235,7 +260,10 @@ async fn every_metric_the_dashboard_and_the_rules_query_is_exported() {
     assert!(problems.is_empty(), "{lint}");
 
     let mut exported: HashMap<String, Vec<String>> = HashMap::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let end = line.find(['{', ' ']).unwrap_or(line.len());
         exported
             .entry(line[..end].to_owned())
