@@ -55,6 +55,10 @@ pub struct CacheConfig {
     pub eviction_policy: EvictionPolicy,
     #[serde(with = "humantime_serde")]
     pub access_update_interval: Duration,
+    /// How long an entry built from floating references (`latest`, a branch) is served before the
+    /// request rebuilds; 0 = never served from the cache.
+    #[serde(with = "humantime_serde")]
+    pub floating_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -66,6 +70,44 @@ impl Default for CacheConfig {
             cleanup_interval: Duration::from_secs(3600),
             eviction_policy: EvictionPolicy::Lru,
             access_update_interval: Duration::from_secs(5),
+            floating_ttl: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// Resolution of floating plugin tags with a Go module proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResolveConfig {
+    /// GOPROXY URL (or GOPROXY's comma-separated list); none = no resolution.
+    #[serde(
+        deserialize_with = "lenient_opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub goproxy: Option<String>,
+    /// How long a resolution is remembered.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long one proxy may take to answer before the tag is left unresolved.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Module patterns never sent to the proxy, in GOPRIVATE's form; default: `GOPRIVATE`.
+    #[serde(
+        deserialize_with = "lenient_opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private: Option<String>,
+}
+
+impl Default for ResolveConfig {
+    fn default() -> Self {
+        ResolveConfig {
+            goproxy: None,
+            ttl: Duration::from_secs(300),
+            timeout: Duration::from_secs(3),
+            private: std::env::var("GOPRIVATE")
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
         }
     }
 }
@@ -115,6 +157,7 @@ pub struct Config {
     pub api_token: Option<String>,
     pub retry: RetryConfig,
     pub cache: CacheConfig,
+    pub resolve: ResolveConfig,
 }
 
 impl Default for Config {
@@ -137,6 +180,7 @@ impl Default for Config {
             api_token: None,
             retry: RetryConfig::default(),
             cache: CacheConfig::default(),
+            resolve: ResolveConfig::default(),
         }
     }
 }
@@ -284,6 +328,29 @@ impl Config {
         }
         if !(c.max_age_days.is_finite() && c.max_age_days >= 0.0) {
             return fail("cache.max_age_days", "must be a number of at least 0");
+        }
+        if let Some(p) = &self.resolve.goproxy {
+            let usable = p
+                .split([',', '|'])
+                .map(str::trim)
+                .all(|e| e.is_empty() || e == "direct" || e == "off" || valid_http_url(e));
+            if !usable {
+                return fail(
+                    "resolve.goproxy",
+                    "must be an http:// or https:// URL, or a GOPROXY list of them",
+                );
+            }
+        }
+        if self.resolve.timeout.is_zero() {
+            return fail("resolve.timeout", "must be more than 0");
+        }
+        if let Some(p) = &self.resolve.private {
+            if let Err(why) = crate::builds::resolve::parse_private(p) {
+                return fail(
+                    "resolve.private",
+                    &format!("a pattern does not parse: {why}"),
+                );
+            }
         }
         Ok(())
     }

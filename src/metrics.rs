@@ -77,6 +77,8 @@ pub struct Metrics {
     pub proxy_passed: AtomicU64,
     pub proxy_build: AtomicU64,
     pub proxy_error: AtomicU64,
+    /// `velox_resolve_total{outcome}`: floating plugin tags resolved with the Go module proxy.
+    pub resolve: crate::builds::resolve::ResolveCounters,
 }
 
 impl Default for Metrics {
@@ -98,6 +100,7 @@ impl Default for Metrics {
             proxy_passed: AtomicU64::new(0),
             proxy_build: AtomicU64::new(0),
             proxy_error: AtomicU64::new(0),
+            resolve: Default::default(),
         }
     }
 }
@@ -228,6 +231,20 @@ impl Metrics {
             c(&self.proxy_passed),
             c(&self.proxy_build),
             c(&self.proxy_error)
+        );
+        let r = &self.resolve;
+        let _ = writeln!(
+            out,
+            "# HELP velox_resolve_total Floating plugin tags looked up, by outcome.\n\
+             # TYPE velox_resolve_total counter\n\
+             velox_resolve_total{{outcome=\"resolved\"}} {}\n\
+             velox_resolve_total{{outcome=\"cached\"}} {}\n\
+             velox_resolve_total{{outcome=\"private\"}} {}\n\
+             velox_resolve_total{{outcome=\"error\"}} {}",
+            c(&r.resolved),
+            c(&r.cached),
+            c(&r.private),
+            c(&r.error)
         );
         out
     }

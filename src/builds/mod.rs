@@ -1,7 +1,9 @@
 //! Build requests: the model and its cache key (`request`), the Velox Connect client (`velox`),
 //! and the service that coalesces identical builds and limits concurrency (`service`).
 
+pub mod floating;
 pub mod request;
+pub mod resolve;
 pub mod service;
 pub mod velox;
 

@@ -108,6 +108,14 @@ pub struct Served {
     pub status: CacheStatus,
 }
 
+/// What the cache holds for a key.
+enum Hit {
+    Fresh(Box<Served>),
+    /// An entry from floating references past `cache.floating_ttl`.
+    Stale,
+    None,
+}
+
 #[derive(Debug, Clone)]
 struct Built {
     entry: EntryRecord,
@@ -218,12 +226,24 @@ impl BuildService {
         key: CacheKey,
         velox: &VeloxClient,
     ) -> Result<Served, BuildError> {
-        let force = request.force_rebuild;
-        if !force {
-            if let Some(served) = self.serve_hit(&key)? {
-                return Ok(served);
+        let mut request = request;
+        // An entry built from floating references is a hit only for `cache.floating_ttl`; past
+        // it, the request rebuilds with `force_rebuild`, since Velox's own cache may hold the
+        // same stale resolution.
+        let max_age = request
+            .is_floating()
+            .then_some(self.config.cache.floating_ttl);
+        if !request.force_rebuild {
+            match self.serve_hit(&key, max_age)? {
+                Hit::Fresh(served) => return Ok(*served),
+                Hit::Stale => {
+                    log::info!("{key} was built from floating references too long ago: rebuilding");
+                    request.force_rebuild = true;
+                }
+                Hit::None => {}
             }
         }
+        let force = request.force_rebuild;
         let (mut rx, deadline) = {
             let mut inflight = self
                 .inflight
@@ -237,8 +257,8 @@ impl BuildService {
             } else {
                 if !force {
                     // A build of this key may have finished since the first look.
-                    if let Some(served) = self.serve_hit(&key)? {
-                        return Ok(served);
+                    if let Hit::Fresh(served) = self.serve_hit(&key, max_age)? {
+                        return Ok(*served);
                     }
                     if let Some(err) = self.remembered_failure(&key) {
                         return Err(err);
@@ -298,18 +318,25 @@ impl BuildService {
         })
     }
 
-    /// The entry for `key` ready to serve as a hit (and counted as one), if there is one.
-    fn serve_hit(&self, key: &CacheKey) -> Result<Option<Served>, BuildError> {
+    /// The entry for `key` ready to serve as a hit (and counted as one), if there is one no older
+    /// than `max_age`.
+    fn serve_hit(&self, key: &CacheKey, max_age: Option<Duration>) -> Result<Hit, BuildError> {
         let Some((entry, file, modified)) = self.lookup(key)? else {
-            return Ok(None);
+            return Ok(Hit::None);
         };
+        if let Some(max_age) = max_age {
+            let age_ms = crate::util::now_ms().saturating_sub(entry.created_ms);
+            if u128::from(age_ms) >= max_age.as_millis() {
+                return Ok(Hit::Stale);
+            }
+        }
         self.hit(key);
-        Ok(Some(Served {
+        Ok(Hit::Fresh(Box::new(Served {
             entry,
             file,
             modified,
             status: CacheStatus::Hit,
-        }))
+        })))
     }
 
     /// Counts a hit: in the metrics, and in the store's batch of access statistics (written at

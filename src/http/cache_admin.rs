@@ -45,6 +45,11 @@ fn view(state: &AppState, key: &CacheKey, e: &EntryRecord) -> Value {
         "access_count": e.access_count + pending.count,
         "build_seconds": e.build_ms as f64 / 1000.0,
         "url": format!("/_velox/v1/artifacts/{digest}"),
+        // Built from `latest` or a branch: served only for `cache.floating_ttl`.
+        "floating": state
+            .store
+            .manifest(key)
+            .and_then(|m| crate::builds::floating::payload_is_floating(&m.request)),
     })
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderMap};
 
+use crate::builds::resolve::Resolver;
 use crate::builds::BuildService;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -23,7 +24,12 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub builds: Arc<BuildService>,
     pub metrics: Arc<Metrics>,
+    /// Resolution of floating plugin tags, when `resolve.goproxy` is set.
+    pub resolver: Option<Resolver>,
 }
+
+/// The worker's HTTP client for the Go module proxy (awc's client is not `Send`).
+pub struct GoProxyClient(pub awc::Client);
 
 /// The `Content-Length` a message declares, when it declares a valid one.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use super::artifact::{self, Blob};
-use super::AppState;
+use super::{AppState, GoProxyClient};
 use crate::builds::{BuildRequest, CacheStatus, Served, VeloxClient, MAX_BODY_BYTES};
 use crate::error::ApiError;
 use crate::ids::Digest;
@@ -102,6 +102,13 @@ pub async fn serve_build(
     velox: &VeloxClient,
     extra: Vec<(HeaderName, HeaderValue)>,
 ) -> Result<HttpResponse, ApiError> {
+    let mut build = build;
+    let resolved = match (&state.resolver, req.app_data::<web::Data<GoProxyClient>>()) {
+        (Some(resolver), Some(client)) if build.is_floating() => {
+            resolver.resolve(&client.0, &mut build).await
+        }
+        _ => Vec::new(),
+    };
     let key = build.cache_key();
     let request_id = build.request_id().map(str::to_owned);
     let file_name = build.file_name();
@@ -139,6 +146,9 @@ pub async fn serve_build(
         add("x-build-request-id", id.clone());
     }
     add("x-velox-cache-key", key.to_hex());
+    if let Some(v) = crate::builds::resolve::header_value(&resolved) {
+        add("x-build-resolved", v);
+    }
     let blob = Blob {
         digest: entry.digest,
         size: entry.size,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_velox;
+pub mod goproxy;
 pub mod php;
 pub mod server;
 
