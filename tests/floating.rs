@@ -277,3 +277,60 @@ async fn concurrent_floating_requests_resolve_and_build_once() {
     assert_eq!(h.velox.builds(), 1);
     assert_eq!(proxy.asked_for(HTTP), 1, "{:?}", proxy.asked());
 }
+
+/// The GOPROXY protocol is designed so that a plain directory of files served by any web server
+/// is a proxy. Python's `http.server` (HTTP/1.0, nothing of ours) serving such a directory.
+#[actix_web::test]
+async fn a_directory_served_by_a_plain_web_server_is_a_proxy() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let module_dir = root.path().join("github.com/!burnt!sushi/toml");
+    std::fs::create_dir_all(module_dir.join("@v")).expect("dirs");
+    let info = r#"{"Version":"v1.4.0","Time":"2024-06-01T00:00:00Z"}"#;
+    std::fs::write(module_dir.join("@latest"), info).expect("latest");
+    std::fs::write(module_dir.join("@v/v1.4.0.info"), info).expect("info");
+    std::fs::write(module_dir.join("@v/list"), "v1.4.0\n").expect("list");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let _server = KillOnDrop(
+        std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "-d",
+            ])
+            .arg(root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server (python3 is on every machine that runs these tests)"),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let up = eventually(Duration::from_secs(10), async || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(up, "http.server did not start");
+    let h = Harness::start_with(|o| o.env("VELOX_CACHE_RESOLVE__GOPROXY", &url));
+    let module = "github.com/BurntSushi/toml";
+    let resp = post_json(&h.builds_url(), &floating_request(module, "latest"), &[]).await;
+    assert_eq!(resp.status, 200, "{:?}", resp.body);
+    assert_eq!(
+        resp.header("x-build-resolved"),
+        Some(format!("{module}@latest=v1.4.0").as_str())
+    );
+    assert_eq!(tags_sent(&h), vec!["v1.4.0"]);
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
