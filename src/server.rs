@@ -69,6 +69,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             .app_data(web::Data::new(velox))
             .app_data(web::Data::new(proxy::Upstream::new(&cfg, &tls)))
             .wrap(middleware::Logger::new("%a \"%r\" %s %b %T"))
+            .configure(crate::error::json_extractor_errors)
             .configure(public::configure)
             .default_service(web::to(proxy::forward))
     })
@@ -84,6 +85,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     let admin = HttpServer::new(move || {
         App::new()
             .app_data(admin_state.clone())
+            .configure(crate::error::json_extractor_errors)
             .configure(admin::configure)
             .default_service(web::to(public::not_found))
     })
