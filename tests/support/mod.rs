@@ -2,7 +2,11 @@
 //! client. Each test file uses part of it.
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod download;
 pub mod fake_velox;
+pub mod http10;
+pub mod nginx;
 pub mod php;
 pub mod server;
 
