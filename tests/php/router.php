@@ -45,6 +45,12 @@ function instruction(array $request, string $fixtures): void
     if (isset($_GET['filename'])) {
         header('Content-Disposition: attachment; filename="' . $_GET['filename'] . '"');
     }
+    if (isset($_GET['cors'])) {
+        // A browser app on another origin (velox-app's SPA) calls this endpoint.
+        header('Access-Control-Allow-Origin: https://spa.example');
+        header('Access-Control-Expose-Headers: X-App');
+        header('Vary: Origin');
+    }
     $json = json_encode($request, JSON_UNESCAPED_SLASHES);
     switch ($_GET['encoding'] ?? '') {
         case 'gzip':
