@@ -36,7 +36,9 @@ async fn the_admin_listener_answers_json() {
             "{query}: {v}"
         );
     }
-    get(&admin("/nope"), &[]).await.assert_error(404, "not_found");
+    get(&admin("/nope"), &[])
+        .await
+        .assert_error(404, "not_found");
     get(&admin("/v1/cache/not-a-key"), &[])
         .await
         .assert_error(404, "not_found");
@@ -48,7 +50,11 @@ async fn the_admin_listener_answers_json() {
         ("POST", "/v1/cache", "GET, HEAD"),
         ("DELETE", "/v1/cache/stats", "GET, HEAD"),
         ("GET", "/v1/cache/cleanup", "POST"),
-        ("PUT", &format!("/v1/cache/{}", "a".repeat(64)), "GET, HEAD, DELETE"),
+        (
+            "PUT",
+            &format!("/v1/cache/{}", "a".repeat(64)),
+            "GET, HEAD, DELETE",
+        ),
     ] {
         let resp = send(method, &admin(path)).await;
         resp.assert_error(405, "method_not_allowed");
@@ -68,16 +74,18 @@ async fn the_public_listener_answers_json() {
     for (method, path, allow) in [
         ("GET", "/_velox/v1/builds", "POST"),
         ("DELETE", "/_velox/v1/builds", "POST"),
-        ("POST", &format!("/_velox/v1/artifacts/{}", "0".repeat(64)), "GET, HEAD"),
+        (
+            "POST",
+            &format!("/_velox/v1/artifacts/{}", "0".repeat(64)),
+            "GET, HEAD",
+        ),
     ] {
         let resp = send(method, &h.url(path)).await;
         resp.assert_error(405, "method_not_allowed");
         assert_eq!(resp.header("allow"), Some(allow), "{method} {path}");
     }
     for path in ["/", "/_velox", "/_velox/v1/nope", "/index.php?x=1"] {
-        get(&h.url(path), &[])
-            .await
-            .assert_error(404, "not_found");
+        get(&h.url(path), &[]).await.assert_error(404, "not_found");
     }
     get(&h.url("/_velox/v1/artifacts/not-hex"), &[])
         .await

@@ -38,11 +38,7 @@ async fn a_request_that_already_passed_through_is_a_508() {
     let seen = echo(&h, &[("via", "1.1 lb.example")]).await;
     assert_eq!(seen["via"], "1.1 lb.example, 1.1 velox-cache");
     assert_eq!(
-        metric(
-            h.server(),
-            "velox_proxy_requests_total{outcome=\"error\"}"
-        )
-        .await,
+        metric(h.server(), "velox_proxy_requests_total{outcome=\"error\"}").await,
         2.0
     );
 }
@@ -61,24 +57,18 @@ async fn a_loop_through_another_proxy_ends_at_the_first_round() {
     let resp = get(&h.url("/anything"), &[]).await;
     let v = resp.assert_error(508, "loop_detected");
     assert!(
-        v["message"].as_str().is_some_and(|m| m.contains("upstream")),
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("upstream")),
         "{v}"
     );
     // One trip round: the outer request was passed (nginx's answer), the inner one refused.
     assert_eq!(
-        metric(
-            h.server(),
-            "velox_proxy_requests_total{outcome=\"error\"}"
-        )
-        .await,
+        metric(h.server(), "velox_proxy_requests_total{outcome=\"error\"}").await,
         1.0
     );
     assert_eq!(
-        metric(
-            h.server(),
-            "velox_proxy_requests_total{outcome=\"passed\"}"
-        )
-        .await,
+        metric(h.server(), "velox_proxy_requests_total{outcome=\"passed\"}").await,
         1.0
     );
 }
@@ -89,9 +79,18 @@ fn an_upstream_that_is_the_listen_address_stops_the_start() {
     let data = tempfile::tempdir().expect("dir");
     let data_dir = format!("--data-dir={}", data.path().display());
     for (listen, upstream) in [
-        (format!("127.0.0.1:{port}"), format!("http://127.0.0.1:{port}")),
-        (format!("0.0.0.0:{port}"), format!("http://127.0.0.1:{port}/")),
-        (format!("0.0.0.0:{port}"), format!("http://localhost:{port}")),
+        (
+            format!("127.0.0.1:{port}"),
+            format!("http://127.0.0.1:{port}"),
+        ),
+        (
+            format!("0.0.0.0:{port}"),
+            format!("http://127.0.0.1:{port}/"),
+        ),
+        (
+            format!("0.0.0.0:{port}"),
+            format!("http://localhost:{port}"),
+        ),
     ] {
         let (code, _, stderr) = server::run(
             &[
@@ -171,7 +170,11 @@ fn trusted_proxies_come_from_the_file_or_the_environment_and_bad_ones_stop_the_s
     let tmp = tempfile::tempdir().expect("dir");
     let file = tmp.path().join("config.toml");
     let mut f = std::fs::File::create(&file).expect("file");
-    writeln!(f, "trusted_proxies = [\"10.0.0.0/8\", \"fd00::/8\", \"192.0.2.1\"]").expect("write");
+    writeln!(
+        f,
+        "trusted_proxies = [\"10.0.0.0/8\", \"fd00::/8\", \"192.0.2.1\"]"
+    )
+    .expect("write");
     let shown = file.display().to_string();
     let (code, out, err) = server::run(&["config", "--config", &shown], &[]);
     assert_eq!(code, 0, "{err}");
@@ -238,8 +241,18 @@ async fn in_proxy_mode_the_build_api_needs_the_token() {
     post_json(&h.builds_url(), &body, &[("authorization", "Bearer wrong")])
         .await
         .assert_error(401, "unauthorized");
-    let built = post_json(&h.builds_url(), &body, &[("authorization", "Bearer lb-token")]).await;
-    assert_eq!(built.status, 200, "{}", String::from_utf8_lossy(&built.body));
+    let built = post_json(
+        &h.builds_url(),
+        &body,
+        &[("authorization", "Bearer lb-token")],
+    )
+    .await;
+    assert_eq!(
+        built.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&built.body)
+    );
     assert_eq!(built.header("x-cache-status"), Some("MISS"));
 }
 
@@ -262,7 +275,9 @@ async fn cleanup_needs_the_token_when_one_is_set() {
         }
     };
     cleanup(None).await.assert_error(401, "unauthorized");
-    cleanup(Some("nope")).await.assert_error(401, "unauthorized");
+    cleanup(Some("nope"))
+        .await
+        .assert_error(401, "unauthorized");
     let done = cleanup(Some("admin-token")).await;
     assert_eq!(done.status, 200);
     assert_eq!(done.json()["evicted"], 0);

@@ -264,6 +264,19 @@ async fn post_echo(c: &Ctx) {
     let headers = &echo["headers"];
     assert_eq!(headers["content-length"], upload.len().to_string());
     if c.site.echoes_all_headers {
+        // A chunked upload (a stream of unknown length) goes on chunked, and arrives whole.
+        let chunks: Vec<Result<actix_web::web::Bytes, std::io::Error>> = upload
+            .chunks(100_000)
+            .map(|c| Ok(actix_web::web::Bytes::copy_from_slice(c)))
+            .collect();
+        let mut res = client()
+            .post(c.h.url(c.site.echo))
+            .send_stream(futures_util::stream::iter(chunks))
+            .await
+            .expect("chunked upload");
+        let chunked: Value = res.json().limit(1 << 20).await.expect("echo JSON");
+        assert_eq!(chunked["body_length"], upload.len(), "{chunked}");
+        assert_eq!(chunked["body_sha256"], sha256_hex(&upload));
         assert!(headers.get("transfer-encoding").is_none(), "{headers}");
         assert_eq!(headers["via"], "1.1 velox-cache");
         assert_eq!(headers["x-forwarded-for"], "127.0.0.1");

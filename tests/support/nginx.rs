@@ -149,9 +149,8 @@ impl NginxProxy {
     pub fn start(port: u16, to: &str) -> NginxProxy {
         super::daemon::require("nginx", "nginx-light");
         let dir = tempfile::tempdir().expect("nginx dir");
-        let server = format!(
-            "location / {{\n  proxy_pass {to};\n  proxy_set_header Host $host;\n}}\n"
-        );
+        let server =
+            format!("location / {{\n  proxy_pass {to};\n  proxy_set_header Host $host;\n}}\n");
         let nginx = start_nginx(dir.path(), port, &server);
         NginxProxy {
             url: format!("http://127.0.0.1:{port}"),
