@@ -75,6 +75,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             .app_data(web::Data::new(proxy::Upstream::new(&cfg, &tls)))
             .app_data(web::Data::new(GoProxyClient(goproxy_client(&tls))))
             .wrap(middleware::Logger::new("%a \"%r\" %s %b %T"))
+            .configure(crate::error::json_extractor_errors)
             .configure(public::configure)
             .default_service(web::to(proxy::forward))
     })
@@ -90,6 +91,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     let admin = HttpServer::new(move || {
         App::new()
             .app_data(admin_state.clone())
+            .configure(crate::error::json_extractor_errors)
             .configure(admin::configure)
             .default_service(web::to(public::not_found))
     })

@@ -270,9 +270,10 @@ async fn admin_cache_routes() {
         metric(h.server(), "velox_cache_evictions_total{reason=\"manual\"}").await,
         1.0
     );
-    // Cleanup runs the limits now (none set: nothing goes).
+    // Cleanup runs the limits now (none set: nothing goes); it takes the token too.
     let r = client
         .post(admin("/v1/cache/cleanup"))
+        .insert_header(("authorization", "Bearer tok"))
         .send_body("")
         .await
         .expect("sent")

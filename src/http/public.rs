@@ -82,6 +82,11 @@ async fn create_build(
     state: web::Data<AppState>,
     velox: web::Data<VeloxClient>,
 ) -> Result<HttpResponse, ApiError> {
+    // In proxy mode builds come through the PHP app, which keeps its own auth and rate limits;
+    // the build API is for holders of the token only, and without one it is not there at all.
+    if state.config.upstream.is_some() && state.config.api_token.is_none() {
+        return Err(not_found().await);
+    }
     check_token(&req, &state)?;
     let body = read_body(&req, payload, MAX_BODY_BYTES).await?;
     let (build, dropped) = BuildRequest::parse(&body).map_err(|e| {

@@ -11,18 +11,9 @@
 
 declare(strict_types=1);
 
-// `php -S` ends a body without Content-Length by closing the connection, which awc cannot read
-// (actix/actix-web#2287): every answer is buffered here and sent with its length, except the
-// streaming routes, which send their own Content-Length or chunked framing.
-ob_start();
-register_shutdown_function(function (): void {
-    if (ob_get_level() > 0) {
-        if (!headers_sent()) {
-            header('Content-Length: ' . ob_get_length());
-        }
-        ob_end_flush();
-    }
-});
+// Most answers are left as `php -S` frames them: no Content-Length, the body ends at the close
+// (RFC 9112 §6.3), which velox-cache relays whole. Some routes set a length or chunked framing of
+// their own, to test those framings.
 
 $fixtures = getenv('VELOX_APP_FIXTURES') ?: sys_get_temp_dir();
 $path = parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH) ?: '/';
@@ -53,6 +44,12 @@ function instruction(array $request, string $fixtures): void
     header('Content-Type: application/json');
     if (isset($_GET['filename'])) {
         header('Content-Disposition: attachment; filename="' . $_GET['filename'] . '"');
+    }
+    if (isset($_GET['cors'])) {
+        // A browser app on another origin (velox-app's SPA) calls this endpoint.
+        header('Access-Control-Allow-Origin: https://spa.example');
+        header('Access-Control-Expose-Headers: X-App');
+        header('Vary: Origin');
     }
     $json = json_encode($request, JSON_UNESCAPED_SLASHES);
     switch ($_GET['encoding'] ?? '') {
@@ -113,7 +110,6 @@ switch (true) {
         // `size` bytes in 64 KiB blocks; after `pause_after` blocks it waits (flush, then sleep)
         // until the test creates the file `release`, so the test can see what has arrived.
         // `chunked` frames the body in chunks (by hand: `php -S` has no chunked output of its own).
-        ob_end_clean();
         $blocks = intdiv((int)($_GET['size'] ?? 4194304), 65536);
         $pauseAfter = (int)($_GET['pause_after'] ?? intdiv($blocks, 2));
         $release = $fixtures . '/' . basename($_GET['release'] ?? 'release');
@@ -136,11 +132,12 @@ switch (true) {
         break;
 
     case $path === '/big':
-        // `mib` MiB as fast as PHP can send them.
-        ob_end_clean();
+        // `mib` MiB as fast as PHP can send them; with `close`, ended by the close, unannounced.
         $mib = (int)($_GET['mib'] ?? 200);
         header('Content-Type: application/octet-stream');
-        header('Content-Length: ' . ($mib * 1048576));
+        if (!isset($_GET['close'])) {
+            header('Content-Length: ' . ($mib * 1048576));
+        }
         $chunk = str_repeat(block(0), 16);
         for ($i = 0; $i < $mib; $i++) {
             echo $chunk;
@@ -175,7 +172,6 @@ switch (true) {
 
     case $path === '/close-delimited':
         // What `php -S` does unless told otherwise: no length, the body ends at the close.
-        ob_end_clean();
         echo 'this body ends when the connection does';
         break;
 
