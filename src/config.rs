@@ -158,6 +158,10 @@ pub struct Config {
     pub retry: RetryConfig,
     pub cache: CacheConfig,
     pub resolve: ResolveConfig,
+    /// Silence after which an event stream of the build status route gets a comment line, so
+    /// that proxies do not cut it as idle. Advanced; mainly for tests.
+    #[serde(with = "humantime_serde")]
+    pub sse_keepalive: Duration,
 }
 
 impl Default for Config {
@@ -181,6 +185,7 @@ impl Default for Config {
             retry: RetryConfig::default(),
             cache: CacheConfig::default(),
             resolve: ResolveConfig::default(),
+            sse_keepalive: Duration::from_secs(15),
         }
     }
 }
@@ -351,6 +356,9 @@ impl Config {
                     &format!("a pattern does not parse: {why}"),
                 );
             }
+        }
+        if self.sse_keepalive < Duration::from_millis(100) {
+            return fail("sse_keepalive", "must be at least 100ms");
         }
         Ok(())
     }

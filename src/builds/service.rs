@@ -2,7 +2,9 @@
 //! concurrency and queue limits, the memory of failed builds, and `force_rebuild`.
 //!
 //! A build runs as its own task on the worker that started it, so it goes on when its clients
-//! disconnect. Waiters on any worker hold a `watch` receiver for its outcome.
+//! disconnect. Waiters on any worker hold a `watch` receiver for its outcome, and one for its
+//! progress (queued, building), which the status route reports (docs/http-api.md, "Asynchronous
+//! builds").
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -124,6 +126,122 @@ struct Built {
 
 type Outcome = Result<Built, BuildError>;
 
+/// How long a failure is reported by [`BuildService::state`] when `failure_ttl` is shorter: a
+/// client told 202 learns why its build failed, even one that is not remembered for builds.
+const FAILURE_REPORT_TTL: Duration = Duration::from_secs(300);
+/// Most failures kept for the status route.
+const MAX_REPORTED_FAILURES: usize = 4096;
+
+/// Where an admitted build stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Admitted, waiting for a build slot.
+    Queued,
+    /// Holding a slot: calling Velox (`velox_attempts` so far, retries included) or storing the
+    /// artifact.
+    Building { velox_attempts: u32 },
+}
+
+/// What is known of a key, for the status route.
+#[derive(Debug, Clone)]
+pub enum BuildState {
+    /// `elapsed` counts from the build's admission.
+    Queued {
+        elapsed: Duration,
+    },
+    Building {
+        elapsed: Duration,
+        velox_attempts: u32,
+    },
+    Ready(EntryRecord),
+    Failed(BuildError),
+}
+
+impl BuildState {
+    /// `ready` and `failed` do not change any more.
+    pub fn is_final(&self) -> bool {
+        matches!(self, BuildState::Ready(_) | BuildState::Failed(_))
+    }
+}
+
+/// A build under way, watched without polling: a receiver of its progress channel and one of its
+/// outcome channel. Clones are cheap; a watcher costs these two receivers.
+#[derive(Clone)]
+pub struct BuildWatch {
+    admitted: Instant,
+    deadline: Instant,
+    request_id: Option<Arc<str>>,
+    progress: watch::Receiver<Progress>,
+    outcome: watch::Receiver<Option<Outcome>>,
+}
+
+impl BuildWatch {
+    /// The `request_id` of the request that started the build.
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
+    /// The build's state now.
+    pub fn state(&self) -> BuildState {
+        if let Some(outcome) = &*self.outcome.borrow() {
+            return match outcome {
+                Ok(built) => BuildState::Ready(built.entry.clone()),
+                Err(e) => BuildState::Failed(e.clone()),
+            };
+        }
+        let elapsed = self.admitted.elapsed();
+        match *self.progress.borrow() {
+            Progress::Queued => BuildState::Queued { elapsed },
+            Progress::Building { velox_attempts } => BuildState::Building {
+                elapsed,
+                velox_attempts,
+            },
+        }
+    }
+
+    /// Waits until the progress or the outcome changes, and returns the new state. Once the
+    /// state is final it is returned at once.
+    pub async fn changed(&mut self) -> BuildState {
+        let state = self.state();
+        if state.is_final() {
+            return state;
+        }
+        tokio::select! {
+            biased;
+            done = self.outcome.changed() => {
+                if done.is_err() && self.outcome.borrow().is_none() {
+                    log::error!("a build task ended without an outcome");
+                    return BuildState::Failed(BuildError::Internal(
+                        "the build task ended without an outcome",
+                    ));
+                }
+            }
+            // The progress sender goes with the task, after the outcome is sent: then the
+            // outcome branch answers.
+            Ok(()) = self.progress.changed() => {}
+        }
+        self.state()
+    }
+}
+
+/// What the status route can tell of a key.
+pub enum KeyState {
+    /// A build under way.
+    InFlight(BuildWatch),
+    /// The cache holds the binary.
+    Ready(EntryRecord),
+    /// The key's last build failed; with the `request_id` it was started with.
+    Failed(BuildError, Option<Arc<str>>),
+}
+
+/// What [`BuildService::start`] found.
+pub enum Started {
+    /// The cache holds the binary (counted as a hit).
+    Hit(Box<Served>),
+    /// A build of the key is under way: started by this call, or joined.
+    Building(BuildWatch),
+}
+
 /// What Velox did on its last call, for `/readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VeloxHealth {
@@ -132,12 +250,17 @@ pub enum VeloxHealth {
     Unreachable,
 }
 
+/// A failure kept for the status route: when, what, and the build's `request_id`.
+type Reported = (Instant, BuildError, Option<Arc<str>>);
+
 pub struct BuildService {
     store: Arc<Store>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
-    inflight: Mutex<HashMap<CacheKey, watch::Receiver<Option<Outcome>>>>,
+    inflight: Mutex<HashMap<CacheKey, BuildWatch>>,
     failures: Mutex<HashMap<CacheKey, (Instant, BuildError)>>,
+    /// The last failure of each key, for the status route only (never consulted by builds).
+    reported: Mutex<HashMap<CacheKey, Reported>>,
     slots: Arc<Semaphore>,
     admitted: AtomicUsize,
     velox_health: AtomicU8,
@@ -183,6 +306,7 @@ impl BuildService {
             metrics,
             inflight: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashMap::new()),
             admitted: AtomicUsize::new(0),
             velox_health: AtomicU8::new(0),
         }
@@ -226,6 +350,20 @@ impl BuildService {
         key: CacheKey,
         velox: &VeloxClient,
     ) -> Result<Served, BuildError> {
+        match self.start(request, key, velox)? {
+            Started::Hit(served) => Ok(*served),
+            Started::Building(watch) => self.wait(key, watch).await,
+        }
+    }
+
+    /// The cache-hit decision, then the build of `key` joined or started, without waiting for
+    /// it. The build goes on whether anyone waits or not.
+    pub fn start(
+        self: &Arc<Self>,
+        request: BuildRequest,
+        key: CacheKey,
+        velox: &VeloxClient,
+    ) -> Result<Started, BuildError> {
         let mut request = request;
         // An entry built from floating references is a hit only for `cache.floating_ttl`; past
         // it, the request rebuilds with `force_rebuild`, since Velox's own cache may hold the
@@ -235,7 +373,7 @@ impl BuildService {
             .then_some(self.config.cache.floating_ttl);
         if !request.force_rebuild {
             match self.serve_hit(&key, max_age)? {
-                Hit::Fresh(served) => return Ok(*served),
+                Hit::Fresh(served) => return Ok(Started::Hit(served)),
                 Hit::Stale => {
                     log::info!("{key} was built from floating references too long ago: rebuilding");
                     request.force_rebuild = true;
@@ -244,21 +382,21 @@ impl BuildService {
             }
         }
         let force = request.force_rebuild;
-        let (mut rx, deadline) = {
+        let watch = {
             let mut inflight = self
                 .inflight
                 .lock()
                 .map_err(|_| BuildError::Internal("the in-flight map's lock is poisoned"))?;
-            if let Some(rx) = inflight.get(&key) {
+            if let Some(watch) = inflight.get(&key) {
                 self.metrics
                     .builds_coalesced
                     .fetch_add(1, Ordering::Relaxed);
-                (rx.clone(), Instant::now() + self.config.build_timeout)
+                watch.clone()
             } else {
                 if !force {
                     // A build of this key may have finished since the first look.
                     if let Hit::Fresh(served) = self.serve_hit(&key, max_age)? {
-                        return Ok(*served);
+                        return Ok(Started::Hit(served));
                     }
                     if let Some(err) = self.remembered_failure(&key) {
                         return Err(err);
@@ -270,20 +408,36 @@ impl BuildService {
                     return Err(BuildError::Overloaded);
                 }
                 let (tx, rx) = watch::channel(None);
-                inflight.insert(key, rx.clone());
-                let deadline = Instant::now() + self.config.build_timeout;
+                let (progress_tx, progress_rx) = watch::channel(Progress::Queued);
+                let now = Instant::now();
+                let watch = BuildWatch {
+                    admitted: now,
+                    deadline: now + self.config.build_timeout,
+                    request_id: request.request_id().map(Arc::from),
+                    progress: progress_rx,
+                    outcome: rx,
+                };
+                inflight.insert(key, watch.clone());
+                let deadline = watch.deadline;
                 let this = Arc::clone(self);
                 let velox = velox.clone();
                 actix_web::rt::spawn(async move {
-                    this.run_build(request, key, velox, deadline, tx).await;
+                    this.run_build(request, key, velox, deadline, tx, progress_tx)
+                        .await;
                 });
-                (rx, deadline)
+                watch
             }
         };
         self.metrics.misses.fetch_add(1, Ordering::Relaxed);
+        Ok(Started::Building(watch))
+    }
+
+    /// Waits for the build `watch` follows and opens its binary.
+    async fn wait(&self, key: CacheKey, watch: BuildWatch) -> Result<Served, BuildError> {
+        let mut rx = watch.outcome;
         // The build stops itself at its deadline; the margin covers only a lost task.
         let waited = tokio::time::timeout_at(
-            deadline + Duration::from_secs(5),
+            watch.deadline + Duration::from_secs(5),
             rx.wait_for(Option::is_some),
         )
         .await;
@@ -316,6 +470,58 @@ impl BuildService {
                 build_time: built.build_time,
             },
         })
+    }
+
+    /// What is known of `key`: a build under way (its watch), the cached entry, or a failure
+    /// still reported; `None` for none of these. Reading it counts no hit.
+    pub fn state(&self, key: &CacheKey) -> Result<Option<KeyState>, BuildError> {
+        let watch = self
+            .inflight
+            .lock()
+            .map_err(|_| BuildError::Internal("the in-flight map's lock is poisoned"))?
+            .get(key)
+            .cloned();
+        if let Some(watch) = watch {
+            return Ok(Some(KeyState::InFlight(watch)));
+        }
+        if let Some(entry) = self.store.lookup(key).map_err(BuildError::storage)? {
+            return Ok(Some(KeyState::Ready(entry)));
+        }
+        let ttl = self.config.failure_ttl.max(FAILURE_REPORT_TTL);
+        let reported = self
+            .reported
+            .lock()
+            .ok()
+            .and_then(|r| r.get(key).filter(|(at, _, _)| at.elapsed() < ttl).cloned());
+        Ok(reported.map(|(_, e, id)| KeyState::Failed(e, id)))
+    }
+
+    /// Keeps the last failure of `key` for the status route, or forgets it on success.
+    fn report(&self, key: CacheKey, outcome: &Outcome, request_id: Option<&str>) {
+        let Ok(mut reported) = self.reported.lock() else {
+            return;
+        };
+        match outcome {
+            Ok(_) => {
+                reported.remove(&key);
+            }
+            Err(e) => {
+                if reported.len() >= MAX_REPORTED_FAILURES {
+                    let ttl = self.config.failure_ttl.max(FAILURE_REPORT_TTL);
+                    reported.retain(|_, (at, _, _)| at.elapsed() < ttl);
+                }
+                if reported.len() >= MAX_REPORTED_FAILURES {
+                    let oldest = reported
+                        .iter()
+                        .min_by_key(|(_, (at, _, _))| *at)
+                        .map(|(k, _)| *k);
+                    if let Some(oldest) = oldest {
+                        reported.remove(&oldest);
+                    }
+                }
+                reported.insert(key, (Instant::now(), e.clone(), request_id.map(Arc::from)));
+            }
+        }
     }
 
     /// The entry for `key` ready to serve as a hit (and counted as one), if there is one no older
@@ -394,6 +600,7 @@ impl BuildService {
         velox: VeloxClient,
         deadline: Instant,
         tx: watch::Sender<Option<Outcome>>,
+        progress: watch::Sender<Progress>,
     ) {
         // Whatever ends this task (an outcome, a panic, the worker stopping), the key must leave
         // the in-flight map and its admission must be returned, or the key would wait forever.
@@ -402,17 +609,19 @@ impl BuildService {
             key,
         };
         let started = Instant::now();
-        let outcome =
-            match tokio::time::timeout_at(deadline, self.build(&request, key, &velox, deadline))
-                .await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => Err(BuildError::Velox(VeloxError::Timeout)),
-            }
-            .map(|entry| Built {
-                entry,
-                build_time: started.elapsed(),
-            });
+        let outcome = match tokio::time::timeout_at(
+            deadline,
+            self.build(&request, key, &velox, deadline, &progress),
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => Err(BuildError::Velox(VeloxError::Timeout)),
+        }
+        .map(|entry| Built {
+            entry,
+            build_time: started.elapsed(),
+        });
         let m = &self.metrics;
         match &outcome {
             Ok(b) => {
@@ -430,6 +639,7 @@ impl BuildService {
             }
         }
         self.remember(key, &outcome);
+        self.report(key, &outcome, request.request_id());
         // Nobody may be waiting any more (all clients left); the result is cached regardless.
         // Requests that join between this send and the slot's release get this outcome at once.
         let _ = tx.send(Some(outcome));
@@ -441,6 +651,7 @@ impl BuildService {
         key: CacheKey,
         velox: &VeloxClient,
         deadline: Instant,
+        progress: &watch::Sender<Progress>,
     ) -> Result<EntryRecord, BuildError> {
         let permit = {
             let _queued = Count::up(&self.metrics.builds_queued);
@@ -450,11 +661,17 @@ impl BuildService {
                 .map_err(|_| BuildError::Internal("the build slots are closed"))?
         };
         let _active = Count::up(&self.metrics.builds_active);
+        progress.send_replace(Progress::Building { velox_attempts: 1 });
         let started = Instant::now();
         let retries = &self.metrics.velox_retries;
         let answer = velox
             .build(request, deadline, &|| {
                 retries.fetch_add(1, Ordering::Relaxed);
+                progress.send_modify(|p| {
+                    if let Progress::Building { velox_attempts } = p {
+                        *velox_attempts += 1;
+                    }
+                });
             })
             .await;
         let health = match &answer {

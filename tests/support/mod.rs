@@ -6,6 +6,7 @@ pub mod fake_velox;
 pub mod goproxy;
 pub mod php;
 pub mod server;
+pub mod sse;
 
 use std::time::Duration;
 
