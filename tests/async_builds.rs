@@ -175,27 +175,31 @@ async fn unknown_or_malformed_keys_are_404_and_other_methods_405() {
 /// One build in the only slot (held), so that the next one waits in the queue.
 fn one_slot(o: Options) -> Options {
     o.env("VELOX_CACHE_MAX_CONCURRENT_BUILDS", "1")
-        .env("VELOX_CACHE_RETRY__INITIAL_DELAY", "400ms")
-        .env("VELOX_CACHE_RETRY__MAX_DELAY", "400ms")
+        .env("VELOX_CACHE_RETRY__INITIAL_DELAY", "1s")
+        .env("VELOX_CACHE_RETRY__MAX_DELAY", "1s")
 }
 
 #[actix_web::test]
 async fn events_come_in_order_and_end_with_ready() {
     let h = Harness::start_with(one_slot);
     h.velox.hold(true);
-    // The first build takes the slot and is held; the second waits behind it.
-    let blocker = post_json(&h.builds_url(), &distinct_request(1), &[ASYNC]).await;
-    assert_eq!(blocker.status, 202);
-    let r = post_json(&h.builds_url(), &distinct_request(2), &[ASYNC]).await;
-    assert_eq!(r.status, 202);
-    assert_eq!(r.json()["status"], "queued");
-    let key = r.header("x-velox-cache-key").expect("key").to_owned();
-    // The second build's first attempt hangs a while, then fails retryably: attempt 2 builds.
+    // Velox's calls in order: the first build's (held); the second build's first attempt, which
+    // hangs a while and then fails retryably; its second attempt, which builds.
     h.velox.script([
         Behavior::Build,
         Behavior::Hang(Duration::from_millis(500)),
         Behavior::Build,
     ]);
+    // The first build takes the slot and is held; the second waits behind it.
+    let blocker = post_json(&h.builds_url(), &distinct_request(1), &[ASYNC]).await;
+    assert_eq!(blocker.status, 202);
+    // Holding the slot before the next is admitted (admission alone does not order slots).
+    let blocker_key = blocker.header("x-velox-cache-key").expect("key");
+    wait_status(&h, blocker_key, "building").await;
+    let r = post_json(&h.builds_url(), &distinct_request(2), &[ASYNC]).await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.json()["status"], "queued");
+    let key = r.header("x-velox-cache-key").expect("key").to_owned();
     let mut events = EventStream::open(&h.url(&format!("/_velox/v1/builds/{key}")), &[]);
     assert_eq!(events.status, 200);
     assert_eq!(events.header("content-type"), Some("text/event-stream"));
@@ -236,14 +240,18 @@ async fn events_come_in_order_and_end_with_ready() {
 async fn a_failed_build_is_reported_by_the_status_and_its_event() {
     let h = Harness::start_with(one_slot);
     h.velox.hold(true);
+    // The first build (held) succeeds; the second, waiting behind it, fails.
+    h.velox
+        .script([Behavior::Build, Behavior::Code("internal")]);
     let blocker = post_json(&h.builds_url(), &distinct_request(1), &[ASYNC]).await;
     assert_eq!(blocker.status, 202);
+    // Holding the slot before the next is admitted (admission alone does not order slots).
+    let blocker_key = blocker.header("x-velox-cache-key").expect("key");
+    wait_status(&h, blocker_key, "building").await;
     let request = distinct_request(2);
     let r = post_json(&h.builds_url(), &request, &[ASYNC]).await;
     assert_eq!(r.status, 202);
     let key = r.header("x-velox-cache-key").expect("key").to_owned();
-    h.velox
-        .script([Behavior::Build, Behavior::Code("internal")]);
     let mut events = EventStream::open(&h.url(&format!("/_velox/v1/builds/{key}")), &[]);
     assert_eq!(events.next_event().expect("event")["status"], "queued");
     h.velox.hold(false);
@@ -354,6 +362,8 @@ async fn a_quiet_stream_gets_keep_alive_comments() {
     h.velox.hold(true);
     let r = post_json(&h.builds_url(), &build_request("linux", "amd64"), &[ASYNC]).await;
     let key = r.header("x-velox-cache-key").expect("key").to_owned();
+    // Building and held: nothing changes until the release.
+    wait_status(&h, &key, "building").await;
     let mut events = EventStream::open(&h.url(&format!("/_velox/v1/builds/{key}")), &[]);
     events.set_timeout(Duration::from_secs(5));
     assert!(events.next_event().is_some());
@@ -582,4 +592,37 @@ async fn warm_submits_everything_then_follows() {
         "{out}"
     );
     assert_eq!(h.velox.builds(), 5);
+}
+
+#[actix_web::test]
+async fn curl_follows_the_events_over_http_1_0_and_1_1() {
+    let h = Harness::start();
+    let r = post_json(&h.builds_url(), &build_request("linux", "amd64"), &[ASYNC]).await;
+    assert_eq!(r.status, 202);
+    let key = r.header("x-velox-cache-key").expect("key").to_owned();
+    let url = h.url(&format!("/_velox/v1/builds/{key}"));
+    for version in ["--http1.0", "--http1.1"] {
+        let out = std::process::Command::new("curl")
+            .args(["-si", "-N", "--max-time", "30", version])
+            .args(["-H", "Accept: text/event-stream", &url])
+            .output()
+            .expect("curl runs");
+        assert!(out.status.success(), "{version}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
+        // HTTP/1.0 has no chunked encoding: that stream ends with the connection.
+        assert_eq!(
+            head.contains("transfer-encoding: chunked"),
+            version == "--http1.1",
+            "{version}: {head}"
+        );
+        let last = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .next_back()
+            .expect("an event");
+        let last: Value = serde_json::from_str(last).expect("json");
+        assert_eq!(last["status"], "ready", "{version}: {body}");
+    }
 }

@@ -5,6 +5,7 @@ pub mod floating;
 pub mod request;
 pub mod resolve;
 pub mod service;
+pub mod status;
 pub mod velox;
 
 pub use crate::ids::CacheKey;

@@ -15,6 +15,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
+use super::status::FailureReports;
+pub use super::status::{BuildState, BuildWatch, KeyState, Progress};
 use super::velox::{open_artifact, VeloxClient, VeloxError};
 use super::{BuildRequest, CacheKey};
 use crate::config::Config;
@@ -119,120 +121,12 @@ enum Hit {
 }
 
 #[derive(Debug, Clone)]
-struct Built {
-    entry: EntryRecord,
+pub(super) struct Built {
+    pub(super) entry: EntryRecord,
     build_time: Duration,
 }
 
-type Outcome = Result<Built, BuildError>;
-
-/// How long a failure is reported by [`BuildService::state`] when `failure_ttl` is shorter: a
-/// client told 202 learns why its build failed, even one that is not remembered for builds.
-const FAILURE_REPORT_TTL: Duration = Duration::from_secs(300);
-/// Most failures kept for the status route.
-const MAX_REPORTED_FAILURES: usize = 4096;
-
-/// Where an admitted build stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Progress {
-    /// Admitted, waiting for a build slot.
-    Queued,
-    /// Holding a slot: calling Velox (`velox_attempts` so far, retries included) or storing the
-    /// artifact.
-    Building { velox_attempts: u32 },
-}
-
-/// What is known of a key, for the status route.
-#[derive(Debug, Clone)]
-pub enum BuildState {
-    /// `elapsed` counts from the build's admission.
-    Queued {
-        elapsed: Duration,
-    },
-    Building {
-        elapsed: Duration,
-        velox_attempts: u32,
-    },
-    Ready(EntryRecord),
-    Failed(BuildError),
-}
-
-impl BuildState {
-    /// `ready` and `failed` do not change any more.
-    pub fn is_final(&self) -> bool {
-        matches!(self, BuildState::Ready(_) | BuildState::Failed(_))
-    }
-}
-
-/// A build under way, watched without polling: a receiver of its progress channel and one of its
-/// outcome channel. Clones are cheap; a watcher costs these two receivers.
-#[derive(Clone)]
-pub struct BuildWatch {
-    admitted: Instant,
-    deadline: Instant,
-    request_id: Option<Arc<str>>,
-    progress: watch::Receiver<Progress>,
-    outcome: watch::Receiver<Option<Outcome>>,
-}
-
-impl BuildWatch {
-    /// The `request_id` of the request that started the build.
-    pub fn request_id(&self) -> Option<&str> {
-        self.request_id.as_deref()
-    }
-
-    /// The build's state now.
-    pub fn state(&self) -> BuildState {
-        if let Some(outcome) = &*self.outcome.borrow() {
-            return match outcome {
-                Ok(built) => BuildState::Ready(built.entry.clone()),
-                Err(e) => BuildState::Failed(e.clone()),
-            };
-        }
-        let elapsed = self.admitted.elapsed();
-        match *self.progress.borrow() {
-            Progress::Queued => BuildState::Queued { elapsed },
-            Progress::Building { velox_attempts } => BuildState::Building {
-                elapsed,
-                velox_attempts,
-            },
-        }
-    }
-
-    /// Waits until the progress or the outcome changes, and returns the new state. Once the
-    /// state is final it is returned at once.
-    pub async fn changed(&mut self) -> BuildState {
-        let state = self.state();
-        if state.is_final() {
-            return state;
-        }
-        tokio::select! {
-            biased;
-            done = self.outcome.changed() => {
-                if done.is_err() && self.outcome.borrow().is_none() {
-                    log::error!("a build task ended without an outcome");
-                    return BuildState::Failed(BuildError::Internal(
-                        "the build task ended without an outcome",
-                    ));
-                }
-            }
-            // The progress sender goes with the task, after the outcome is sent: then the
-            // outcome branch answers.
-            Ok(()) = self.progress.changed() => {}
-        }
-        self.state()
-    }
-}
-
-/// What the status route can tell of a key.
-pub enum KeyState {
-    /// A build under way.
-    InFlight(BuildWatch),
-    /// The cache holds the binary.
-    Ready(EntryRecord),
-    /// The key's last build failed; with the `request_id` it was started with.
-    Failed(BuildError, Option<Arc<str>>),
-}
+pub(super) type Outcome = Result<Built, BuildError>;
 
 /// What [`BuildService::start`] found.
 pub enum Started {
@@ -250,9 +144,6 @@ pub enum VeloxHealth {
     Unreachable,
 }
 
-/// A failure kept for the status route: when, what, and the build's `request_id`.
-type Reported = (Instant, BuildError, Option<Arc<str>>);
-
 pub struct BuildService {
     store: Arc<Store>,
     config: Arc<Config>,
@@ -260,7 +151,7 @@ pub struct BuildService {
     inflight: Mutex<HashMap<CacheKey, BuildWatch>>,
     failures: Mutex<HashMap<CacheKey, (Instant, BuildError)>>,
     /// The last failure of each key, for the status route only (never consulted by builds).
-    reported: Mutex<HashMap<CacheKey, Reported>>,
+    reported: FailureReports,
     slots: Arc<Semaphore>,
     admitted: AtomicUsize,
     velox_health: AtomicU8,
@@ -306,7 +197,7 @@ impl BuildService {
             metrics,
             inflight: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
-            reported: Mutex::new(HashMap::new()),
+            reported: FailureReports::default(),
             admitted: AtomicUsize::new(0),
             velox_health: AtomicU8::new(0),
         }
@@ -487,41 +378,8 @@ impl BuildService {
         if let Some(entry) = self.store.lookup(key).map_err(BuildError::storage)? {
             return Ok(Some(KeyState::Ready(entry)));
         }
-        let ttl = self.config.failure_ttl.max(FAILURE_REPORT_TTL);
-        let reported = self
-            .reported
-            .lock()
-            .ok()
-            .and_then(|r| r.get(key).filter(|(at, _, _)| at.elapsed() < ttl).cloned());
-        Ok(reported.map(|(_, e, id)| KeyState::Failed(e, id)))
-    }
-
-    /// Keeps the last failure of `key` for the status route, or forgets it on success.
-    fn report(&self, key: CacheKey, outcome: &Outcome, request_id: Option<&str>) {
-        let Ok(mut reported) = self.reported.lock() else {
-            return;
-        };
-        match outcome {
-            Ok(_) => {
-                reported.remove(&key);
-            }
-            Err(e) => {
-                if reported.len() >= MAX_REPORTED_FAILURES {
-                    let ttl = self.config.failure_ttl.max(FAILURE_REPORT_TTL);
-                    reported.retain(|_, (at, _, _)| at.elapsed() < ttl);
-                }
-                if reported.len() >= MAX_REPORTED_FAILURES {
-                    let oldest = reported
-                        .iter()
-                        .min_by_key(|(_, (at, _, _))| *at)
-                        .map(|(k, _)| *k);
-                    if let Some(oldest) = oldest {
-                        reported.remove(&oldest);
-                    }
-                }
-                reported.insert(key, (Instant::now(), e.clone(), request_id.map(Arc::from)));
-            }
-        }
+        let reported = self.reported.get(key, self.config.failure_ttl);
+        Ok(reported.map(|(e, id)| KeyState::Failed(e, id)))
     }
 
     /// The entry for `key` ready to serve as a hit (and counted as one), if there is one no older
@@ -639,7 +497,9 @@ impl BuildService {
             }
         }
         self.remember(key, &outcome);
-        self.report(key, &outcome, request.request_id());
+        let failure = outcome.as_ref().err();
+        self.reported
+            .note(key, failure, request.request_id(), self.config.failure_ttl);
         // Nobody may be waiting any more (all clients left); the result is cached regardless.
         // Requests that join between this send and the slot's release get this outcome at once.
         let _ = tx.send(Some(outcome));

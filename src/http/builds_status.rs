@@ -1,23 +1,19 @@
 //! Asynchronous builds (docs/http-api.md, "Asynchronous builds"): the `202 Accepted` answer to a
 //! build request carrying `Prefer: respond-async`, and `GET /_velox/v1/builds/{key}`, the build's
-//! status as JSON or as Server-Sent Events. Also the CORS grants of the PHP app remembered per key,
-//! so that a browser app on another origin can follow the build it started through the proxy.
+//! status as JSON or as Server-Sent Events, CORS-readable by the origins the PHP app allowed
+//! ([`super::cors_grants`]).
 //!
 //! A watcher of the event stream holds one [`BuildWatch`] (two `watch` receivers) and wakes only
 //! when the build's state changes or its keep-alive timer fires: no watcher polls.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Mutex;
-use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::http::StatusCode;
+use actix_web::http::{ConnectionType, StatusCode, Version};
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use futures_util::Stream;
 use serde::Serialize;
-use tokio::time::Instant;
 
 use super::AppState;
 use crate::builds::{BuildState, BuildWatch, CacheKey, KeyState};
@@ -26,11 +22,6 @@ use crate::error::ApiError;
 
 /// What the 202 tells the client to wait before it first asks for the status.
 const RETRY_AFTER_SECS: u32 = 2;
-/// How long the origins the PHP app allowed for a key are remembered, from the last grant.
-const GRANT_TTL: Duration = Duration::from_secs(3600);
-/// Most keys with remembered grants, and most origins per key.
-const MAX_GRANTED_KEYS: usize = 10_000;
-const MAX_ORIGINS_PER_KEY: usize = 16;
 
 /// The status route's path for `key`.
 pub fn status_path(key: &CacheKey) -> String {
@@ -256,9 +247,16 @@ pub async fn get_status(
         .append_header((header::VARY, "Accept"));
     let resp = if wants_events(&req) {
         // nginx buffers proxied answers unless told not to; an event stream must not wait.
-        resp.insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        let mut stream = resp
+            .insert_header((header::CONTENT_TYPE, "text/event-stream"))
             .insert_header(("x-accel-buffering", "no"))
-            .streaming(events(key, now, request_id, watch, state.config.clone()))
+            .streaming(events(key, now, request_id, watch, state.config.clone()));
+        if req.version() < Version::HTTP_11 {
+            // HTTP/1.0 has no chunked encoding: the stream ends with the connection.
+            stream.head_mut().no_chunking(true);
+            stream.head_mut().set_connection_type(ConnectionType::Close);
+        }
+        stream
     } else {
         resp.insert_header((header::CONTENT_TYPE, "application/json"))
             .body(status_json(
@@ -332,156 +330,54 @@ fn events(
     })
 }
 
-/// The CORS grants the PHP app gave on build instructions, per key: the origins its
-/// `Access-Control-Allow-Origin` named (`*` included) and whether it allowed credentials.
-#[derive(Default)]
-pub struct CorsGrants {
-    by_key: Mutex<HashMap<CacheKey, Grants>>,
-}
-
-struct Grants {
-    at: Instant,
-    /// (origin or `*`, credentials allowed)
-    origins: Vec<(HeaderValue, bool)>,
-}
-
-impl CorsGrants {
-    /// Remembers the grant in the instruction's headers, if there is one.
-    pub fn grant(&self, key: CacheKey, headers: &[(HeaderName, HeaderValue)]) {
-        let find = |name: &HeaderName| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-        let Some(origin) = find(&header::ACCESS_CONTROL_ALLOW_ORIGIN) else {
-            return;
-        };
-        let credentials = find(&header::ACCESS_CONTROL_ALLOW_CREDENTIALS)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-        let Ok(mut by_key) = self.by_key.lock() else {
-            return;
-        };
-        if by_key.len() >= MAX_GRANTED_KEYS && !by_key.contains_key(&key) {
-            by_key.retain(|_, g| g.at.elapsed() < GRANT_TTL);
-            if by_key.len() >= MAX_GRANTED_KEYS {
-                let oldest = by_key.iter().min_by_key(|(_, g)| g.at).map(|(k, _)| *k);
-                if let Some(oldest) = oldest {
-                    by_key.remove(&oldest);
-                }
-            }
-        }
-        let grants = by_key.entry(key).or_insert_with(|| Grants {
-            at: Instant::now(),
-            origins: Vec::new(),
-        });
-        grants.at = Instant::now();
-        grants.origins.retain(|(o, _)| o != origin);
-        if grants.origins.len() >= MAX_ORIGINS_PER_KEY {
-            grants.origins.remove(0);
-        }
-        grants.origins.push((origin.clone(), credentials));
-    }
-
-    /// The CORS headers for a status request from `origin` about `key`: its own origin when the
-    /// app allowed it (with credentials if allowed), `*` when the app allowed any, else none.
-    pub fn headers_for(
-        &self,
-        key: &CacheKey,
-        origin: Option<&HeaderValue>,
-    ) -> Vec<(HeaderName, HeaderValue)> {
-        let Ok(by_key) = self.by_key.lock() else {
-            return Vec::new();
-        };
-        let Some(grants) = by_key.get(key).filter(|g| g.at.elapsed() < GRANT_TTL) else {
-            return Vec::new();
-        };
-        let mut out = vec![(header::VARY, HeaderValue::from_static("Origin"))];
-        let exact = origin.and_then(|o| grants.origins.iter().find(|(g, _)| g == o));
-        if let Some((origin, credentials)) = exact {
-            out.push((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
-            if *credentials {
-                out.push((
-                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                    HeaderValue::from_static("true"),
-                ));
-            }
-        } else if grants.origins.iter().any(|(g, _)| g == "*") {
-            out.push((
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                HeaderValue::from_static("*"),
-            ));
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use actix_web::test::TestRequest;
+
     use super::*;
 
-    fn key(n: u8) -> CacheKey {
-        CacheKey([n; 32])
-    }
-
-    fn grant(origin: &'static str, credentials: bool) -> Vec<(HeaderName, HeaderValue)> {
-        let mut h = vec![(
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            HeaderValue::from_static(origin),
-        )];
-        if credentials {
-            h.push((
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            ));
+    fn accept(values: &[&str]) -> bool {
+        let mut req = TestRequest::default();
+        for v in values {
+            req = req.append_header((header::ACCEPT, *v));
         }
-        h
-    }
-
-    fn acao(h: &[(HeaderName, HeaderValue)]) -> Option<&str> {
-        h.iter()
-            .find(|(n, _)| n == header::ACCESS_CONTROL_ALLOW_ORIGIN)
-            .and_then(|(_, v)| v.to_str().ok())
+        wants_events(&req.to_http_request())
     }
 
     #[test]
-    fn an_origin_is_answered_only_where_the_app_allowed_it() {
-        let g = CorsGrants::default();
-        g.grant(key(1), &grant("https://app.example", true));
-        g.grant(key(1), &grant("https://other.example", false));
-        let app = HeaderValue::from_static("https://app.example");
-        let evil = HeaderValue::from_static("https://evil.example");
-        let h = g.headers_for(&key(1), Some(&app));
-        assert_eq!(acao(&h), Some("https://app.example"));
-        assert!(h
-            .iter()
-            .any(|(n, v)| n == header::ACCESS_CONTROL_ALLOW_CREDENTIALS && v == "true"));
-        let other = HeaderValue::from_static("https://other.example");
-        let h = g.headers_for(&key(1), Some(&other));
-        assert_eq!(acao(&h), Some("https://other.example"));
-        assert!(!h
-            .iter()
-            .any(|(n, _)| n == header::ACCESS_CONTROL_ALLOW_CREDENTIALS));
-        assert_eq!(acao(&g.headers_for(&key(1), Some(&evil))), None);
-        assert_eq!(acao(&g.headers_for(&key(2), Some(&app))), None);
-        assert!(g.headers_for(&key(2), Some(&app)).is_empty());
-        // An instruction without CORS grants nothing.
-        g.grant(key(3), &[]);
-        assert!(g.headers_for(&key(3), Some(&app)).is_empty());
+    fn accept_chooses_events_or_json() {
+        assert!(accept(&["text/event-stream"]));
+        assert!(accept(&["Text/Event-Stream; charset=utf-8"]));
+        assert!(accept(&["application/json;q=0.5, text/event-stream"]));
+        assert!(accept(&["application/json", "text/event-stream"]));
+        assert!(!accept(&[]));
+        assert!(!accept(&["*/*"]));
+        assert!(!accept(&["application/json"]));
+        assert!(!accept(&["text/event-stream;q=0"]));
+        assert!(!accept(&["text/event-stream;q=0.2, application/json"]));
     }
 
     #[test]
-    fn a_wildcard_grant_answers_any_origin() {
-        let g = CorsGrants::default();
-        g.grant(key(1), &grant("*", false));
-        let any = HeaderValue::from_static("https://anyone.example");
-        assert_eq!(acao(&g.headers_for(&key(1), Some(&any))), Some("*"));
-        assert_eq!(acao(&g.headers_for(&key(1), None)), Some("*"));
-    }
-
-    #[test]
-    fn the_grants_stay_bounded() {
-        let g = CorsGrants::default();
-        for n in 0..(MAX_ORIGINS_PER_KEY + 4) {
-            let o = HeaderValue::from_str(&format!("https://o{n}.example")).expect("value");
-            g.grant(key(1), &[(header::ACCESS_CONTROL_ALLOW_ORIGIN, o)]);
-        }
-        let by_key = g.by_key.lock().expect("lock");
-        assert_eq!(by_key[&key(1)].origins.len(), MAX_ORIGINS_PER_KEY);
+    fn each_state_carries_its_fields_only() {
+        let config = Config::default();
+        let key = CacheKey([7; 32]);
+        let json = |state: &BuildState| -> serde_json::Value {
+            serde_json::from_slice(&status_json(&key, state, Some("id"), &config)).expect("json")
+        };
+        let building = json(&BuildState::Building {
+            elapsed: Duration::from_millis(1500),
+            velox_attempts: 2,
+        });
+        assert_eq!(
+            building,
+            serde_json::json!({"key": key.to_hex(), "status": "building", "request_id": "id",
+                "elapsed_ms": 1500, "velox_attempts": 2})
+        );
+        let failed = json(&BuildState::Failed(crate::builds::BuildError::Overloaded));
+        assert_eq!(failed["status"], "failed");
+        assert_eq!(failed["error"], "overloaded");
+        assert!(failed.get("elapsed_ms").is_none() && failed.get("digest").is_none());
     }
 }
