@@ -626,3 +626,13 @@ async fn curl_follows_the_events_over_http_1_0_and_1_1() {
         assert_eq!(last["status"], "ready", "{version}: {body}");
     }
 }
+
+#[test]
+fn a_too_short_keep_alive_stops_the_start_naming_the_key() {
+    let (code, _, err) = server::run(&["config"], &[("VELOX_CACHE_SSE_KEEPALIVE", "10ms")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("sse_keepalive"), "{err}");
+    let (code, out, err) = server::run(&["config"], &[("VELOX_CACHE_SSE_KEEPALIVE", "30s")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sse_keepalive = \"30s\""), "{out}");
+}
