@@ -163,6 +163,10 @@ pub struct Config {
     /// addresses, a list in the file, comma-separated in the environment.
     #[serde(deserialize_with = "cidr_list", serialize_with = "cidr_strings")]
     pub trusted_proxies: Vec<IpNet>,
+    /// Silence after which an event stream of the build status route gets a comment line, so
+    /// that proxies do not cut it as idle. Advanced; mainly for tests.
+    #[serde(with = "humantime_serde")]
+    pub sse_keepalive: Duration,
 }
 
 impl Default for Config {
@@ -187,6 +191,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             resolve: ResolveConfig::default(),
             trusted_proxies: Vec::new(),
+            sse_keepalive: Duration::from_secs(15),
         }
     }
 }
@@ -367,6 +372,9 @@ impl Config {
                 );
                 return fail("upstream", &why);
             }
+        }
+        if self.sse_keepalive < Duration::from_millis(100) {
+            return fail("sse_keepalive", "must be at least 100ms");
         }
         Ok(())
     }

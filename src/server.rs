@@ -56,6 +56,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         builds,
         metrics,
         resolver,
+        async_cors: Default::default(),
     });
 
     let tls = crate::tls::client_config(&config)?;

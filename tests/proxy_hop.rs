@@ -295,7 +295,7 @@ async fn cleanup_needs_the_token_when_one_is_set() {
 #[actix_web::test]
 async fn a_cors_answer_exposes_our_headers_to_the_browser() {
     let (_php, h) = start_with(|o| o);
-    let url = h.url("/api/v1/binary/generate?cors=1");
+    let url = h.url("/api/v1/binary/generate?spa_cors=1");
     let body = json!({"plugins": [{"module_name": "github.com/roadrunner-server/http/v5", "tag": "v5.2.7"}]});
     for expected in ["MISS", "HIT"] {
         let resp = post_json(&url, &body, &[("origin", "https://spa.example")]).await;

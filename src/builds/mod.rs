@@ -5,9 +5,13 @@ pub mod floating;
 pub mod request;
 pub mod resolve;
 pub mod service;
+pub mod status;
 pub mod velox;
 
 pub use crate::ids::CacheKey;
 pub use request::{BuildRequest, MAX_BODY_BYTES};
-pub use service::{BuildError, BuildService, CacheStatus, Served, VeloxHealth};
+pub use service::{
+    BuildError, BuildService, BuildState, BuildWatch, CacheStatus, KeyState, Served, Started,
+    VeloxHealth,
+};
 pub use velox::VeloxClient;

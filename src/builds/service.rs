@@ -2,7 +2,9 @@
 //! concurrency and queue limits, the memory of failed builds, and `force_rebuild`.
 //!
 //! A build runs as its own task on the worker that started it, so it goes on when its clients
-//! disconnect. Waiters on any worker hold a `watch` receiver for its outcome.
+//! disconnect. Waiters on any worker hold a `watch` receiver for its outcome, and one for its
+//! progress (queued, building), which the status route reports (docs/http-api.md, "Asynchronous
+//! builds").
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,6 +15,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
+use super::status::FailureReports;
+pub use super::status::{BuildState, BuildWatch, KeyState, Progress};
 use super::velox::{open_artifact, VeloxClient, VeloxError};
 use super::{BuildRequest, CacheKey};
 use crate::config::Config;
@@ -117,12 +121,20 @@ enum Hit {
 }
 
 #[derive(Debug, Clone)]
-struct Built {
-    entry: EntryRecord,
+pub(super) struct Built {
+    pub(super) entry: EntryRecord,
     build_time: Duration,
 }
 
-type Outcome = Result<Built, BuildError>;
+pub(super) type Outcome = Result<Built, BuildError>;
+
+/// What [`BuildService::start`] found.
+pub enum Started {
+    /// The cache holds the binary (counted as a hit).
+    Hit(Box<Served>),
+    /// A build of the key is under way: started by this call, or joined.
+    Building(BuildWatch),
+}
 
 /// What Velox did on its last call, for `/readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,8 +148,10 @@ pub struct BuildService {
     store: Arc<Store>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
-    inflight: Mutex<HashMap<CacheKey, watch::Receiver<Option<Outcome>>>>,
+    inflight: Mutex<HashMap<CacheKey, BuildWatch>>,
     failures: Mutex<HashMap<CacheKey, (Instant, BuildError)>>,
+    /// The last failure of each key, for the status route only (never consulted by builds).
+    reported: FailureReports,
     slots: Arc<Semaphore>,
     admitted: AtomicUsize,
     velox_health: AtomicU8,
@@ -183,6 +197,7 @@ impl BuildService {
             metrics,
             inflight: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            reported: FailureReports::default(),
             admitted: AtomicUsize::new(0),
             velox_health: AtomicU8::new(0),
         }
@@ -226,6 +241,20 @@ impl BuildService {
         key: CacheKey,
         velox: &VeloxClient,
     ) -> Result<Served, BuildError> {
+        match self.start(request, key, velox)? {
+            Started::Hit(served) => Ok(*served),
+            Started::Building(watch) => self.wait(key, watch).await,
+        }
+    }
+
+    /// The cache-hit decision, then the build of `key` joined or started, without waiting for
+    /// it. The build goes on whether anyone waits or not.
+    pub fn start(
+        self: &Arc<Self>,
+        request: BuildRequest,
+        key: CacheKey,
+        velox: &VeloxClient,
+    ) -> Result<Started, BuildError> {
         let mut request = request;
         // An entry built from floating references is a hit only for `cache.floating_ttl`; past
         // it, the request rebuilds with `force_rebuild`, since Velox's own cache may hold the
@@ -235,7 +264,7 @@ impl BuildService {
             .then_some(self.config.cache.floating_ttl);
         if !request.force_rebuild {
             match self.serve_hit(&key, max_age)? {
-                Hit::Fresh(served) => return Ok(*served),
+                Hit::Fresh(served) => return Ok(Started::Hit(served)),
                 Hit::Stale => {
                     log::info!("{key} was built from floating references too long ago: rebuilding");
                     request.force_rebuild = true;
@@ -244,21 +273,21 @@ impl BuildService {
             }
         }
         let force = request.force_rebuild;
-        let (mut rx, deadline) = {
+        let watch = {
             let mut inflight = self
                 .inflight
                 .lock()
                 .map_err(|_| BuildError::Internal("the in-flight map's lock is poisoned"))?;
-            if let Some(rx) = inflight.get(&key) {
+            if let Some(watch) = inflight.get(&key) {
                 self.metrics
                     .builds_coalesced
                     .fetch_add(1, Ordering::Relaxed);
-                (rx.clone(), Instant::now() + self.config.build_timeout)
+                watch.clone()
             } else {
                 if !force {
                     // A build of this key may have finished since the first look.
                     if let Hit::Fresh(served) = self.serve_hit(&key, max_age)? {
-                        return Ok(*served);
+                        return Ok(Started::Hit(served));
                     }
                     if let Some(err) = self.remembered_failure(&key) {
                         return Err(err);
@@ -270,20 +299,36 @@ impl BuildService {
                     return Err(BuildError::Overloaded);
                 }
                 let (tx, rx) = watch::channel(None);
-                inflight.insert(key, rx.clone());
-                let deadline = Instant::now() + self.config.build_timeout;
+                let (progress_tx, progress_rx) = watch::channel(Progress::Queued);
+                let now = Instant::now();
+                let watch = BuildWatch {
+                    admitted: now,
+                    deadline: now + self.config.build_timeout,
+                    request_id: request.request_id().map(Arc::from),
+                    progress: progress_rx,
+                    outcome: rx,
+                };
+                inflight.insert(key, watch.clone());
+                let deadline = watch.deadline;
                 let this = Arc::clone(self);
                 let velox = velox.clone();
                 actix_web::rt::spawn(async move {
-                    this.run_build(request, key, velox, deadline, tx).await;
+                    this.run_build(request, key, velox, deadline, tx, progress_tx)
+                        .await;
                 });
-                (rx, deadline)
+                watch
             }
         };
         self.metrics.misses.fetch_add(1, Ordering::Relaxed);
+        Ok(Started::Building(watch))
+    }
+
+    /// Waits for the build `watch` follows and opens its binary.
+    async fn wait(&self, key: CacheKey, watch: BuildWatch) -> Result<Served, BuildError> {
+        let mut rx = watch.outcome;
         // The build stops itself at its deadline; the margin covers only a lost task.
         let waited = tokio::time::timeout_at(
-            deadline + Duration::from_secs(5),
+            watch.deadline + Duration::from_secs(5),
             rx.wait_for(Option::is_some),
         )
         .await;
@@ -316,6 +361,25 @@ impl BuildService {
                 build_time: built.build_time,
             },
         })
+    }
+
+    /// What is known of `key`: a build under way (its watch), the cached entry, or a failure
+    /// still reported; `None` for none of these. Reading it counts no hit.
+    pub fn state(&self, key: &CacheKey) -> Result<Option<KeyState>, BuildError> {
+        let watch = self
+            .inflight
+            .lock()
+            .map_err(|_| BuildError::Internal("the in-flight map's lock is poisoned"))?
+            .get(key)
+            .cloned();
+        if let Some(watch) = watch {
+            return Ok(Some(KeyState::InFlight(watch)));
+        }
+        if let Some(entry) = self.store.lookup(key).map_err(BuildError::storage)? {
+            return Ok(Some(KeyState::Ready(entry)));
+        }
+        let reported = self.reported.get(key, self.config.failure_ttl);
+        Ok(reported.map(|(e, id)| KeyState::Failed(e, id)))
     }
 
     /// The entry for `key` ready to serve as a hit (and counted as one), if there is one no older
@@ -394,6 +458,7 @@ impl BuildService {
         velox: VeloxClient,
         deadline: Instant,
         tx: watch::Sender<Option<Outcome>>,
+        progress: watch::Sender<Progress>,
     ) {
         // Whatever ends this task (an outcome, a panic, the worker stopping), the key must leave
         // the in-flight map and its admission must be returned, or the key would wait forever.
@@ -402,17 +467,19 @@ impl BuildService {
             key,
         };
         let started = Instant::now();
-        let outcome =
-            match tokio::time::timeout_at(deadline, self.build(&request, key, &velox, deadline))
-                .await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => Err(BuildError::Velox(VeloxError::Timeout)),
-            }
-            .map(|entry| Built {
-                entry,
-                build_time: started.elapsed(),
-            });
+        let outcome = match tokio::time::timeout_at(
+            deadline,
+            self.build(&request, key, &velox, deadline, &progress),
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => Err(BuildError::Velox(VeloxError::Timeout)),
+        }
+        .map(|entry| Built {
+            entry,
+            build_time: started.elapsed(),
+        });
         let m = &self.metrics;
         match &outcome {
             Ok(b) => {
@@ -430,6 +497,9 @@ impl BuildService {
             }
         }
         self.remember(key, &outcome);
+        let failure = outcome.as_ref().err();
+        self.reported
+            .note(key, failure, request.request_id(), self.config.failure_ttl);
         // Nobody may be waiting any more (all clients left); the result is cached regardless.
         // Requests that join between this send and the slot's release get this outcome at once.
         let _ = tx.send(Some(outcome));
@@ -441,6 +511,7 @@ impl BuildService {
         key: CacheKey,
         velox: &VeloxClient,
         deadline: Instant,
+        progress: &watch::Sender<Progress>,
     ) -> Result<EntryRecord, BuildError> {
         let permit = {
             let _queued = Count::up(&self.metrics.builds_queued);
@@ -450,11 +521,17 @@ impl BuildService {
                 .map_err(|_| BuildError::Internal("the build slots are closed"))?
         };
         let _active = Count::up(&self.metrics.builds_active);
+        progress.send_replace(Progress::Building { velox_attempts: 1 });
         let started = Instant::now();
         let retries = &self.metrics.velox_retries;
         let answer = velox
             .build(request, deadline, &|| {
                 retries.fetch_add(1, Ordering::Relaxed);
+                progress.send_modify(|p| {
+                    if let Progress::Building { velox_attempts } = p {
+                        *velox_attempts += 1;
+                    }
+                });
             })
             .await;
         let health = match &answer {

@@ -4,7 +4,10 @@
 pub(crate) mod admin;
 pub mod artifact;
 pub(crate) mod body;
+pub(crate) mod builds_status;
 pub(crate) mod cache_admin;
+pub(crate) mod cors_grants;
+pub(crate) mod prefer;
 pub(crate) mod proxy;
 pub(crate) mod public;
 
@@ -26,6 +29,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Resolution of floating plugin tags, when `resolve.goproxy` is set.
     pub resolver: Option<Resolver>,
+    /// The PHP app's CORS grants per key, for the build status route.
+    pub async_cors: cors_grants::CorsGrants,
 }
 
 /// The worker's HTTP client for the Go module proxy (awc's client is not `Send`).

@@ -41,6 +41,8 @@ struct State {
     building: HashSet<String>,
     requests: Vec<serde_json::Value>,
     timeouts_ms: Vec<u64>,
+    /// While set, builds wait before writing their binary (see `hold`).
+    held: bool,
 }
 
 #[derive(Clone)]
@@ -263,6 +265,9 @@ async fn build(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) ->
         s.builds
     };
     tokio::time::sleep(delay).await;
+    while shared.state.lock().expect("lock").held {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let dir = shared.dir.join(format!("{}-{nonce}", &key[..16]));
     let path = dir.join("roadrunner");
     let written = std::fs::create_dir_all(&dir)
@@ -370,6 +375,12 @@ impl FakeVelox {
     /// How long each build takes.
     pub fn set_delay(&self, d: Duration) {
         self.with(|s| s.delay = d);
+    }
+
+    /// Holds every build (running or to come) until `hold(false)`: a build that stays under
+    /// way for as long as a test needs, without guessing a delay.
+    pub fn hold(&self, on: bool) {
+        self.with(|s| s.held = on);
     }
 
     /// Size of the binaries it writes.

@@ -10,6 +10,7 @@ pub mod http10;
 pub mod nginx;
 pub mod php;
 pub mod server;
+pub mod sse;
 
 use std::time::Duration;
 
