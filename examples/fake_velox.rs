@@ -11,6 +11,9 @@
 #[path = "../tests/support/fake_velox.rs"]
 #[allow(dead_code)]
 mod fake_velox;
+#[path = "../tests/support/velox_proto.rs"]
+#[allow(dead_code)]
+mod velox_proto;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -151,6 +151,12 @@ pub fn classify(status: u16, body: &[u8]) -> Attempt {
                     Attempt::Fatal(VeloxError::InvalidArgument(message))
                 }
                 "deadline_exceeded" => Attempt::Fatal(VeloxError::Timeout),
+                // Velox v3 wraps every build error as `internal`, the end of its request
+                // context's deadline (our Connect-Timeout-Ms) included: that is a timeout, not a
+                // failed build to remember.
+                _ if message.ends_with("context deadline exceeded") => {
+                    Attempt::Fatal(VeloxError::Timeout)
+                }
                 _ => Attempt::Fatal(VeloxError::Failed {
                     message,
                     logs: None,
@@ -527,6 +533,13 @@ mod tests {
                 Attempt::Retry(RetryReason::Unavailable, _)
             ));
         }
+        assert_eq!(
+            classify(
+                500,
+                br#"{"code":"internal","message":"building plugins: compile: context deadline exceeded"}"#
+            ),
+            Attempt::Fatal(VeloxError::Timeout)
+        );
         assert!(matches!(
             classify(500, b"<html>"),
             Attempt::Fatal(VeloxError::Failed { .. })

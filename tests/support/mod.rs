@@ -5,6 +5,7 @@
 pub mod fake_velox;
 pub mod php;
 pub mod server;
+pub mod velox_proto;
 
 use std::time::Duration;
 
