@@ -112,7 +112,11 @@ fn one(out: &mut String, kind: &str, name: &str, help: &str, value: u64) {
 
 impl Metrics {
     pub fn retried(&self, reason: RetryReason) {
-        self.velox_retries[reason as usize].fetch_add(1, Relaxed);
+        let i = RetryReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.velox_retries[i].fetch_add(1, Relaxed);
     }
 
     pub fn evicted(&self, reason: EvictionReason) {
@@ -260,7 +264,7 @@ pub enum RetryReason {
 }
 
 impl RetryReason {
-    /// In the order of [`Metrics::velox_retries`]; the discriminants index it.
+    /// In the order of [`Metrics::velox_retries`].
     pub const ALL: [RetryReason; 6] = [
         RetryReason::Unreachable,
         RetryReason::Unavailable,
