@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
-use super::velox::{open_artifact, PathError, VeloxClient, VeloxError};
+use super::artifact::{open_artifact, PathError};
+use super::velox::{VeloxClient, VeloxError};
 use super::{BuildRequest, CacheKey};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
