@@ -297,7 +297,7 @@ async fn shared_blobs_go_with_their_last_entry() {
         .expect("one build")
         .path();
     h.velox
-        .script([Behavior::Path(dir.join("roadrunner").display().to_string())]);
+        .script([Behavior::Path(dir.join("rr").display().to_string())]);
     let second = post_json(&h.builds_url(), &distinct_request(2), &[]).await;
     assert_eq!(second.header("etag"), first.header("etag"));
     assert_ne!(key(&first), key(&second));

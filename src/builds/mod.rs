@@ -1,6 +1,8 @@
 //! Build requests: the model and its cache key (`request`), the Velox Connect client (`velox`),
-//! and the service that coalesces identical builds and limits concurrency (`service`).
+//! the checks on the artifact Velox names (`artifact`), and the service that coalesces identical
+//! builds and limits concurrency (`service`).
 
+pub mod artifact;
 pub mod floating;
 pub mod request;
 pub mod resolve;

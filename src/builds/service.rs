@@ -15,13 +15,14 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
+use super::artifact::{open_artifact, PathError};
 use super::status::FailureReports;
 pub use super::status::{BuildState, BuildWatch, KeyState, Progress};
-use super::velox::{open_artifact, VeloxClient, VeloxError};
+use super::velox::{VeloxClient, VeloxError};
 use super::{BuildRequest, CacheKey};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RetryReason};
 use crate::store::{EntryRecord, IngestError, Limits, Store};
 
 /// A cause shared by every waiter of a build (the outcome is cloned to each).
@@ -435,9 +436,12 @@ impl BuildService {
             return;
         };
         match outcome {
-            Err(
-                e @ BuildError::Velox(VeloxError::Failed { .. } | VeloxError::InvalidArgument(_)),
-            ) if !self.config.failure_ttl.is_zero() => {
+            // Only a failed build is a fact about the key. Velox refusing the request (a bad
+            // `request_id`, say), being unreachable or slow may come from this one request or this
+            // moment, and must not block the key for everyone else.
+            Err(e @ BuildError::Velox(VeloxError::Failed { .. }))
+                if !self.config.failure_ttl.is_zero() =>
+            {
                 if failures.len() >= 4096 {
                     let ttl = self.config.failure_ttl;
                     failures.retain(|_, (at, _)| at.elapsed() < ttl);
@@ -523,42 +527,23 @@ impl BuildService {
         let _active = Count::up(&self.metrics.builds_active);
         progress.send_replace(Progress::Building { velox_attempts: 1 });
         let started = Instant::now();
-        let retries = &self.metrics.velox_retries;
-        let answer = velox
-            .build(request, deadline, &|| {
-                retries.fetch_add(1, Ordering::Relaxed);
-                progress.send_modify(|p| {
-                    if let Progress::Building { velox_attempts } = p {
-                        *velox_attempts += 1;
-                    }
-                });
-            })
-            .await;
-        let health = match &answer {
-            Ok(_) | Err(VeloxError::Failed { .. } | VeloxError::InvalidArgument(_)) => 1,
-            Err(_) => 2,
-        };
-        self.velox_health.store(health, Ordering::Relaxed);
-        let answer = answer?;
+        let file = self.fetch(request, key, velox, deadline, progress).await?;
         drop(permit);
 
         let store = Arc::clone(&self.store);
-        let path_map = self.config.path_map();
-        let root = self.config.artifact_root.clone();
         let request = request.clone();
         let build_ms = started.elapsed().as_millis() as u64;
         let limits = Limits::from(&self.config.cache);
         let metrics = Arc::clone(&self.metrics);
         let ingested = actix_web::rt::task::spawn_blocking(move || {
-            let file = open_artifact(&answer.path, path_map.as_ref(), &root).map_err(|e| {
-                log::error!("refusing Velox's artifact for {key}: {e}");
-                BuildError::Velox(VeloxError::Failed {
-                    message: "Velox's artifact is missing, empty, not a regular file, or outside artifact_root".into(),
-                    logs: Some(answer.logs.clone()).filter(|l| !l.is_empty()),
-                })
-            })?;
             let entry = store
-                .ingest(file, &key, &request.file_name(), request.manifest_payload(), build_ms)
+                .ingest(
+                    file,
+                    &key,
+                    &request.file_name(),
+                    request.manifest_payload(),
+                    build_ms,
+                )
                 .map_err(|e| {
                     log::error!("storing the artifact for {key} failed: {e}");
                     match e {
@@ -589,6 +574,72 @@ impl BuildService {
             Err(e) => {
                 log::error!("the ingest task for {key} failed: {e}");
                 Err(BuildError::Internal("the ingest task failed"))
+            }
+        }
+    }
+
+    /// Calls Velox and opens the file it names. A path that no longer exists (Velox's cache
+    /// answers from memory, and its eviction or a tmp cleaner may have deleted the file) gets one
+    /// more call with `force_rebuild`; only then is it a failed build.
+    async fn fetch(
+        &self,
+        request: &BuildRequest,
+        key: CacheKey,
+        velox: &VeloxClient,
+        deadline: Instant,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<File, BuildError> {
+        let mut forced = None;
+        loop {
+            let asked = forced.as_ref().unwrap_or(request);
+            let answer = velox
+                .build(asked, deadline, &|reason| {
+                    self.metrics.retried(reason);
+                    progress.send_modify(|p| {
+                        if let Progress::Building { velox_attempts } = p {
+                            *velox_attempts += 1;
+                        }
+                    });
+                })
+                .await;
+            let health = match &answer {
+                Ok(_) | Err(VeloxError::Failed { .. } | VeloxError::InvalidArgument(_)) => 1,
+                Err(_) => 2,
+            };
+            self.velox_health.store(health, Ordering::Relaxed);
+            let answer = answer?;
+            let path = answer.path.clone();
+            let path_map = self.config.path_map();
+            let root = self.config.artifact_root.clone();
+            // Blocking only as long as resolving the path takes: the open never waits on a FIFO.
+            let opened = actix_web::rt::task::spawn_blocking(move || {
+                open_artifact(&path, path_map.as_ref(), &root)
+            })
+            .await
+            .map_err(|e| {
+                log::error!("the open task for {key} failed: {e}");
+                BuildError::Internal("the open task failed")
+            })?;
+            match opened {
+                Ok(file) => return Ok(file),
+                Err(PathError::Vanished(p)) if forced.is_none() => {
+                    log::warn!(
+                        "Velox's artifact for {key} ({}) no longer exists; asking for a rebuild",
+                        p.display()
+                    );
+                    self.metrics.retried(RetryReason::Vanished);
+                    forced = Some(BuildRequest {
+                        force_rebuild: true,
+                        ..request.clone()
+                    });
+                }
+                Err(e) => {
+                    log::error!("refusing Velox's artifact for {key}: {e}");
+                    return Err(BuildError::Velox(VeloxError::Failed {
+                        message: "Velox's artifact is missing, empty, not a regular file, or outside artifact_root".into(),
+                        logs: Some(answer.logs).filter(|l| !l.is_empty()),
+                    }));
+                }
             }
         }
     }

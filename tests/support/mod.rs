@@ -11,6 +11,7 @@ pub mod nginx;
 pub mod php;
 pub mod server;
 pub mod sse;
+pub mod velox_proto;
 
 use std::time::Duration;
 
