@@ -7,10 +7,18 @@
 //!
 //! Arguments: listen address, folder for the binaries it "builds", build delay (humantime), and
 //! optionally the size of each binary in bytes (default 300 KiB).
+//!
+//! It behaves as Velox v3's `vx server` does (see `tests/support/fake_velox.rs`): a `request_id`
+//! is required, a second caller for a hash being built gets `409 already_exists`, a caller that
+//! disconnects cancels its build, and binaries land at `<folder>/<hash>/rr`, remembered by its
+//! own cache until it stops.
 
 #[path = "../tests/support/fake_velox.rs"]
 #[allow(dead_code)]
 mod fake_velox;
+#[path = "../tests/support/velox_proto.rs"]
+#[allow(dead_code)]
+mod velox_proto;
 
 use std::path::PathBuf;
 use std::time::Duration;

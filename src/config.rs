@@ -1,10 +1,11 @@
 //! Configuration (docs/configuration.md): defaults < TOML file < environment < command-line flags, layered by
 //! figment; then checked here, so that a bad value stops the start naming its key.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub mod duration;
@@ -58,6 +59,10 @@ pub struct CacheConfig {
     pub eviction_policy: EvictionPolicy,
     #[serde(with = "duration")]
     pub access_update_interval: Duration,
+    /// How long an entry built from floating references (`latest`, a branch) is served before the
+    /// request rebuilds; 0 = never served from the cache.
+    #[serde(with = "duration")]
+    pub floating_ttl: Duration,
     /// Free space eviction keeps on the data dir's filesystem, in GB (1024³ bytes).
     pub min_free_gb: f64,
 }
@@ -71,7 +76,45 @@ impl Default for CacheConfig {
             cleanup_interval: Duration::from_secs(3600),
             eviction_policy: EvictionPolicy::Lru,
             access_update_interval: Duration::from_secs(5),
+            floating_ttl: Duration::from_secs(30 * 60),
             min_free_gb: 1.0,
+        }
+    }
+}
+
+/// Resolution of floating plugin tags with a Go module proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResolveConfig {
+    /// GOPROXY URL (or GOPROXY's comma-separated list); none = no resolution.
+    #[serde(
+        deserialize_with = "lenient_opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub goproxy: Option<String>,
+    /// How long a resolution is remembered.
+    #[serde(with = "duration")]
+    pub ttl: Duration,
+    /// How long one proxy may take to answer before the tag is left unresolved.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Module patterns never sent to the proxy, in GOPRIVATE's form; default: `GOPRIVATE`.
+    #[serde(
+        deserialize_with = "lenient_opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub private: Option<String>,
+}
+
+impl Default for ResolveConfig {
+    fn default() -> Self {
+        ResolveConfig {
+            goproxy: None,
+            ttl: Duration::from_secs(300),
+            timeout: Duration::from_secs(3),
+            private: std::env::var("GOPRIVATE")
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
         }
     }
 }
@@ -121,6 +164,15 @@ pub struct Config {
     pub api_token: Option<String>,
     pub retry: RetryConfig,
     pub cache: CacheConfig,
+    pub resolve: ResolveConfig,
+    /// Load balancers in front of velox-cache, whose forwarding headers are believed: CIDRs or
+    /// addresses, a list in the file, comma-separated in the environment.
+    #[serde(deserialize_with = "cidr_list", serialize_with = "cidr_strings")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Silence after which an event stream of the build status route gets a comment line, so
+    /// that proxies do not cut it as idle. Advanced; mainly for tests.
+    #[serde(with = "duration")]
+    pub sse_keepalive: Duration,
 }
 
 impl Default for Config {
@@ -143,6 +195,9 @@ impl Default for Config {
             api_token: None,
             retry: RetryConfig::default(),
             cache: CacheConfig::default(),
+            resolve: ResolveConfig::default(),
+            trusted_proxies: Vec::new(),
+            sse_keepalive: Duration::from_secs(15),
         }
     }
 }
@@ -308,6 +363,42 @@ impl Config {
         if !(c.min_free_gb.is_finite() && c.min_free_gb >= 0.0) {
             return fail("cache.min_free_gb", "must be a number of at least 0");
         }
+        if let Some(p) = &self.resolve.goproxy {
+            let usable = p
+                .split([',', '|'])
+                .map(str::trim)
+                .all(|e| e.is_empty() || e == "direct" || e == "off" || valid_http_url(e));
+            if !usable {
+                return fail(
+                    "resolve.goproxy",
+                    "must be an http:// or https:// URL, or a GOPROXY list of them",
+                );
+            }
+        }
+        if self.resolve.timeout.is_zero() {
+            return fail("resolve.timeout", "must be more than 0");
+        }
+        if let Some(p) = &self.resolve.private {
+            if let Err(why) = crate::builds::resolve::parse_private(p) {
+                return fail(
+                    "resolve.private",
+                    &format!("a pattern does not parse: {why}"),
+                );
+            }
+        }
+        if let Some(u) = &self.upstream {
+            if upstream_is_listen(u, self.listen) {
+                let why = format!(
+                    "{u} is velox-cache's own listen address ({}): every request would come \
+                     back to velox-cache; point it at the PHP app",
+                    self.listen
+                );
+                return fail("upstream", &why);
+            }
+        }
+        if self.sse_keepalive < Duration::from_millis(100) {
+            return fail("sse_keepalive", "must be at least 100ms");
+        }
         Ok(())
     }
 
@@ -330,6 +421,51 @@ fn valid_http_url(u: &str) -> bool {
         .strip_prefix("http://")
         .or_else(|| u.strip_prefix("https://"));
     matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace))
+}
+
+/// Whether connecting to `upstream` would reach the `listen` socket: the same port, and one of
+/// the upstream host's addresses is the listen address or, when that is unspecified
+/// (`0.0.0.0`, `[::]`), any address of this host. Names are resolved only when the ports match.
+fn upstream_is_listen(upstream: &str, listen: SocketAddr) -> bool {
+    let Ok(uri) = upstream.parse::<http::Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    if port != listen.port() {
+        return false;
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Ok(addrs) = (host, port).to_socket_addrs() else {
+        return false;
+    };
+    addrs.map(|a| a.ip().to_canonical()).any(|ip| {
+        // Connecting to an unspecified address reaches this host's loopback.
+        let ip = match ip {
+            IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        match listen.ip().to_canonical() {
+            // An IPv6 wildcard takes IPv4 connections too (Linux's default, bindv6only=0).
+            IpAddr::V4(any) if any.is_unspecified() => ip.is_ipv4() && is_own(ip),
+            IpAddr::V6(any) if any.is_unspecified() => is_own(ip),
+            bound => ip == bound,
+        }
+    })
+}
+
+/// Whether `ip` is an address of this host: only those can be bound.
+fn is_own(ip: IpAddr) -> bool {
+    ip.is_loopback() || UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// Accepts any scalar as a string: the environment cannot say `"1234"` is text and not a number.
@@ -371,6 +507,38 @@ fn lenient_opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, 
     Ok(lenient_opt_string(d)?.map(PathBuf::from))
 }
 
+/// `trusted_proxies`: a list, or one comma-separated string (the environment's form). Each item
+/// is a CIDR or a single address; host bits below the prefix are ignored, as nginx does.
+fn cidr_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match Given::deserialize(d)? {
+        Given::One(s) => s.split(',').map(str::to_owned).collect(),
+        Given::Many(v) => v,
+    };
+    let mut nets = Vec::new();
+    for item in items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let net = item
+            .parse::<IpNet>()
+            .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{item}` is neither a CIDR (like 10.0.0.0/8) nor an IP address"
+                ))
+            })?;
+        nets.push(net.trunc());
+    }
+    Ok(nets)
+}
+
+fn cidr_strings<S: serde::Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(nets.iter().map(|n| n.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +565,39 @@ mod tests {
         assert!(!valid_http_url("ftp://x"));
         assert!(!valid_http_url("http://"));
         assert!(!valid_http_url("127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn an_upstream_that_is_the_listen_address_is_a_loop() {
+        let listen = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        for (upstream, bound) in [
+            ("http://127.0.0.1:8080", "127.0.0.1:8080"),
+            ("http://127.0.0.1:8080/", "0.0.0.0:8080"),
+            ("http://localhost:8080/app", "0.0.0.0:8080"),
+            ("http://0.0.0.0:8080", "127.0.0.1:8080"),
+            ("http://[::1]:8080", "[::]:8080"),
+            ("http://127.0.0.1:8080", "[::]:8080"),
+            ("http://127.0.0.1", "0.0.0.0:80"),
+            ("https://127.0.0.1", "0.0.0.0:443"),
+        ] {
+            assert!(
+                upstream_is_listen(upstream, listen(bound)),
+                "{upstream} vs {bound}"
+            );
+        }
+        for (upstream, bound) in [
+            ("http://127.0.0.1:8081", "0.0.0.0:8080"),
+            ("http://127.0.0.1:8080", "127.0.0.2:8080"),
+            ("http://[::1]:8080", "0.0.0.0:8080"),
+            ("http://192.0.2.1:8080", "0.0.0.0:8080"),
+            ("https://127.0.0.1", "0.0.0.0:80"),
+            ("http://no-such-host.invalid:8080", "0.0.0.0:8080"),
+        ] {
+            assert!(
+                !upstream_is_listen(upstream, listen(bound)),
+                "{upstream} vs {bound}"
+            );
+        }
     }
 
     #[test]

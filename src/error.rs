@@ -256,6 +256,24 @@ impl actix_web::Responder for ApiError {
     }
 }
 
+/// Extractor settings whose refusals (a bad query string, path segment or JSON body) answer with
+/// this JSON instead of actix's plain text. Both listeners' apps take them.
+pub fn json_extractor_errors(cfg: &mut actix_web::web::ServiceConfig) {
+    use actix_web::web::{JsonConfig, PathConfig, QueryConfig};
+    cfg.app_data(QueryConfig::default().error_handler(|e, _| {
+        ApiError::invalid_request(format!("invalid query string: {e}")).into()
+    }))
+    .app_data(
+        PathConfig::default()
+            .error_handler(|e, _| ApiError::not_found(format!("invalid path: {e}")).into()),
+    )
+    .app_data(
+        JsonConfig::default().error_handler(|e, _| {
+            ApiError::invalid_request(format!("invalid JSON body: {e}")).into()
+        }),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

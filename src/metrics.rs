@@ -68,7 +68,8 @@ pub struct Metrics {
     pub builds_queued: AtomicU64,
     pub build_duration: Histogram,
     pub builds_coalesced: AtomicU64,
-    pub velox_retries: AtomicU64,
+    /// By [`RetryReason::ALL`] order.
+    pub velox_retries: [AtomicU64; RetryReason::ALL.len()],
     pub download_bytes: AtomicU64,
     /// By [`EvictionReason::ALL`] order.
     pub evictions: [AtomicU64; EvictionReason::ALL.len()],
@@ -77,6 +78,8 @@ pub struct Metrics {
     pub proxy_passed: AtomicU64,
     pub proxy_build: AtomicU64,
     pub proxy_error: AtomicU64,
+    /// `velox_resolve_total{outcome}`: floating plugin tags resolved with the Go module proxy.
+    pub resolve: crate::builds::resolve::ResolveCounters,
     /// By [`StoreErrorReason::ALL`] order.
     pub store_errors: [AtomicU64; StoreErrorReason::ALL.len()],
 }
@@ -133,13 +136,14 @@ impl Default for Metrics {
             builds_queued: AtomicU64::new(0),
             build_duration: Histogram::new(BUILD_BOUNDS),
             builds_coalesced: AtomicU64::new(0),
-            velox_retries: AtomicU64::new(0),
+            velox_retries: Default::default(),
             download_bytes: AtomicU64::new(0),
             evictions: Default::default(),
             proxy_passed: AtomicU64::new(0),
             proxy_build: AtomicU64::new(0),
             proxy_error: AtomicU64::new(0),
             store_errors: Default::default(),
+            resolve: Default::default(),
         }
     }
 }
@@ -152,6 +156,14 @@ fn one(out: &mut String, kind: &str, name: &str, help: &str, value: u64) {
 }
 
 impl Metrics {
+    pub fn retried(&self, reason: RetryReason) {
+        let i = RetryReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.velox_retries[i].fetch_add(1, Relaxed);
+    }
+
     pub fn evicted(&self, reason: EvictionReason) {
         let i = EvictionReason::ALL
             .iter()
@@ -276,13 +288,19 @@ impl Metrics {
             "Requests that waited on a build already under way.",
             c(&self.builds_coalesced),
         );
-        one(
-            &mut out,
-            "counter",
-            "velox_velox_retries_total",
-            "Retried calls to Velox.",
-            c(&self.velox_retries),
+        let _ = writeln!(
+            out,
+            "# HELP velox_velox_retries_total Calls to Velox made again, by the reason for the call before.\n\
+             # TYPE velox_velox_retries_total counter"
         );
+        for (reason, count) in RetryReason::ALL.iter().zip(&self.velox_retries) {
+            let _ = writeln!(
+                out,
+                "velox_velox_retries_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                c(count)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP velox_cache_evictions_total Entries removed, by reason.\n# TYPE velox_cache_evictions_total counter"
@@ -326,6 +344,58 @@ impl Metrics {
                 c(count)
             );
         }
+        let r = &self.resolve;
+        let _ = writeln!(
+            out,
+            "# HELP velox_resolve_total Floating plugin tags looked up, by outcome.\n\
+             # TYPE velox_resolve_total counter\n\
+             velox_resolve_total{{outcome=\"resolved\"}} {}\n\
+             velox_resolve_total{{outcome=\"cached\"}} {}\n\
+             velox_resolve_total{{outcome=\"private\"}} {}\n\
+             velox_resolve_total{{outcome=\"error\"}} {}",
+            c(&r.resolved),
+            c(&r.cached),
+            c(&r.private),
+            c(&r.error)
+        );
         out
+    }
+}
+
+/// Why velox-cache called Velox again (docs/velox.md, "Outcomes and retries").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// No connection, a reset, connecting or sending past `request_timeout`, an answer cut off.
+    Unreachable,
+    /// Code `unavailable`, or a bare 502, 503 or 504 (a proxy in front of Velox).
+    Unavailable,
+    ResourceExhausted,
+    Aborted,
+    /// Velox is building the same key for another caller; waited out until `build_timeout`.
+    AlreadyExists,
+    /// Velox answered a path that no longer exists; asked again with `force_rebuild`.
+    Vanished,
+}
+
+impl RetryReason {
+    /// In the order of [`Metrics::velox_retries`].
+    pub const ALL: [RetryReason; 6] = [
+        RetryReason::Unreachable,
+        RetryReason::Unavailable,
+        RetryReason::ResourceExhausted,
+        RetryReason::Aborted,
+        RetryReason::AlreadyExists,
+        RetryReason::Vanished,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Unreachable => "unreachable",
+            RetryReason::Unavailable => "unavailable",
+            RetryReason::ResourceExhausted => "resource_exhausted",
+            RetryReason::Aborted => "aborted",
+            RetryReason::AlreadyExists => "already_exists",
+            RetryReason::Vanished => "vanished",
+        }
     }
 }

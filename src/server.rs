@@ -7,9 +7,10 @@ use std::sync::Arc;
 use actix_web::{middleware, web, App, HttpServer};
 
 use crate::background::Background;
+use crate::builds::resolve::Resolver;
 use crate::builds::{BuildService, VeloxClient};
 use crate::config::Config;
-use crate::http::{admin, proxy, public, AppState};
+use crate::http::{admin, proxy, public, AppState, GoProxyClient};
 use crate::metrics::Metrics;
 use crate::store::{Limits, Store};
 
@@ -46,11 +47,16 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         Arc::clone(&config),
         Arc::clone(&metrics),
     ));
+    let resolver = Resolver::new(&config.resolve, Arc::clone(&metrics)).map_err(|why| {
+        ServeError::Io(io::Error::other(format!("invalid resolve.private: {why}")))
+    })?;
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
         store: Arc::clone(&store),
         builds,
         metrics,
+        resolver,
+        async_cors: Default::default(),
     });
 
     let tls = crate::tls::client_config(&config)?;
@@ -68,7 +74,9 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             .app_data(public_state.clone())
             .app_data(web::Data::new(velox))
             .app_data(web::Data::new(proxy::Upstream::new(&cfg, &tls)))
+            .app_data(web::Data::new(GoProxyClient(goproxy_client(&tls))))
             .wrap(middleware::Logger::new("%a \"%r\" %s %b %T"))
+            .configure(crate::error::json_extractor_errors)
             .configure(public::configure)
             .default_service(web::to(proxy::forward))
     })
@@ -84,6 +92,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     let admin = HttpServer::new(move || {
         App::new()
             .app_data(admin_state.clone())
+            .configure(crate::error::json_extractor_errors)
             .configure(admin::configure)
             .default_service(web::to(public::not_found))
     })
@@ -151,6 +160,14 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// The client for the Go module proxy: redirects followed (proxies redirect to their storage), no
+/// cookies, the same TLS roots as Velox and the upstream.
+fn goproxy_client(tls: &Arc<rustls::ClientConfig>) -> awc::Client {
+    awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(Arc::clone(tls)))
+        .finish()
 }
 
 /// Sends small writes at once. Without it, a keep-alive client that asks a small range waits for

@@ -2,7 +2,8 @@
 //! with the ring provider, trusting the system's roots plus an optional private CA file
 //! (`upstream_ca_file`, PEM).
 //!
-//! The config is built once at start-up and shared by every worker's awc client.
+//! The config is built once at start-up and shared by every worker's clients: awc's to Velox and
+//! hyper's to the upstream.
 
 use std::path::Path;
 use std::sync::Arc;

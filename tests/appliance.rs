@@ -90,17 +90,18 @@ async fn warm_counts_hits_builds_failures_and_bad_lines() {
     lines.push(String::new());
     lines.push(serde_json::to_string(&distinct_request(99)).expect("json")); // line 8: fails
     std::fs::write(&file, lines.join("\n")).expect("write");
-    // Velox fails the build for request 99: script it for whichever call comes last.
+    // warm submits every line before any build ends, so outcomes are set up before it runs:
+    // request 0 is cached (lines 1 and 5 are hits) and request 99's failure is remembered
+    // (line 8 is refused at once).
     let f = file.display().to_string();
     let url = h.url("");
-    // Run the first five with concurrency 1 so that the repeat is a hit, then the failure.
-    h.velox.script([
-        Behavior::Build,
-        Behavior::Build,
-        Behavior::Build,
-        Behavior::Build,
-        Behavior::Code("internal"),
-    ]);
+    let auth = [("authorization", "Bearer warm-token")];
+    let cached = post_json(&h.builds_url(), &distinct_request(0), &auth).await;
+    assert_eq!(cached.status, 200);
+    h.velox.script([Behavior::Code("internal")]);
+    post_json(&h.builds_url(), &distinct_request(99), &auth)
+        .await
+        .assert_error(502, "build_failed");
     let (code, out, err) = run(
         &["warm", &f, "--url", &url, "--concurrency", "1"],
         &[("VELOX_CACHE_API_TOKEN", "warm-token")],
@@ -109,7 +110,7 @@ async fn warm_counts_hits_builds_failures_and_bad_lines() {
     assert!(out.contains("line 6: not a valid build request"), "{out}");
     assert!(out.contains("line 8: failed: 502"), "{out}");
     assert!(
-        out.contains("7 request(s)") && out.contains("5 succeeded (1 hits, 4 built), 2 failed"),
+        out.contains("7 request(s)") && out.contains("5 succeeded (2 hits, 3 built), 2 failed"),
         "{out}"
     );
     // Not a terminal: plain lines, no control characters from a progress bar.
@@ -125,8 +126,8 @@ async fn warm_counts_hits_builds_failures_and_bad_lines() {
             )
         })
         .collect();
-    assert_eq!(counts["HIT"], 1, "{out}");
-    assert_eq!(counts["MISS"], 4, "{out}");
+    assert_eq!(counts["HIT"], 2, "{out}");
+    assert_eq!(counts["MISS"], 3, "{out}");
     // Without the token, every request is refused: all fail.
     let (code, out, _) = run(&["warm", &f, "--url", &url], &[]);
     assert_eq!(code, 1);

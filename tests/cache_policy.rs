@@ -270,9 +270,10 @@ async fn admin_cache_routes() {
         metric(h.server(), "velox_cache_evictions_total{reason=\"manual\"}").await,
         1.0
     );
-    // Cleanup runs the limits now (none set: nothing goes).
+    // Cleanup runs the limits now (none set: nothing goes); it takes the token too.
     let r = client
         .post(admin("/v1/cache/cleanup"))
+        .insert_header(("authorization", "Bearer tok"))
         .send_body("")
         .await
         .expect("sent")
@@ -296,7 +297,7 @@ async fn shared_blobs_go_with_their_last_entry() {
         .expect("one build")
         .path();
     h.velox
-        .script([Behavior::Path(dir.join("roadrunner").display().to_string())]);
+        .script([Behavior::Path(dir.join("rr").display().to_string())]);
     let second = post_json(&h.builds_url(), &distinct_request(2), &[]).await;
     assert_eq!(second.header("etag"), first.header("etag"));
     assert_ne!(key(&first), key(&second));

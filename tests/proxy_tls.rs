@@ -109,7 +109,9 @@ impl Tls {
             &self.velox.url,
             &self.tmp.path().join("velox-out"),
         )
-        .env("VELOX_CACHE_UPSTREAM", &self.upstream);
+        .env("VELOX_CACHE_UPSTREAM", &self.upstream)
+        // In proxy mode the build API is for token holders only.
+        .env("VELOX_CACHE_API_TOKEN", "tls-token");
         if let Some(ca) = ca_file {
             opts = opts.env("VELOX_CACHE_UPSTREAM_CA_FILE", &ca.display().to_string());
         }
@@ -149,7 +151,7 @@ async fn without_the_ca_the_certificates_are_refused() {
     let build = post_json(
         &server.url("/_velox/v1/builds"),
         &build_request("linux", "amd64"),
-        &[],
+        &[("authorization", "Bearer tls-token")],
     )
     .await;
     build.assert_error(502, "velox_unavailable");

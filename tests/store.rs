@@ -194,12 +194,25 @@ fn size_limit_evicts_until_the_bytes_fit_and_never_the_protected_entry() {
 fn age_limit_removes_expired_entries() {
     let f = Fixture::new();
     f.put(1, b"old");
-    std::thread::sleep(Duration::from_millis(60));
+    std::thread::sleep(Duration::from_millis(1000));
     f.put(2, b"new");
+    let created = |n| {
+        f.store
+            .lookup(&key(n))
+            .expect("lookup")
+            .expect("entry")
+            .created_ms
+    };
+    // A limit that falls halfway between the two creations, however long the puts took.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let midpoint = (created(1) + created(2)) / 2;
     let limits = Limits {
         max_bytes: 0,
         max_entries: 0,
-        max_age: Duration::from_millis(40),
+        max_age: Duration::from_millis(now - midpoint),
         policy: EvictionPolicy::Lru,
         min_free_bytes: 0,
     };

@@ -16,7 +16,14 @@ async fn unavailable_twice_then_success() {
     let r = post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(h.velox.calls(), 3);
-    assert_eq!(metric(h.server(), "velox_velox_retries_total").await, 2.0);
+    assert_eq!(
+        metric(
+            h.server(),
+            "velox_velox_retries_total{reason=\"unavailable\"}"
+        )
+        .await,
+        2.0
+    );
     // Every call says how long Velox has left.
     let timeouts = h.velox.timeouts_ms();
     assert_eq!(timeouts.len(), 3);
@@ -33,6 +40,14 @@ async fn already_exists_then_success() {
     let r = post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(h.velox.calls(), 2);
+    assert_eq!(
+        metric(
+            h.server(),
+            "velox_velox_retries_total{reason=\"already_exists\"}"
+        )
+        .await,
+        1.0
+    );
 }
 
 #[actix_web::test]
@@ -59,7 +74,10 @@ async fn velox_down_is_velox_unavailable_after_max_attempts() {
     .await;
     let v = r.assert_error(502, "velox_unavailable");
     assert_eq!(v["request_id"], "b66d5617-64dd-419b-a68b-b002938320ab");
-    assert_eq!(metric(&server, "velox_velox_retries_total").await, 3.0);
+    assert_eq!(
+        metric(&server, "velox_velox_retries_total{reason=\"unreachable\"}").await,
+        3.0
+    );
     let ready = get(&server.admin_url("/readyz"), &[]).await;
     assert_eq!(ready.json()["velox_last_call"], "unreachable");
 }
@@ -96,6 +114,12 @@ async fn invalid_argument_is_400_after_one_call() {
         );
         assert_eq!(h.velox.calls(), i + 1);
     }
+    // Velox's refusal is not remembered: the same keys call Velox again, and build.
+    for n in [1, 2, 3] {
+        let r = post_json(&h.builds_url(), &distinct_request(n), &[]).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(h.velox.calls(), 6);
 }
 
 #[actix_web::test]
@@ -137,13 +161,14 @@ async fn failure_memory_expires() {
 
 #[actix_web::test]
 async fn build_timeout_is_504() {
-    let h = Harness::start_with(|o| o.env("VELOX_CACHE_BUILD_TIMEOUT", "1s"));
-    h.velox.set_delay(Duration::from_secs(5));
+    // 2s: the second build below must fit its copy and fsync in it on a busy machine.
+    let h = Harness::start_with(|o| o.env("VELOX_CACHE_BUILD_TIMEOUT", "2s"));
+    h.velox.set_delay(Duration::from_secs(6));
     let started = std::time::Instant::now();
     let r = post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
     r.assert_error(504, "timeout");
     assert!(
-        started.elapsed() < Duration::from_secs(4),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
@@ -151,23 +176,85 @@ async fn build_timeout_is_504() {
         metric(h.server(), "velox_builds_total{status=\"timeout\"}").await,
         1.0
     );
+    // A timeout is not remembered either: once Velox is quick, the same key builds.
+    h.velox.set_delay(Duration::ZERO);
+    let r = post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Velox built it again (the first build may still hold its lock for a moment when the second
+    // call arrives: that 409 is waited out).
+    assert_eq!(h.velox.builds(), 2);
 }
 
 #[actix_web::test]
-async fn one_attempt_past_request_timeout_is_retried() {
+async fn an_answer_that_never_comes_is_waited_for_until_build_timeout() {
+    // request_timeout is far shorter, but the request was sent: cutting the attempt would cancel
+    // a real Velox build.
     let h = Harness::start_with(|o| {
         o.env("VELOX_CACHE_REQUEST_TIMEOUT", "1s")
-            .env("VELOX_CACHE_BUILD_TIMEOUT", "10s")
+            .env("VELOX_CACHE_BUILD_TIMEOUT", "3s")
     });
-    h.velox.script([Behavior::Hang(Duration::from_secs(3))]);
+    h.velox.script([Behavior::Hang(Duration::from_secs(30))]);
     let r = post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(h.velox.calls(), 2);
+    r.assert_error(504, "timeout");
+    assert_eq!(h.velox.calls(), 1, "never cut and called again");
+}
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so connecting hangs.
+fn unconnectable() -> (std::net::TcpListener, std::net::TcpStream, u16) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; the address is a valid
+    // sockaddr_in of the size passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        assert_eq!(libc::listen(fd, 0), 0, "listen");
+        let listener = std::net::TcpListener::from_raw_fd(fd);
+        let port = listener.local_addr().expect("addr").port();
+        // Fills the queue of one; nobody ever accepts it.
+        let filler = std::net::TcpStream::connect(("127.0.0.1", port)).expect("filler");
+        (listener, filler, port)
+    }
+}
+
+#[actix_web::test]
+async fn connecting_past_request_timeout_is_retried() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (_listener, _filler, port) = unconnectable();
+    let opts = Options::new(
+        &tmp.path().join("data"),
+        &format!("http://127.0.0.1:{port}"),
+        tmp.path(),
+    )
+    .env("VELOX_CACHE_REQUEST_TIMEOUT", "1s")
+    .env("VELOX_CACHE_BUILD_TIMEOUT", "30s")
+    .env("VELOX_CACHE_RETRY__MAX_ATTEMPTS", "2");
+    let server = Server::start(&opts);
+    let r = post_json(
+        &server.url("/_velox/v1/builds"),
+        &build_request("linux", "amd64"),
+        &[],
+    )
+    .await;
+    // Two cut attempts, well before build_timeout.
+    r.assert_error(502, "velox_unavailable");
+    assert_eq!(
+        metric(&server, "velox_velox_retries_total{reason=\"unreachable\"}").await,
+        1.0
+    );
 }
 
 #[actix_web::test]
 async fn bad_artifact_paths_are_build_failed_and_never_read() {
-    let h = Harness::start();
+    // A hung open would end in 504 timeout, not the 502 asserted below.
+    let h = Harness::start_with(|o| o.env("VELOX_CACHE_BUILD_TIMEOUT", "20s"));
     let root = h.velox.dir.clone();
     let outside = h.tmp.path().join("outside");
     std::fs::create_dir_all(&outside).expect("dir");
@@ -180,17 +267,29 @@ async fn bad_artifact_paths_are_build_failed_and_never_read() {
     let empty = root.join("empty");
     std::fs::write(&empty, b"").expect("write");
     let dotdot = format!("{}/../outside/secret", root.display());
+    // No writer will ever open it: a blocking open would hang until build_timeout.
+    let fifo = root.join("fifo");
+    let c = std::ffi::CString::new(fifo.display().to_string()).expect("path");
+    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let fifo_link = root.join("fifo-link");
+    std::os::unix::fs::symlink(&fifo, &fifo_link).expect("symlink");
     let cases = [
         ("outside artifact_root", secret.display().to_string()),
         ("dot-dot", dotdot),
         ("symlink leading outside", link.display().to_string()),
         ("directory", dir.display().to_string()),
         ("empty file", empty.display().to_string()),
+        ("FIFO", fifo.display().to_string()),
+        ("symlink to a FIFO", fifo_link.display().to_string()),
         ("missing file", root.join("missing").display().to_string()),
         ("relative", "roadrunner".to_string()),
     ];
     for (i, (name, path)) in cases.iter().enumerate() {
-        h.velox.script([Behavior::Path(path.clone())]);
+        // A missing file gets one more call (with force_rebuild): it names the same path again.
+        let answers = if *name == "missing file" { 2 } else { 1 };
+        h.velox
+            .script(std::iter::repeat_n(Behavior::Path(path.clone()), answers));
         let r = post_json(&h.builds_url(), &distinct_request(100 + i), &[]).await;
         let v = r.assert_error(502, "build_failed");
         let text = String::from_utf8_lossy(&r.body);
@@ -201,7 +300,8 @@ async fn bad_artifact_paths_are_build_failed_and_never_read() {
         );
         assert!(!text.contains("/outside"), "{name} leaks a path: {v}");
     }
-    assert_eq!(h.velox.calls(), cases.len());
+    // Only the missing file was asked for twice.
+    assert_eq!(h.velox.calls(), cases.len() + 1);
     // Nothing was cached.
     assert_eq!(metric(h.server(), "velox_cache_entries_count").await, 0.0);
     let blobs = walk_files(&h.server().data_dir.join("blobs"));
@@ -290,7 +390,8 @@ async fn bad_input_is_refused_without_calling_velox() {
     );
     assert_eq!(h.velox.calls(), 0);
 
-    // Unknown fields are dropped before Velox, whose decoder would refuse them.
+    // Unknown fields are dropped before Velox: v3 would ignore them, but they must reach neither
+    // Velox nor the key (the stand-in counts any it receives).
     let mut extra = build_request("linux", "amd64");
     extra["plugins"][0]["replace"] = json!("github.com/x/http");
     extra["something_new"] = json!(true);
@@ -300,6 +401,9 @@ async fn bad_input_is_refused_without_calling_velox() {
     let sent = &h.velox.requests()[0];
     assert!(sent.get("something_new").is_none());
     assert!(sent["plugins"][0].get("replace").is_none());
+    assert_eq!(h.velox.unknown_fields(), 0);
+    let plain = post_json(&url, &build_request("linux", "amd64"), &[]).await;
+    assert_eq!(plain.header("x-cache-status"), Some("HIT"), "same key");
 
     // Methods and routes.
     get(&url, &[]).await.assert_error(405, "method_not_allowed");

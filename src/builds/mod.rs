@@ -1,12 +1,20 @@
 //! Build requests: the model and its cache key (`request`), the Velox Connect client (`velox`),
-//! and the service that coalesces identical builds and limits concurrency (`service`).
+//! the checks on the artifact Velox names (`artifact`), and the service that coalesces identical
+//! builds and limits concurrency (`service`).
 
+pub mod artifact;
+pub mod floating;
 pub mod request;
+pub mod resolve;
 pub mod service;
+pub mod status;
 mod unstored;
 pub mod velox;
 
 pub use crate::ids::CacheKey;
 pub use request::{BuildRequest, MAX_BODY_BYTES};
-pub use service::{BuildError, BuildService, CacheStatus, Served, VeloxHealth};
+pub use service::{
+    BuildError, BuildService, BuildState, BuildWatch, CacheStatus, KeyState, Served, Started,
+    VeloxHealth,
+};
 pub use velox::VeloxClient;

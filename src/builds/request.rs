@@ -2,8 +2,9 @@
 //! cache key.
 //!
 //! Parsing is lenient where protojson is (snake_case and lowerCamelCase names, `null` for absent)
-//! and strict where Velox is (the same validation rules). Fields Velox does not know are dropped
-//! here, before anything reaches Velox, whose decoder rejects unknown fields.
+//! and strict where Velox is (the same validation rules, and a few more: no control characters,
+//! only the canonical UUID form). Fields Velox does not know are dropped here, so they reach
+//! neither Velox nor the key. Velox v3 requires a `request_id`; one is made up when it is missing.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -184,9 +185,12 @@ impl BuildRequest {
         strip_array(root, "replaces", REPLACE_FIELDS, &mut dropped);
         strip_array(root, "excludes", EXCLUDE_FIELDS, &mut dropped);
         // A request id, even from an otherwise broken body, lets the error carry it.
+        // Only a well-formed id is echoed: anything else may be long or hold control characters.
         let request_id = ["request_id", "requestId"]
             .iter()
-            .find_map(|n| root.get(*n).and_then(Value::as_str).map(str::to_owned));
+            .find_map(|n| root.get(*n).and_then(Value::as_str))
+            .filter(|id| is_canonical_uuid(id))
+            .map(str::to_owned);
         for (a, b) in [
             ("request_id", "requestId"),
             ("force_rebuild", "forceRebuild"),
@@ -200,23 +204,32 @@ impl BuildRequest {
                 });
             }
         }
-        let req: BuildRequest = serde_json::from_value(value).map_err(|e| InvalidRequest {
+        let mut req: BuildRequest = serde_json::from_value(value).map_err(|e| InvalidRequest {
             message: format!("the build request is malformed: {e}"),
             request_id: request_id.clone(),
         })?;
         req.validate().map_err(|message| InvalidRequest {
             message,
-            request_id: request_id.filter(|id| id.len() <= MAX_STRING_BYTES),
+            request_id,
         })?;
+        // Velox v3 refuses an absent or empty id (`string.uuid_empty`); the caller learns the one
+        // made up here from `X-Build-Request-ID` and error bodies.
+        if req.request_id().is_none() {
+            req.request_id = Some(uuid::Uuid::new_v4().to_string());
+        }
         Ok((req, dropped))
     }
 
     /// The rules Velox applies, checked here so that Velox is never called with a request it would
     /// refuse.
     fn validate(&self) -> Result<(), String> {
+        // Every string goes through here: a control character (a `\n` in `rr_version`, say)
+        // would otherwise reach Velox's command lines and logs.
         let check_len = |name: &str, s: &str| {
             if s.len() > MAX_STRING_BYTES {
                 Err(format!("`{name}` is longer than {MAX_STRING_BYTES} bytes"))
+            } else if s.chars().any(char::is_control) {
+                Err(format!("`{name}` holds a control character"))
             } else {
                 Ok(())
             }
@@ -230,8 +243,11 @@ impl BuildRequest {
         };
         if let Some(id) = &self.request_id {
             check_len("request_id", id)?;
-            if !id.is_empty() && uuid::Uuid::try_parse(id).is_err() {
-                return Err("`request_id` must be empty or a UUID".into());
+            if !id.is_empty() && !is_canonical_uuid(id) {
+                return Err(
+                    "`request_id` must be empty or a UUID in its canonical 8-4-4-4-12 hex form"
+                        .into(),
+                );
             }
         }
         non_empty("rr_version", &self.rr_version)?;
@@ -370,6 +386,17 @@ impl BuildRequest {
     pub fn request_id(&self) -> Option<&str> {
         self.request_id.as_deref().filter(|s| !s.is_empty())
     }
+}
+
+/// Velox's (protovalidate's) UUID rule: `^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`,
+/// any version, either case. `uuid::Uuid::try_parse` also takes `urn:uuid:`, braces and the bare
+/// 32-digit form, which Velox refuses.
+fn is_canonical_uuid(id: &str) -> bool {
+    id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }
 
 /// `^(v\d+\.\d+\.\d+.*|master|[a-f0-9]{7,40})$`
@@ -646,10 +673,97 @@ mod tests {
         );
         v["target_platform"] = Value::Null;
         assert_eq!(parse(&v).expect("valid").file_name(), "roadrunner");
-        v["target_platform"] = json!({"os": "li\"nux\r\n", "arch": "amd64"});
+        // Control characters are refused outright; quotes and spaces are replaced.
+        v["target_platform"] = json!({"os": "li\"nux; x", "arch": "amd64"});
         assert_eq!(
             parse(&v).expect("valid").file_name(),
-            "roadrunner-li_nux__-amd64"
+            "roadrunner-li_nux__x-amd64"
+        );
+    }
+
+    #[test]
+    fn only_the_canonical_uuid_form_is_accepted() {
+        let id = "b66d5617-64dd-419b-a68b-b002938320ab";
+        for bad in [
+            format!("urn:uuid:{id}"),
+            format!("{{{id}}}"),
+            id.replace('-', ""),
+            format!(" {id}"),
+            id.replacen('-', "+", 1),
+            format!("{}g", &id[..35]),
+        ] {
+            let mut v = base();
+            v["request_id"] = json!(bad);
+            let err = parse(&v).expect_err(&bad);
+            assert!(err.message.contains("request_id"), "{bad}: {err}");
+            // A malformed id is not echoed back.
+            assert_eq!(err.request_id, None, "{bad}");
+        }
+        let mut v = base();
+        v["request_id"] = json!(id.to_uppercase());
+        assert!(parse(&v).is_ok(), "upper case is a UUID to Velox too");
+    }
+
+    #[test]
+    fn no_string_may_hold_a_control_character() {
+        let cases: Vec<Edit> = vec![
+            (
+                "rr_version",
+                Box::new(|v| v["rr_version"] = json!("v2025.1.2\nrm -rf /")),
+            ),
+            (
+                "os",
+                Box::new(|v| v["target_platform"]["os"] = json!("linux\u{0}")),
+            ),
+            (
+                "arch",
+                Box::new(|v| v["target_platform"]["arch"] = json!("amd\t64")),
+            ),
+            (
+                "module",
+                Box::new(|v| v["plugins"][0]["module_name"] = json!("github.com/a\r/b")),
+            ),
+            (
+                "tag",
+                Box::new(|v| v["plugins"][0]["tag"] = json!("v1.0.0\u{7f}")),
+            ),
+            (
+                "replace",
+                Box::new(|v| v["replaces"][0]["old"] = json!("a\u{85}b")),
+            ),
+            (
+                "exclude",
+                Box::new(|v| v["excludes"][0]["version"] = json!("v0.1.0\u{1b}[31m")),
+            ),
+        ];
+        for (name, edit) in cases {
+            let mut v = base();
+            edit(&mut v);
+            let err = parse(&v).expect_err(name);
+            assert!(err.message.contains("control character"), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_request_id_is_made_up() {
+        for id in [Value::Null, json!("")] {
+            let mut v = base();
+            v["request_id"] = id.clone();
+            let a = parse(&v).expect("valid");
+            let b = parse(&v).expect("valid");
+            let made = a.request_id().expect("an id was made up");
+            assert!(is_canonical_uuid(made), "{made}");
+            assert_eq!(
+                uuid::Uuid::parse_str(made).expect("uuid").get_version_num(),
+                4
+            );
+            assert_ne!(a.request_id(), b.request_id(), "each request gets its own");
+            assert_eq!(a.cache_key(), key(&base()), "{id}");
+        }
+        let given = parse(&base()).expect("valid");
+        assert_eq!(
+            given.request_id(),
+            Some("b66d5617-64dd-419b-a68b-b002938320ab")
         );
     }
 }

@@ -2,7 +2,9 @@
 //! concurrency and queue limits, the memory of failed builds, and `force_rebuild`.
 //!
 //! A build runs as its own task on the worker that started it, so it goes on when its clients
-//! disconnect. Waiters on any worker hold a `watch` receiver for its outcome.
+//! disconnect. Waiters on any worker hold a `watch` receiver for its outcome, and one for its
+//! progress (queued, building), which the status route reports (docs/http-api.md, "Asynchronous
+//! builds").
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,12 +15,15 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
+use super::artifact::{open_artifact, PathError};
+use super::status::FailureReports;
+pub use super::status::{BuildState, BuildWatch, KeyState, Progress};
 use super::unstored::Unstored;
-use super::velox::{open_artifact, VeloxClient, VeloxError};
+use super::velox::{VeloxClient, VeloxError};
 use super::{BuildRequest, CacheKey};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
-use crate::metrics::{Metrics, StoreErrorReason};
+use crate::metrics::{Metrics, RetryReason, StoreErrorReason};
 use crate::store::{EntryRecord, IngestError, Limits, Store};
 
 /// A cause shared by every waiter of a build (the outcome is cloned to each).
@@ -112,21 +117,32 @@ pub struct Served {
     pub stored: bool,
 }
 
-/// Where a build's binary is.
-#[derive(Debug, Clone)]
-enum Artifact {
-    Stored(EntryRecord),
-    /// The disk was full: Velox's file, shared by every waiter.
-    Unstored(Arc<Unstored>),
+/// What the cache holds for a key.
+enum Hit {
+    Fresh(Box<Served>),
+    /// An entry from floating references past `cache.floating_ttl`.
+    Stale,
+    None,
 }
 
 #[derive(Debug, Clone)]
-struct Built {
-    artifact: Artifact,
+pub(super) struct Built {
+    pub(super) entry: EntryRecord,
+    /// The disk was full: `entry` was never committed, and this is Velox's file, shared by
+    /// every waiter (docs/storage.md, "Disk full").
+    pub(super) unstored: Option<Arc<Unstored>>,
     build_time: Duration,
 }
 
-type Outcome = Result<Built, BuildError>;
+pub(super) type Outcome = Result<Built, BuildError>;
+
+/// What [`BuildService::start`] found.
+pub enum Started {
+    /// The cache holds the binary (counted as a hit).
+    Hit(Box<Served>),
+    /// A build of the key is under way: started by this call, or joined.
+    Building(BuildWatch),
+}
 
 /// What Velox did on its last call, for `/readyz`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,8 +156,10 @@ pub struct BuildService {
     store: Arc<Store>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
-    inflight: Mutex<HashMap<CacheKey, watch::Receiver<Option<Outcome>>>>,
+    inflight: Mutex<HashMap<CacheKey, BuildWatch>>,
     failures: Mutex<HashMap<CacheKey, (Instant, BuildError)>>,
+    /// The last failure of each key, for the status route only (never consulted by builds).
+    reported: FailureReports,
     slots: Arc<Semaphore>,
     admitted: AtomicUsize,
     velox_health: AtomicU8,
@@ -189,21 +207,22 @@ impl BuildService {
             metrics,
             inflight: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            reported: FailureReports::default(),
             admitted: AtomicUsize::new(0),
             velox_health: AtomicU8::new(0),
             short_of: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Builds running or waiting for a slot.
-    pub fn in_flight(&self) -> usize {
-        self.admitted.load(Ordering::SeqCst)
-    }
-
     /// The size of the last binary that could not be stored for lack of space, while no binary
     /// has been stored since (0: none), for `/readyz`.
     pub fn storage_short_of(&self) -> u64 {
         self.short_of.load(Ordering::Relaxed)
+    }
+
+    /// Builds running or waiting for a slot.
+    pub fn in_flight(&self) -> usize {
+        self.admitted.load(Ordering::SeqCst)
     }
 
     pub fn velox_health(&self) -> VeloxHealth {
@@ -239,27 +258,53 @@ impl BuildService {
         key: CacheKey,
         velox: &VeloxClient,
     ) -> Result<Served, BuildError> {
-        let force = request.force_rebuild;
-        if !force {
-            if let Some(served) = self.serve_hit(&key)? {
-                return Ok(served);
+        match self.start(request, key, velox)? {
+            Started::Hit(served) => Ok(*served),
+            Started::Building(watch) => self.wait(key, watch).await,
+        }
+    }
+
+    /// The cache-hit decision, then the build of `key` joined or started, without waiting for
+    /// it. The build goes on whether anyone waits or not.
+    pub fn start(
+        self: &Arc<Self>,
+        request: BuildRequest,
+        key: CacheKey,
+        velox: &VeloxClient,
+    ) -> Result<Started, BuildError> {
+        let mut request = request;
+        // An entry built from floating references is a hit only for `cache.floating_ttl`; past
+        // it, the request rebuilds with `force_rebuild`, since Velox's own cache may hold the
+        // same stale resolution.
+        let max_age = request
+            .is_floating()
+            .then_some(self.config.cache.floating_ttl);
+        if !request.force_rebuild {
+            match self.serve_hit(&key, max_age)? {
+                Hit::Fresh(served) => return Ok(Started::Hit(served)),
+                Hit::Stale => {
+                    log::info!("{key} was built from floating references too long ago: rebuilding");
+                    request.force_rebuild = true;
+                }
+                Hit::None => {}
             }
         }
-        let (mut rx, deadline) = {
+        let force = request.force_rebuild;
+        let watch = {
             let mut inflight = self
                 .inflight
                 .lock()
                 .map_err(|_| BuildError::Internal("the in-flight map's lock is poisoned"))?;
-            if let Some(rx) = inflight.get(&key) {
+            if let Some(watch) = inflight.get(&key) {
                 self.metrics
                     .builds_coalesced
                     .fetch_add(1, Ordering::Relaxed);
-                (rx.clone(), Instant::now() + self.config.build_timeout)
+                watch.clone()
             } else {
                 if !force {
                     // A build of this key may have finished since the first look.
-                    if let Some(served) = self.serve_hit(&key)? {
-                        return Ok(served);
+                    if let Hit::Fresh(served) = self.serve_hit(&key, max_age)? {
+                        return Ok(Started::Hit(served));
                     }
                     if let Some(err) = self.remembered_failure(&key) {
                         return Err(err);
@@ -271,20 +316,36 @@ impl BuildService {
                     return Err(BuildError::Overloaded);
                 }
                 let (tx, rx) = watch::channel(None);
-                inflight.insert(key, rx.clone());
-                let deadline = Instant::now() + self.config.build_timeout;
+                let (progress_tx, progress_rx) = watch::channel(Progress::Queued);
+                let now = Instant::now();
+                let watch = BuildWatch {
+                    admitted: now,
+                    deadline: now + self.config.build_timeout,
+                    request_id: request.request_id().map(Arc::from),
+                    progress: progress_rx,
+                    outcome: rx,
+                };
+                inflight.insert(key, watch.clone());
+                let deadline = watch.deadline;
                 let this = Arc::clone(self);
                 let velox = velox.clone();
                 actix_web::rt::spawn(async move {
-                    this.run_build(request, key, velox, deadline, tx).await;
+                    this.run_build(request, key, velox, deadline, tx, progress_tx)
+                        .await;
                 });
-                (rx, deadline)
+                watch
             }
         };
         self.metrics.misses.fetch_add(1, Ordering::Relaxed);
+        Ok(Started::Building(watch))
+    }
+
+    /// Waits for the build `watch` follows and opens its binary.
+    async fn wait(&self, key: CacheKey, watch: BuildWatch) -> Result<Served, BuildError> {
+        let mut rx = watch.outcome;
         // The build stops itself at its deadline; the margin covers only a lost task.
         let waited = tokio::time::timeout_at(
-            deadline + Duration::from_secs(5),
+            watch.deadline + Duration::from_secs(5),
             rx.wait_for(Option::is_some),
         )
         .await;
@@ -304,47 +365,71 @@ impl BuildService {
         let status = CacheStatus::Miss {
             build_time: built.build_time,
         };
-        match built.artifact {
-            Artifact::Stored(entry) => {
-                let (file, modified) =
-                    self.store
-                        .open_blob(&entry.digest, entry.size)
-                        .ok_or_else(|| {
-                            BuildError::storage(std::io::Error::other(
-                                "the blob just stored cannot be opened",
-                            ))
-                        })?;
-                Ok(Served {
-                    entry,
-                    file,
-                    modified,
-                    status,
-                    stored: true,
-                })
-            }
-            Artifact::Unstored(unstored) => Ok(Served {
+        if let Some(unstored) = &built.unstored {
+            return Ok(Served {
                 file: unstored.open().map_err(BuildError::storage)?,
-                entry: unstored.entry.clone(),
+                entry: built.entry,
                 modified: unstored.modified,
                 status,
                 stored: false,
-            }),
+            });
         }
+        let (file, modified) = self
+            .store
+            .open_blob(&built.entry.digest, built.entry.size)
+            .ok_or_else(|| {
+                BuildError::storage(std::io::Error::other(
+                    "the blob just stored cannot be opened",
+                ))
+            })?;
+        Ok(Served {
+            entry: built.entry,
+            file,
+            modified,
+            status,
+            stored: true,
+        })
     }
 
-    /// The entry for `key` ready to serve as a hit (and counted as one), if there is one.
-    fn serve_hit(&self, key: &CacheKey) -> Result<Option<Served>, BuildError> {
+    /// What is known of `key`: a build under way (its watch), the cached entry, or a failure
+    /// still reported; `None` for none of these. Reading it counts no hit.
+    pub fn state(&self, key: &CacheKey) -> Result<Option<KeyState>, BuildError> {
+        let watch = self
+            .inflight
+            .lock()
+            .map_err(|_| BuildError::Internal("the in-flight map's lock is poisoned"))?
+            .get(key)
+            .cloned();
+        if let Some(watch) = watch {
+            return Ok(Some(KeyState::InFlight(watch)));
+        }
+        if let Some(entry) = self.store.lookup(key).map_err(BuildError::storage)? {
+            return Ok(Some(KeyState::Ready(entry)));
+        }
+        let reported = self.reported.get(key, self.config.failure_ttl);
+        Ok(reported.map(|(e, id)| KeyState::Failed(e, id)))
+    }
+
+    /// The entry for `key` ready to serve as a hit (and counted as one), if there is one no older
+    /// than `max_age`.
+    fn serve_hit(&self, key: &CacheKey, max_age: Option<Duration>) -> Result<Hit, BuildError> {
         let Some((entry, file, modified)) = self.lookup(key)? else {
-            return Ok(None);
+            return Ok(Hit::None);
         };
+        if let Some(max_age) = max_age {
+            let age_ms = crate::util::now_ms().saturating_sub(entry.created_ms);
+            if u128::from(age_ms) >= max_age.as_millis() {
+                return Ok(Hit::Stale);
+            }
+        }
         self.hit(key);
-        Ok(Some(Served {
+        Ok(Hit::Fresh(Box::new(Served {
             entry,
             file,
             modified,
             status: CacheStatus::Hit,
             stored: true,
-        }))
+        })))
     }
 
     /// Counts a hit: in the metrics, and in the store's batch of access statistics (written at
@@ -379,9 +464,12 @@ impl BuildService {
             return;
         };
         match outcome {
-            Err(
-                e @ BuildError::Velox(VeloxError::Failed { .. } | VeloxError::InvalidArgument(_)),
-            ) if !self.config.failure_ttl.is_zero() => {
+            // Only a failed build is a fact about the key. Velox refusing the request (a bad
+            // `request_id`, say), being unreachable or slow may come from this one request or this
+            // moment, and must not block the key for everyone else.
+            Err(e @ BuildError::Velox(VeloxError::Failed { .. }))
+                if !self.config.failure_ttl.is_zero() =>
+            {
                 if failures.len() >= 4096 {
                     let ttl = self.config.failure_ttl;
                     failures.retain(|_, (at, _)| at.elapsed() < ttl);
@@ -402,6 +490,7 @@ impl BuildService {
         velox: VeloxClient,
         deadline: Instant,
         tx: watch::Sender<Option<Outcome>>,
+        progress: watch::Sender<Progress>,
     ) {
         // Whatever ends this task (an outcome, a panic, the worker stopping), the key must leave
         // the in-flight map and its admission must be returned, or the key would wait forever.
@@ -410,17 +499,20 @@ impl BuildService {
             key,
         };
         let started = Instant::now();
-        let outcome =
-            match tokio::time::timeout_at(deadline, self.build(&request, key, &velox, deadline))
-                .await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => Err(BuildError::Velox(VeloxError::Timeout)),
-            }
-            .map(|artifact| Built {
-                artifact,
-                build_time: started.elapsed(),
-            });
+        let outcome = match tokio::time::timeout_at(
+            deadline,
+            self.build(&request, key, &velox, deadline, &progress),
+        )
+        .await
+        {
+            Ok(outcome) => outcome,
+            Err(_) => Err(BuildError::Velox(VeloxError::Timeout)),
+        }
+        .map(|(entry, unstored)| Built {
+            entry,
+            unstored,
+            build_time: started.elapsed(),
+        });
         let m = &self.metrics;
         match &outcome {
             Ok(b) => {
@@ -438,6 +530,9 @@ impl BuildService {
             }
         }
         self.remember(key, &outcome);
+        let failure = outcome.as_ref().err();
+        self.reported
+            .note(key, failure, request.request_id(), self.config.failure_ttl);
         // Nobody may be waiting any more (all clients left); the result is cached regardless.
         // Requests that join between this send and the slot's release get this outcome at once.
         let _ = tx.send(Some(outcome));
@@ -449,7 +544,8 @@ impl BuildService {
         key: CacheKey,
         velox: &VeloxClient,
         deadline: Instant,
-    ) -> Result<Artifact, BuildError> {
+        progress: &watch::Sender<Progress>,
+    ) -> Result<(EntryRecord, Option<Arc<Unstored>>), BuildError> {
         let permit = {
             let _queued = Count::up(&self.metrics.builds_queued);
             Arc::clone(&self.slots)
@@ -458,42 +554,29 @@ impl BuildService {
                 .map_err(|_| BuildError::Internal("the build slots are closed"))?
         };
         let _active = Count::up(&self.metrics.builds_active);
+        progress.send_replace(Progress::Building { velox_attempts: 1 });
         let started = Instant::now();
-        let retries = &self.metrics.velox_retries;
-        let answer = velox
-            .build(request, deadline, &|| {
-                retries.fetch_add(1, Ordering::Relaxed);
-            })
-            .await;
-        let health = match &answer {
-            Ok(_) | Err(VeloxError::Failed { .. } | VeloxError::InvalidArgument(_)) => 1,
-            Err(_) => 2,
-        };
-        self.velox_health.store(health, Ordering::Relaxed);
-        let answer = answer?;
+        let file = self.fetch(request, key, velox, deadline, progress).await?;
         drop(permit);
 
         let store = Arc::clone(&self.store);
-        let path_map = self.config.path_map();
-        let root = self.config.artifact_root.clone();
         let request = request.clone();
         let build_ms = started.elapsed().as_millis() as u64;
         let limits = Limits::from(&self.config.cache);
         let metrics = Arc::clone(&self.metrics);
         let short_of = Arc::clone(&self.short_of);
         let ingested = actix_web::rt::task::spawn_blocking(move || {
-            let file = open_artifact(&answer.path, path_map.as_ref(), &root).map_err(|e| {
-                log::error!("refusing Velox's artifact for {key}: {e}");
-                BuildError::Velox(VeloxError::Failed {
-                    message: "Velox's artifact is missing, empty, not a regular file, or outside artifact_root".into(),
-                    logs: Some(answer.logs.clone()).filter(|l| !l.is_empty()),
-                })
-            })?;
             // Kept for the disk-full path: ingest consumes the file, and reads here are positional.
             let spare = file.try_clone().ok();
             make_room(&store, &limits, &metrics, &file);
             let stored = store
-                .ingest(file, &key, &request.file_name(), request.manifest_payload(), build_ms)
+                .ingest(
+                    file,
+                    &key,
+                    &request.file_name(),
+                    request.manifest_payload(),
+                    build_ms,
+                )
                 .map_err(IngestError::classified);
             let entry = match stored {
                 Ok(entry) => entry,
@@ -511,7 +594,7 @@ impl BuildService {
                         unstored.entry.size
                     );
                     short_of.store(unstored.entry.size, Ordering::Relaxed);
-                    return Ok(Artifact::Unstored(Arc::new(unstored)));
+                    return Ok((unstored.entry.clone(), Some(Arc::new(unstored))));
                 }
                 Err(e) => {
                     log::error!("storing the artifact for {key} failed: {e}");
@@ -540,7 +623,7 @@ impl BuildService {
                 }
                 Err(e) => log::error!("enforcing the cache limits failed: {e}"),
             }
-            Ok(Artifact::Stored(entry))
+            Ok((entry, None))
         })
         .await;
         match ingested {
@@ -548,6 +631,72 @@ impl BuildService {
             Err(e) => {
                 log::error!("the ingest task for {key} failed: {e}");
                 Err(BuildError::Internal("the ingest task failed"))
+            }
+        }
+    }
+
+    /// Calls Velox and opens the file it names. A path that no longer exists (Velox's cache
+    /// answers from memory, and its eviction or a tmp cleaner may have deleted the file) gets one
+    /// more call with `force_rebuild`; only then is it a failed build.
+    async fn fetch(
+        &self,
+        request: &BuildRequest,
+        key: CacheKey,
+        velox: &VeloxClient,
+        deadline: Instant,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<File, BuildError> {
+        let mut forced = None;
+        loop {
+            let asked = forced.as_ref().unwrap_or(request);
+            let answer = velox
+                .build(asked, deadline, &|reason| {
+                    self.metrics.retried(reason);
+                    progress.send_modify(|p| {
+                        if let Progress::Building { velox_attempts } = p {
+                            *velox_attempts += 1;
+                        }
+                    });
+                })
+                .await;
+            let health = match &answer {
+                Ok(_) | Err(VeloxError::Failed { .. } | VeloxError::InvalidArgument(_)) => 1,
+                Err(_) => 2,
+            };
+            self.velox_health.store(health, Ordering::Relaxed);
+            let answer = answer?;
+            let path = answer.path.clone();
+            let path_map = self.config.path_map();
+            let root = self.config.artifact_root.clone();
+            // Blocking only as long as resolving the path takes: the open never waits on a FIFO.
+            let opened = actix_web::rt::task::spawn_blocking(move || {
+                open_artifact(&path, path_map.as_ref(), &root)
+            })
+            .await
+            .map_err(|e| {
+                log::error!("the open task for {key} failed: {e}");
+                BuildError::Internal("the open task failed")
+            })?;
+            match opened {
+                Ok(file) => return Ok(file),
+                Err(PathError::Vanished(p)) if forced.is_none() => {
+                    log::warn!(
+                        "Velox's artifact for {key} ({}) no longer exists; asking for a rebuild",
+                        p.display()
+                    );
+                    self.metrics.retried(RetryReason::Vanished);
+                    forced = Some(BuildRequest {
+                        force_rebuild: true,
+                        ..request.clone()
+                    });
+                }
+                Err(e) => {
+                    log::error!("refusing Velox's artifact for {key}: {e}");
+                    return Err(BuildError::Velox(VeloxError::Failed {
+                        message: "Velox's artifact is missing, empty, not a regular file, or outside artifact_root".into(),
+                        logs: Some(answer.logs).filter(|l| !l.is_empty()),
+                    }));
+                }
             }
         }
     }

@@ -1,25 +1,45 @@
-//! The Velox client (docs/velox.md): Connect unary over HTTP/1.1 with JSON, the retry matrix, and the
-//! checks on the path Velox answers with.
+//! The Velox client (docs/velox.md): Connect unary over HTTP/1.1 with JSON, and the retry matrix.
+//! The checks on the path Velox answers with are in `artifact`.
+//!
+//! Velox v3 cancels a build when its caller goes away, so an attempt is never cut while Velox may
+//! be building: `request_timeout` bounds connecting and sending the request only, and once it is
+//! sent the attempt waits for the answer until `build_timeout`. `already_exists` (someone else is
+//! building the key) is waited out with backoff until `build_timeout`, outside `max_attempts`.
 //!
 //! awc's `Client` is not `Send`: one is made per worker and this client runs on that worker's
 //! runtime.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::header;
+use actix_web::web::Bytes;
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::BuildRequest;
-use crate::config::{PathMap, RetryConfig};
+use crate::config::RetryConfig;
+use crate::metrics::RetryReason;
 
 /// The Connect procedure Velox serves.
 pub const BUILD_PROCEDURE: &str = "/api.service.v1.BuildService/Build";
-/// Most bytes read of one Velox answer (build logs can be long).
+/// Most bytes read of one Velox answer; a longer one is a failed build, never read whole.
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+/// Most bytes of Velox's failure message passed to the client. Velox keeps the last 8 KiB of the
+/// compiler's stderr and puts its stage in front; the cut keeps the start and the end.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+/// The request body goes to awc in pieces this large, so that "the body stream has ended" means
+/// all but the last few KiB are in the kernel (awc buffers at most 8 KiB before it flushes).
+const SEND_CHUNK: usize = 4 * 1024;
+/// The last wait for a build someone else runs ends this long before `build_timeout`, so that one
+/// more call can still fetch its result.
+const LAST_CALL_MARGIN: Duration = Duration::from_millis(250);
 
 /// How a call to Velox ended, when it did not give a usable artifact.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -62,8 +82,39 @@ struct ConnectError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Attempt {
     Success(VeloxSuccess),
-    Retry(String),
+    Retry(RetryReason, String),
     Fatal(VeloxError),
+}
+
+/// Cuts `message` to at most [`MAX_MESSAGE_BYTES`], keeping its start (Velox's stage) and its end
+/// (the last lines of the compiler's stderr), on character boundaries.
+pub fn cap_message(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    const HEAD: usize = 1024;
+    let floor = |mut i: usize| {
+        while !message.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let ceil = |mut i: usize| {
+        while !message.is_char_boundary(i) {
+            i += 1;
+        }
+        i
+    };
+    let head_end = floor(HEAD);
+    // Room for the marker, whose digits are at most 20.
+    let tail_len = MAX_MESSAGE_BYTES - HEAD - 48;
+    let tail_start = ceil(message.len() - tail_len);
+    let left_out = tail_start - head_end;
+    format!(
+        "{}\n[... {left_out} bytes left out ...]\n{}",
+        &message[..head_end],
+        &message[tail_start..]
+    )
 }
 
 /// Classifies Velox's answer per docs/velox.md's table.
@@ -72,7 +123,7 @@ pub fn classify(status: u16, body: &[u8]) -> Attempt {
         return match serde_json::from_slice::<VeloxSuccess>(body) {
             Ok(ok) if ok.path.is_empty() => Attempt::Fatal(VeloxError::Failed {
                 message: "Velox answered without an artifact path".into(),
-                logs: Some(ok.logs).filter(|l| !l.is_empty()),
+                logs: Some(cap_message(ok.logs)).filter(|l| !l.is_empty()),
             }),
             Ok(ok) => Attempt::Success(ok),
             Err(_) => Attempt::Fatal(VeloxError::Failed {
@@ -86,16 +137,24 @@ pub fn classify(status: u16, body: &[u8]) -> Attempt {
             let message = if e.message.is_empty() {
                 format!("Velox answered `{}`", e.code)
             } else {
-                e.message
+                cap_message(e.message)
             };
+            let retry = |reason| Attempt::Retry(reason, format!("{}: {message}", e.code));
             match e.code.as_str() {
-                "unavailable" | "resource_exhausted" | "aborted" | "already_exists" => {
-                    Attempt::Retry(format!("{}: {message}", e.code))
-                }
+                "unavailable" => retry(RetryReason::Unavailable),
+                "resource_exhausted" => retry(RetryReason::ResourceExhausted),
+                "aborted" => retry(RetryReason::Aborted),
+                "already_exists" => retry(RetryReason::AlreadyExists),
                 "invalid_argument" | "failed_precondition" | "out_of_range" => {
                     Attempt::Fatal(VeloxError::InvalidArgument(message))
                 }
                 "deadline_exceeded" => Attempt::Fatal(VeloxError::Timeout),
+                // Velox v3 wraps every build error as `internal`, the end of its request
+                // context's deadline (our Connect-Timeout-Ms) included: that is a timeout, not a
+                // failed build to remember.
+                _ if message.ends_with("context deadline exceeded") => {
+                    Attempt::Fatal(VeloxError::Timeout)
+                }
                 _ => Attempt::Fatal(VeloxError::Failed {
                     message,
                     logs: None,
@@ -103,7 +162,10 @@ pub fn classify(status: u16, body: &[u8]) -> Attempt {
             }
         }
         _ => match status {
-            502..=504 => Attempt::Retry(format!("Velox answered HTTP {status}")),
+            502..=504 => Attempt::Retry(
+                RetryReason::Unavailable,
+                format!("Velox answered HTTP {status}"),
+            ),
             _ => Attempt::Fatal(VeloxError::Failed {
                 message: format!("Velox answered HTTP {status}"),
                 logs: None,
@@ -127,6 +189,61 @@ fn jitter(d: Duration) -> Duration {
     d / 2 + d.mul_f64(fastrand::f64() / 2.0)
 }
 
+/// The request body, handed to awc in pieces; `sent` turns true when awc has asked for the end of
+/// it, which it does only once the pieces before are written out.
+struct TrackedBody {
+    bytes: Bytes,
+    total: u64,
+    sent: Rc<Cell<bool>>,
+}
+
+impl MessageBody for TrackedBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> BodySize {
+        // Sized, so that awc sends a Content-Length and not chunks.
+        BodySize::Sized(self.total)
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        if self.bytes.is_empty() {
+            self.sent.set(true);
+            return Poll::Ready(None);
+        }
+        let n = self.bytes.len().min(SEND_CHUNK);
+        Poll::Ready(Some(Ok(self.bytes.split_to(n))))
+    }
+}
+
+/// Runs `exchange` (connect, send, wait for the answer's head) and cuts it at `limit` only if the
+/// request has not been sent by then. Past that point Velox is building, and going away would
+/// cancel the build.
+async fn cut_unless_sent<F: Future>(
+    exchange: F,
+    sent: &Cell<bool>,
+    limit: Duration,
+) -> Option<F::Output> {
+    let mut exchange = pin!(exchange);
+    let mut cut = pin!(tokio::time::sleep(limit));
+    let mut armed = true;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = exchange.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if armed && cut.as_mut().poll(cx).is_ready() {
+            if !sent.get() {
+                return Poll::Ready(None);
+            }
+            armed = false;
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 #[derive(Clone)]
 pub struct VeloxClient {
     client: awc::Client,
@@ -143,11 +260,15 @@ impl VeloxClient {
         request_timeout: Duration,
         tls: &Arc<rustls::ClientConfig>,
     ) -> Self {
-        let connector = awc::Connector::new().rustls_0_23(Arc::clone(tls));
+        // awc's own connect and handshake limits (5 s each by default) would cut before
+        // request_timeout; the attempt's own timer is the one that counts.
+        let connector = awc::Connector::new()
+            .rustls_0_23(Arc::clone(tls))
+            .timeout(request_timeout)
+            .handshake_timeout(request_timeout);
         let client = awc::Client::builder()
             .connector(connector)
             .disable_redirects()
-            .timeout(request_timeout)
             .finish();
         VeloxClient {
             client,
@@ -158,129 +279,116 @@ impl VeloxClient {
     }
 
     /// Asks Velox for the build, retrying what can succeed on retry, until `deadline`.
-    /// `on_retry` is told of each retry (for metrics).
+    /// `on_retry` is told of each retry and its reason (for metrics).
     pub async fn build(
         &self,
         request: &BuildRequest,
         deadline: Instant,
-        on_retry: &dyn Fn(),
+        on_retry: &dyn Fn(RetryReason),
     ) -> Result<VeloxSuccess, VeloxError> {
-        let body = serde_json::to_vec(request)
-            .map_err(|e| VeloxError::InvalidArgument(format!("cannot encode the request: {e}")))?;
-        let mut attempt = 0;
+        let body =
+            Bytes::from(serde_json::to_vec(request).map_err(|e| {
+                VeloxError::InvalidArgument(format!("cannot encode the request: {e}"))
+            })?);
+        let mut attempts = 0;
+        let mut waits = 0;
         loop {
-            attempt += 1;
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(VeloxError::Timeout);
-            }
-            let left = deadline - now;
-            let per_attempt = left.min(self.request_timeout);
-            let why = match self.attempt(&body, left, per_attempt).await {
-                Attempt::Success(ok) => return Ok(ok),
-                Attempt::Fatal(e) => return Err(e),
-                Attempt::Retry(why) => why,
-            };
             if Instant::now() >= deadline {
                 return Err(VeloxError::Timeout);
             }
-            if attempt >= self.retry.max_attempts {
-                return Err(VeloxError::Unavailable(why));
-            }
-            let delay = jitter(backoff(&self.retry, attempt));
-            if Instant::now() + delay >= deadline {
-                return Err(VeloxError::Unavailable(why));
-            }
-            log::warn!("Velox attempt {attempt} failed ({why}); retrying in {delay:?}");
-            on_retry();
+            let (reason, why) = match self.attempt(&body, deadline).await {
+                Attempt::Success(ok) => return Ok(ok),
+                Attempt::Fatal(e) => return Err(e),
+                Attempt::Retry(reason, why) => (reason, why),
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let delay = if reason == RetryReason::AlreadyExists {
+                // Another caller's build: its result will be in Velox's own cache. Wait as long
+                // as build_timeout allows, and make the last call just before it.
+                waits += 1;
+                let delay =
+                    jitter(backoff(&self.retry, waits)).min(left.saturating_sub(LAST_CALL_MARGIN));
+                if delay.is_zero() {
+                    return Err(VeloxError::Timeout);
+                }
+                delay
+            } else {
+                attempts += 1;
+                if left.is_zero() {
+                    return Err(VeloxError::Timeout);
+                }
+                if attempts >= self.retry.max_attempts {
+                    return Err(VeloxError::Unavailable(why));
+                }
+                let delay = jitter(backoff(&self.retry, attempts));
+                if delay >= left {
+                    return Err(VeloxError::Unavailable(why));
+                }
+                delay
+            };
+            log::warn!("Velox: {why}; calling again in {delay:?}");
+            on_retry(reason);
             tokio::time::sleep(delay).await;
         }
     }
 
-    async fn attempt(&self, body: &[u8], left: Duration, per_attempt: Duration) -> Attempt {
-        let call = async {
-            let mut resp = self
-                .client
-                .post(&self.build_url)
-                .timeout(per_attempt)
-                .insert_header((header::CONTENT_TYPE, "application/json"))
-                .insert_header(("Connect-Protocol-Version", "1"))
-                .insert_header(("Connect-Timeout-Ms", left.as_millis().max(1).to_string()))
-                .send_body(body.to_vec())
-                .await
-                .map_err(|e| match e {
-                    awc::error::SendRequestError::Timeout => "the attempt timed out".to_string(),
-                    e => format!("cannot reach Velox: {e}"),
-                })?;
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .body()
-                .limit(MAX_ANSWER_BYTES)
-                .await
-                .map_err(|e| format!("cannot read Velox's answer: {e}"))?;
-            Ok::<_, String>((status, bytes))
+    async fn attempt(&self, body: &Bytes, deadline: Instant) -> Attempt {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Attempt::Fatal(VeloxError::Timeout);
+        }
+        let sent = Rc::new(Cell::new(false));
+        let exchange = self
+            .client
+            .post(&self.build_url)
+            // awc's timer covers the whole exchange, the answer's body included: it is the build's
+            // deadline, never request_timeout.
+            .timeout(left)
+            .insert_header((header::CONTENT_TYPE, "application/json"))
+            .insert_header(("Connect-Protocol-Version", "1"))
+            .insert_header(("Connect-Timeout-Ms", left.as_millis().max(1).to_string()))
+            .send_body(TrackedBody {
+                bytes: body.clone(),
+                total: body.len() as u64,
+                sent: Rc::clone(&sent),
+            });
+        let mut resp = match cut_unless_sent(exchange, &sent, self.request_timeout).await {
+            None => {
+                return Attempt::Retry(
+                    RetryReason::Unreachable,
+                    "connecting to Velox and sending the request took longer than request_timeout"
+                        .into(),
+                )
+            }
+            Some(Err(awc::error::SendRequestError::Timeout)) => {
+                return Attempt::Fatal(VeloxError::Timeout)
+            }
+            Some(Err(e)) => {
+                return Attempt::Retry(RetryReason::Unreachable, format!("cannot reach Velox: {e}"))
+            }
+            Some(Ok(resp)) => resp,
         };
-        match tokio::time::timeout(per_attempt, call).await {
-            Err(_) => Attempt::Retry("the attempt timed out".into()),
-            Ok(Err(why)) => Attempt::Retry(why),
-            Ok(Ok((status, bytes))) => classify(status, &bytes),
+        let status = resp.status().as_u16();
+        let read = tokio::time::timeout_at(deadline, resp.body().limit(MAX_ANSWER_BYTES)).await;
+        match read {
+            Err(_) => Attempt::Fatal(VeloxError::Timeout),
+            Ok(Ok(bytes)) => classify(status, &bytes),
+            // Checked against Content-Length before any byte is read, and while reading otherwise.
+            Ok(Err(awc::error::PayloadError::Overflow)) => Attempt::Fatal(VeloxError::Failed {
+                message: "Velox's answer is longer than 16 MiB".into(),
+                logs: None,
+            }),
+            Ok(Err(awc::error::PayloadError::Io(e)))
+                if e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                Attempt::Fatal(VeloxError::Timeout)
+            }
+            Ok(Err(e)) => Attempt::Retry(
+                RetryReason::Unreachable,
+                format!("cannot read Velox's answer: {e}"),
+            ),
         }
     }
-}
-
-/// Why an artifact path was refused. Logged in full; the client sees only a generic message.
-#[derive(Debug, thiserror::Error)]
-pub enum PathError {
-    #[error("the path {0} is not absolute")]
-    NotAbsolute(PathBuf),
-    #[error("the path {0} cannot be resolved: {1}")]
-    Unresolvable(PathBuf, std::io::Error),
-    #[error("the path {0} resolves to {1}, outside artifact_root")]
-    OutsideRoot(PathBuf, PathBuf),
-    #[error("the path {0} is not a regular file")]
-    NotAFile(PathBuf),
-    #[error("the file {0} is empty")]
-    Empty(PathBuf),
-    #[error("the file {0} cannot be opened: {1}")]
-    Open(PathBuf, std::io::Error),
-}
-
-/// Maps Velox's path through `path_map`, resolves symlinks, and opens it only when it is a
-/// non-empty regular file inside `artifact_root` (itself resolved). Blocks.
-pub fn open_artifact(
-    velox_path: &str,
-    path_map: Option<&PathMap>,
-    artifact_root: &Path,
-) -> Result<File, PathError> {
-    let raw = Path::new(velox_path);
-    if !raw.is_absolute() {
-        return Err(PathError::NotAbsolute(raw.to_path_buf()));
-    }
-    let mapped = match path_map {
-        Some(pm) => pm.apply(raw),
-        None => raw.to_path_buf(),
-    };
-    let root = artifact_root
-        .canonicalize()
-        .map_err(|e| PathError::Unresolvable(artifact_root.to_path_buf(), e))?;
-    let real = mapped
-        .canonicalize()
-        .map_err(|e| PathError::Unresolvable(mapped.clone(), e))?;
-    if !real.starts_with(&root) || real == root {
-        return Err(PathError::OutsideRoot(mapped, real));
-    }
-    let file = File::open(&real).map_err(|e| PathError::Open(real.clone(), e))?;
-    // Checked on the open handle, so a swap after the checks above cannot slip through.
-    let meta = file
-        .metadata()
-        .map_err(|e| PathError::Open(real.clone(), e))?;
-    if !meta.is_file() {
-        return Err(PathError::NotAFile(real));
-    }
-    if meta.len() == 0 {
-        return Err(PathError::Empty(real));
-    }
-    Ok(file)
 }
 
 #[cfg(test)]
@@ -293,14 +401,14 @@ mod tests {
 
     #[test]
     fn retry_matrix() {
-        for code in [
-            "unavailable",
-            "resource_exhausted",
-            "aborted",
-            "already_exists",
+        for (code, reason) in [
+            ("unavailable", RetryReason::Unavailable),
+            ("resource_exhausted", RetryReason::ResourceExhausted),
+            ("aborted", RetryReason::Aborted),
+            ("already_exists", RetryReason::AlreadyExists),
         ] {
             assert!(
-                matches!(classify(409, &err(code)), Attempt::Retry(_)),
+                matches!(classify(409, &err(code)), Attempt::Retry(r, _) if r == reason),
                 "{code}"
             );
         }
@@ -323,9 +431,16 @@ mod tests {
         for status in [502, 503, 504] {
             assert!(matches!(
                 classify(status, b"<html>bad gateway</html>"),
-                Attempt::Retry(_)
+                Attempt::Retry(RetryReason::Unavailable, _)
             ));
         }
+        assert_eq!(
+            classify(
+                500,
+                br#"{"code":"internal","message":"building plugins: compile: context deadline exceeded"}"#
+            ),
+            Attempt::Fatal(VeloxError::Timeout)
+        );
         assert!(matches!(
             classify(500, b"<html>"),
             Attempt::Fatal(VeloxError::Failed { .. })
@@ -362,6 +477,30 @@ mod tests {
         for _ in 0..100 {
             let j = jitter(Duration::from_secs(2));
             assert!(j >= Duration::from_secs(1) && j <= Duration::from_secs(2));
+        }
+    }
+
+    #[test]
+    fn long_messages_keep_their_start_and_end() {
+        let short = "building plugins: compile: go failed".to_string();
+        assert_eq!(cap_message(short.clone()), short);
+        let stage = "building plugins: compile: go failed: exit status 1\n--- stderr (last 8192 bytes) ---\n";
+        // Multi-byte characters across both cuts.
+        let long = format!("{stage}{}THE-LAST-LINE", "é".repeat(6000));
+        let capped = cap_message(long.clone());
+        assert!(capped.len() <= MAX_MESSAGE_BYTES, "{}", capped.len());
+        assert!(capped.starts_with(stage));
+        assert!(capped.ends_with("THE-LAST-LINE"));
+        assert!(capped.contains("bytes left out"));
+        let at_limit = "x".repeat(MAX_MESSAGE_BYTES);
+        assert_eq!(cap_message(at_limit.clone()), at_limit);
+        let body = format!(
+            r#"{{"code":"internal","message":{}}}"#,
+            serde_json::json!(long)
+        );
+        match classify(500, body.as_bytes()) {
+            Attempt::Fatal(VeloxError::Failed { message, .. }) => assert_eq!(message, capped),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Admin routes (docs/http-api.md), on the loopback listener: `/healthz`, `/readyz`, `/metrics`.
+//! Admin routes (docs/http-api.md), on the loopback listener: `/healthz`, `/readyz`, `/metrics`;
+//! a wrong method on any admin route is a 405 JSON naming the right ones.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -11,10 +12,29 @@ use crate::metrics::{Gauges, Metrics};
 use crate::store::{DiskSpace, Limits};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
+    cfg.service(readable("/healthz", healthz))
+        .service(readable("/readyz", readyz))
+        .service(readable("/metrics", metrics))
         .configure(super::cache_admin::configure);
+}
+
+/// A resource whose other methods answer 405 JSON naming `allow`.
+pub(super) fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        ApiError::method_not_allowed(allow)
+    }))
+}
+
+/// A read-only resource: `GET` and `HEAD` (monitors probe with either), 405 for the rest.
+pub(super) fn readable<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    resource(path, "GET, HEAD")
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
 }
 
 /// `GET /healthz`: 200 while the process serves.

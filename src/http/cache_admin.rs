@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::admin::{readable, resource};
 use super::public::check_token;
 use super::AppState;
 use crate::error::ApiError;
@@ -15,11 +16,16 @@ use crate::ids::CacheKey;
 use crate::store::{EntryRecord, EvictionReason, Limits, StoreError};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/cache", web::get().to(list))
-        .route("/v1/cache/stats", web::get().to(stats))
-        .route("/v1/cache/cleanup", web::post().to(cleanup))
-        .route("/v1/cache/{key}", web::get().to(show))
-        .route("/v1/cache/{key}", web::delete().to(delete));
+    // The fixed paths first: `{key}` would take `stats` and `cleanup` too.
+    cfg.service(readable("/v1/cache", list))
+        .service(readable("/v1/cache/stats", stats))
+        .service(resource("/v1/cache/cleanup", "POST").route(web::post().to(cleanup)))
+        .service(
+            resource("/v1/cache/{key}", "GET, HEAD, DELETE")
+                .route(web::get().to(show))
+                .route(web::head().to(show))
+                .route(web::delete().to(delete)),
+        );
 }
 
 fn storage(e: StoreError) -> ApiError {
@@ -45,6 +51,11 @@ fn view(state: &AppState, key: &CacheKey, e: &EntryRecord) -> Value {
         "access_count": e.access_count + pending.count,
         "build_seconds": e.build_ms as f64 / 1000.0,
         "url": format!("/_velox/v1/artifacts/{digest}"),
+        // Built from `latest` or a branch: served only for `cache.floating_ttl`.
+        "floating": state
+            .store
+            .manifest(key)
+            .and_then(|m| crate::builds::floating::payload_is_floating(&m.request)),
     })
 }
 
@@ -158,7 +169,8 @@ async fn delete(
 }
 
 /// `POST /v1/cache/cleanup`: enforces the age, size and count limits now.
-async fn cleanup(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn cleanup(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    check_token(&req, &state)?;
     let st = state.clone();
     let evicted = web::block(move || {
         crate::background::cleanup(&st.store, &Limits::from(&st.config.cache), &st.metrics)

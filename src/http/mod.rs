@@ -4,7 +4,10 @@
 pub(crate) mod admin;
 pub mod artifact;
 pub(crate) mod body;
+pub(crate) mod builds_status;
 pub(crate) mod cache_admin;
+pub(crate) mod cors_grants;
+pub(crate) mod prefer;
 pub(crate) mod proxy;
 pub(crate) mod public;
 
@@ -12,6 +15,7 @@ use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderMap};
 
+use crate::builds::resolve::Resolver;
 use crate::builds::BuildService;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -23,7 +27,14 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub builds: Arc<BuildService>,
     pub metrics: Arc<Metrics>,
+    /// Resolution of floating plugin tags, when `resolve.goproxy` is set.
+    pub resolver: Option<Resolver>,
+    /// The PHP app's CORS grants per key, for the build status route.
+    pub async_cors: cors_grants::CorsGrants,
 }
+
+/// The worker's HTTP client for the Go module proxy (awc's client is not `Send`).
+pub struct GoProxyClient(pub awc::Client);
 
 /// The `Content-Length` a message declares, when it declares a valid one.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {

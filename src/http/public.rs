@@ -1,4 +1,5 @@
-//! Public routes (docs/http-api.md): `POST /_velox/v1/builds` and `GET|HEAD /_velox/v1/artifacts/{sha256}`.
+//! Public routes (docs/http-api.md): `POST /_velox/v1/builds`, `GET /_velox/v1/builds/{key}`
+//! (in [`super::builds_status`]) and `GET|HEAD /_velox/v1/artifacts/{sha256}`.
 
 use std::time::SystemTime;
 
@@ -8,8 +9,9 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use super::artifact::{self, Blob};
-use super::AppState;
-use crate::builds::{BuildRequest, CacheStatus, Served, VeloxClient, MAX_BODY_BYTES};
+use super::builds_status;
+use super::{AppState, GoProxyClient};
+use crate::builds::{BuildRequest, CacheStatus, Served, Started, VeloxClient, MAX_BODY_BYTES};
 use crate::error::ApiError;
 use crate::ids::Digest;
 
@@ -19,6 +21,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/_velox/v1/builds")
             .route(web::post().to(create_build))
             .default_service(web::to(|| async { ApiError::method_not_allowed("POST") })),
+    )
+    .service(
+        web::resource("/_velox/v1/builds/{key}")
+            .route(web::get().to(builds_status::get_status))
+            .default_service(web::to(|| async { ApiError::method_not_allowed("GET") })),
     )
     .service(
         web::resource("/_velox/v1/artifacts/{digest}")
@@ -75,13 +82,19 @@ async fn read_body(
     Ok(body)
 }
 
-/// `POST /_velox/v1/builds`: builds or hits, and answers with the binary.
+/// `POST /_velox/v1/builds`: builds or hits, and answers with the binary (or 202, see
+/// [`serve_build`]).
 async fn create_build(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
     velox: web::Data<VeloxClient>,
 ) -> Result<HttpResponse, ApiError> {
+    // In proxy mode builds come through the PHP app, which keeps its own auth and rate limits;
+    // the build API is for holders of the token only, and without one it is not there at all.
+    if state.config.upstream.is_some() && state.config.api_token.is_none() {
+        return Err(not_found().await);
+    }
     check_token(&req, &state)?;
     let body = read_body(&req, payload, MAX_BODY_BYTES).await?;
     let (build, dropped) = BuildRequest::parse(&body).map_err(|e| {
@@ -94,7 +107,9 @@ async fn create_build(
 }
 
 /// Answers a validated build request with its binary (docs/http-api.md), from the cache or a build.
-/// `extra` headers (the PHP app's, in proxy mode) are copied onto the response.
+/// `extra` headers (the PHP app's, in proxy mode) are copied onto the response. With
+/// `Prefer: respond-async` on the client's request, a build that is not cached is answered 202
+/// at once ([`builds_status::accepted`]) while it goes on.
 pub async fn serve_build(
     req: &HttpRequest,
     build: BuildRequest,
@@ -102,10 +117,29 @@ pub async fn serve_build(
     velox: &VeloxClient,
     extra: Vec<(HeaderName, HeaderValue)>,
 ) -> Result<HttpResponse, ApiError> {
+    let mut build = build;
+    let resolved = match (&state.resolver, req.app_data::<web::Data<GoProxyClient>>()) {
+        (Some(resolver), Some(client)) if build.is_floating() => {
+            resolver.resolve(&client.0, &mut build).await
+        }
+        _ => Vec::new(),
+    };
     let key = build.cache_key();
     let request_id = build.request_id().map(str::to_owned);
     let file_name = build.file_name();
-    let served = state.builds.resolve(build, key, velox).await.map_err(|e| {
+    let served = if builds_status::wants_async(req) {
+        match state.builds.start(build, key, velox) {
+            Ok(Started::Hit(served)) => Ok(*served),
+            Ok(Started::Building(watch)) => {
+                let id = request_id.as_deref();
+                return Ok(builds_status::accepted(key, &watch, id, extra, state));
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        state.builds.resolve(build, key, velox).await
+    }
+    .map_err(|e| {
         e.to_api_error(&state.config)
             .with_request_id(request_id.as_deref())
     })?;
@@ -140,6 +174,9 @@ pub async fn serve_build(
         add("x-build-request-id", id.clone());
     }
     add("x-velox-cache-key", key.to_hex());
+    if let Some(v) = crate::builds::resolve::header_value(&resolved) {
+        add("x-build-resolved", v);
+    }
     let blob = Blob {
         digest: entry.digest,
         size: entry.size,

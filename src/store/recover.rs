@@ -128,6 +128,11 @@ fn manifest_entry(m: &Manifest) -> Option<(CacheKey, EntryRecord)> {
 }
 
 impl Store {
+    /// The manifest of `key`, when it is readable and of this build's version.
+    pub fn manifest(&self, key: &CacheKey) -> Option<Manifest> {
+        read_manifest(&self.manifest_path(key))
+    }
+
     /// Reconciles the index with the files: drops entries whose blob is missing or short,
     /// re-indexes manifests whose entry is missing but whose blob is whole, deletes blobs and
     /// manifests nothing refers to. Safe while the server runs: each change is made under the

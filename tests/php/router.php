@@ -11,18 +11,9 @@
 
 declare(strict_types=1);
 
-// `php -S` ends a body without Content-Length by closing the connection, which awc cannot read
-// (actix/actix-web#2287): every answer is buffered here and sent with its length, except the
-// streaming routes, which send their own Content-Length or chunked framing.
-ob_start();
-register_shutdown_function(function (): void {
-    if (ob_get_level() > 0) {
-        if (!headers_sent()) {
-            header('Content-Length: ' . ob_get_length());
-        }
-        ob_end_flush();
-    }
-});
+// Most answers are left as `php -S` frames them: no Content-Length, the body ends at the close
+// (RFC 9112 §6.3), which velox-cache relays whole. Some routes set a length or chunked framing of
+// their own, to test those framings.
 
 $fixtures = getenv('VELOX_APP_FIXTURES') ?: sys_get_temp_dir();
 $path = parse_url($_SERVER['REQUEST_URI'], PHP_URL_PATH) ?: '/';
@@ -53,6 +44,12 @@ function instruction(array $request, string $fixtures): void
     header('Content-Type: application/json');
     if (isset($_GET['filename'])) {
         header('Content-Disposition: attachment; filename="' . $_GET['filename'] . '"');
+    }
+    if (isset($_GET['spa_cors'])) {
+        // A browser app on another origin (velox-app's SPA) calls this endpoint.
+        header('Access-Control-Allow-Origin: https://spa.example');
+        header('Access-Control-Expose-Headers: X-App');
+        header('Vary: Origin');
     }
     $json = json_encode($request, JSON_UNESCAPED_SLASHES);
     switch ($_GET['encoding'] ?? '') {
@@ -113,7 +110,6 @@ switch (true) {
         // `size` bytes in 64 KiB blocks; after `pause_after` blocks it waits (flush, then sleep)
         // until the test creates the file `release`, so the test can see what has arrived.
         // `chunked` frames the body in chunks (by hand: `php -S` has no chunked output of its own).
-        ob_end_clean();
         $blocks = intdiv((int)($_GET['size'] ?? 4194304), 65536);
         $pauseAfter = (int)($_GET['pause_after'] ?? intdiv($blocks, 2));
         $release = $fixtures . '/' . basename($_GET['release'] ?? 'release');
@@ -136,11 +132,12 @@ switch (true) {
         break;
 
     case $path === '/big':
-        // `mib` MiB as fast as PHP can send them.
-        ob_end_clean();
+        // `mib` MiB as fast as PHP can send them; with `close`, ended by the close, unannounced.
         $mib = (int)($_GET['mib'] ?? 200);
         header('Content-Type: application/octet-stream');
-        header('Content-Length: ' . ($mib * 1048576));
+        if (!isset($_GET['close'])) {
+            header('Content-Length: ' . ($mib * 1048576));
+        }
         $chunk = str_repeat(block(0), 16);
         for ($i = 0; $i < $mib; $i++) {
             echo $chunk;
@@ -175,7 +172,6 @@ switch (true) {
 
     case $path === '/close-delimited':
         // What `php -S` does unless told otherwise: no length, the body ends at the close.
-        ob_end_clean();
         echo 'this body ends when the connection does';
         break;
 
@@ -227,6 +223,100 @@ switch (true) {
             // velox-app passes each plugin on as given, `replace` included.
             'plugins' => $in['plugins'],
         ], $fixtures);
+        break;
+
+    case $path === '/async/generate':
+        // velox-app's generate endpoint as a browser app on another origin calls it: CORS for
+        // the app's own origin (the page `/async/page` runs there), or for any with `?cors=any`.
+        $origin = $_SERVER['HTTP_ORIGIN'] ?? '';
+        $own = 'http://127.0.0.1:' . $_SERVER['SERVER_PORT'];
+        if (($_GET['cors'] ?? '') === 'any') {
+            header('Access-Control-Allow-Origin: *');
+        } elseif ($origin === $own) {
+            header('Access-Control-Allow-Origin: ' . $origin);
+            header('Vary: Origin');
+        }
+        if ($method === 'OPTIONS') {
+            header('Access-Control-Allow-Methods: POST');
+            header('Access-Control-Allow-Headers: Content-Type, Prefer');
+            header('Access-Control-Max-Age: 600');
+            http_response_code(204);
+            break;
+        }
+        $in = json_decode(file_get_contents('php://input'), true);
+        if ($method !== 'POST' || !is_array($in) || empty($in['plugins'])) {
+            json_out(422, ['error' => 'validation_failed', 'message' => 'POST the plugins']);
+            break;
+        }
+        instruction([
+            'request_id' => uuid4(),
+            'target_platform' => ['os' => $in['target_os'] ?? 'linux', 'arch' => $in['target_arch'] ?? 'amd64'],
+            'rr_version' => $in['rr_version'] ?? 'v2025.1.2',
+            'plugins' => $in['plugins'],
+        ], $fixtures);
+        break;
+
+    case $path === '/async/page':
+        // A page of the app's own origin that runs the whole asynchronous flow against
+        // velox-cache on another origin (`?velox=<its base URL>`) with fetch and EventSource, and
+        // writes what it saw into #result for the test to read from the DOM.
+        header('Content-Type: text/html; charset=utf-8');
+        echo <<<'HTML'
+<!doctype html>
+<title>velox-app: asynchronous build</title>
+<pre id="result">pending</pre>
+<script>
+(async () => {
+  const out = {};
+  const velox = new URLSearchParams(location.search).get('velox');
+  const request = {
+    rr_version: 'v2025.1.2', target_os: 'linux', target_arch: 'arm64',
+    plugins: [{module_name: 'github.com/roadrunner-server/http/v5', tag: 'v5.2.7'}],
+  };
+  const generate = () => fetch(velox + '/async/generate', {
+    method: 'POST',
+    headers: {'Content-Type': 'application/json', 'Prefer': 'respond-async'},
+    body: JSON.stringify(request),
+  });
+  try {
+    const accepted = await generate();
+    out.status = accepted.status;
+    out.location = accepted.headers.get('Location');
+    out.retry_after = accepted.headers.get('Retry-After');
+    out.preference_applied = accepted.headers.get('Preference-Applied');
+    out.cache_key = accepted.headers.get('X-Velox-Cache-Key');
+    out.accepted = await accepted.json();
+    out.events = await new Promise((resolve, reject) => {
+      const seen = [];
+      const events = new EventSource(velox + out.location);
+      events.onmessage = (e) => {
+        const status = JSON.parse(e.data);
+        seen.push(status);
+        if (status.status === 'ready' || status.status === 'failed') {
+          events.close();
+          resolve(seen);
+        }
+      };
+      events.onerror = () => {
+        events.close();
+        reject(new Error('EventSource failed after ' + seen.length + ' event(s)'));
+      };
+    });
+    out.polled = await (await fetch(velox + out.location)).json();
+    // Cached now: the same request is answered with the binary itself.
+    const binary = await generate();
+    out.binary_status = binary.status;
+    const bytes = await binary.arrayBuffer();
+    out.binary_size = bytes.byteLength;
+    const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+    out.binary_sha256 = Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+  } catch (e) {
+    out.error = String(e);
+  }
+  document.getElementById('result').textContent = JSON.stringify(out);
+})();
+</script>
+HTML;
         break;
 
     case preg_match('#^/download/([a-z0-9]+)/([a-z0-9]+)$#', $path, $m) === 1:

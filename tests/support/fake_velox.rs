@@ -1,32 +1,59 @@
-//! A stand-in for a Velox build server (`vx server`) that speaks its Connect protocol as the real
-//! one does (docs/velox.md): `POST /api.service.v1.BuildService/Build` with JSON, unknown fields
-//! rejected with `invalid_argument`, the request validated, `409 already_exists` while the same
-//! build is under way, the binary written to a folder and its path answered.
+//! A stand-in for a Velox v3 build server (`vx server`), written from Velox's source (module
+//! `velox/v3`, `internal/cli/server/server.go`, connect-go v1.20.0), point by point:
 //!
-//! Tests steer it: a script of behaviours for the next calls (HTTP errors, Connect codes, hangs,
-//! odd paths), a build delay, and counters of the calls it received. It runs on its own thread
-//! with its own actix system, so it serves whatever the test thread is doing.
+//! - Connect unary JSON at `POST /api.service.v1.BuildService/Build`; another method is 405 with
+//!   `Allow: POST`, another content type 415 (connect-go handler.go:274-295); a bad
+//!   `Connect-Timeout-Ms` is 400 (protocol_connect.go:117-128).
+//! - The body is decoded as protojson with unknown fields discarded, and counted here
+//!   ([`FakeVelox::unknown_fields`]); then validated as request.proto says, an absent or empty
+//!   `request_id` included (`support/velox_proto.rs`).
+//! - A missing `target_platform` becomes the host's before hashing (server.go:79-82).
+//! - `409 already_exists` while the same hash builds, checked before the cache and for
+//!   `force_rebuild` too (server.go:90-97); the lock goes when the handler returns.
+//! - Its cache: a hit without `force_rebuild` answers the same path with the fixed logs text and
+//!   does not look at the file (server.go:99-105). Simplified: entries never expire (Velox's go
+//!   after 30 minutes or 100 newer builds, deleting their files); [`FakeVelox::delete_files`] and
+//!   [`FakeVelox::vanish_next`] delete files the cache still names instead.
+//! - A build writes `<out>/<hash>/rr` (builder.go:29, 254-261: built beside it, then renamed) and
+//!   answers `{"path": ...}` without logs (server.go:141-142).
+//! - The build is cancelled when its caller goes away or `Connect-Timeout-Ms` runs out (the
+//!   request context, gomod.go:49, 77-86): the stand-in watches the connection and counts it in
+//!   [`FakeVelox::killed`]. Only plain-TCP connections are watched; over TLS a disconnect is seen
+//!   only if actix drops the handler.
+//! - Failures are `internal` (HTTP 500) with the compiler's stderr tail (server.go:120,138,
+//!   gomod.go:70-75); windows targets fail as v3 refuses them (builder.go:132-134).
+//!
+//! Tests steer it further: a script of answers for the next calls that real Velox never gives
+//! (a proxy's HTTP error, other Connect codes, a hang, an arbitrary path), a scripted compile
+//! failure, a build delay, a `request_id` to refuse, and counters. It runs on its own thread with
+//! its own actix system, so it serves whatever the test thread is doing.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// What the stand-in does with one call, instead of building.
+use super::velox_proto::{decode, go_failure, hash, host_platform, validate, Request};
+
+/// What the stand-in does with one call.
 #[derive(Debug, Clone)]
 pub enum Behavior {
-    /// A bare HTTP status with a non-Connect body (a proxy's error page).
+    /// A bare HTTP status with a non-Connect body (a proxy's error page), before decoding.
     Status(u16),
-    /// A Connect error with this code.
+    /// A Connect error with this code, before decoding.
     Code(&'static str),
-    /// Answers nothing for this long.
+    /// Answers nothing for this long (watching for the caller to leave), then `unavailable`.
     Hang(Duration),
     /// Answers success with this path, without building.
     Path(String),
+    /// Goes through validation, the in-flight lock and the cache like a build, and then the
+    /// compile fails with this stderr.
+    Fail(String),
     /// Builds normally (the default when the script is empty).
     Build,
 }
@@ -35,12 +62,20 @@ pub enum Behavior {
 struct State {
     calls: usize,
     builds: usize,
+    killed: usize,
+    cache_hits: usize,
+    unknown_fields: usize,
     script: VecDeque<Behavior>,
     delay: Duration,
     size: usize,
     building: HashSet<String>,
+    cache: HashMap<String, PathBuf>,
+    refused_ids: HashSet<String>,
+    vanish: usize,
     requests: Vec<serde_json::Value>,
     timeouts_ms: Vec<u64>,
+    /// While set, builds wait before writing their binary (see `hold`).
+    held: bool,
 }
 
 #[derive(Clone)]
@@ -56,117 +91,46 @@ pub struct FakeVelox {
     handle: actix_web::dev::ServerHandle,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct Platform {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    arch: String,
+/// A duplicate of the connection's socket, to see the caller go away (closed with the
+/// connection's data when actix drops the connection).
+struct ConnFd(OwnedFd);
+
+/// Whether the peer has closed or reset the connection.
+fn peer_gone(fd: &ConnFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.0.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid pollfd, without waiting.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
-#[derive(Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord, Clone)]
-#[serde(deny_unknown_fields)]
-struct Plugin {
-    #[serde(default, alias = "moduleName")]
-    module_name: String,
-    #[serde(default)]
-    tag: String,
-}
-
-#[derive(Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord, Clone)]
-#[serde(deny_unknown_fields)]
-struct Replace {
-    #[serde(default)]
-    old: String,
-    #[serde(default)]
-    new: String,
-}
-
-#[derive(Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord, Clone)]
-#[serde(deny_unknown_fields)]
-struct Exclude {
-    #[serde(default)]
-    module: String,
-    #[serde(default)]
-    version: String,
-}
-
-/// Velox's `BuildRequest`, as strict as protojson: unknown fields are an error.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct Request {
-    #[serde(default, alias = "requestId")]
-    request_id: String,
-    #[serde(default, alias = "forceRebuild")]
-    force_rebuild: bool,
-    #[serde(default, alias = "targetPlatform")]
-    target_platform: Option<Platform>,
-    #[serde(default, alias = "rrVersion")]
-    rr_version: String,
-    #[serde(default)]
-    plugins: Vec<Plugin>,
-    #[serde(default)]
-    replaces: Vec<Replace>,
-    #[serde(default)]
-    excludes: Vec<Exclude>,
-    #[serde(default)]
-    race: bool,
-    #[serde(default)]
-    debug: bool,
-}
-
-fn connect_error(status: u16, code: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("status"))
+fn connect_error(code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(StatusCode::from_u16(http_status_for(code)).expect("status"))
         .content_type("application/json")
         .json(serde_json::json!({"code": code, "message": message}))
 }
 
+/// connect-go's code to HTTP status table (protocol_connect.go:1281-1320).
 fn http_status_for(code: &str) -> u16 {
     match code {
+        "canceled" => 499,
         "invalid_argument" | "failed_precondition" | "out_of_range" => 400,
-        "already_exists" | "aborted" => 409,
-        "resource_exhausted" => 429,
-        "unavailable" => 503,
         "deadline_exceeded" => 504,
+        "not_found" => 404,
+        "already_exists" | "aborted" => 409,
+        "permission_denied" => 403,
+        "resource_exhausted" => 429,
+        "unimplemented" => 501,
+        "unavailable" => 503,
+        "unauthenticated" => 401,
         _ => 500,
     }
 }
 
-/// Velox's own checks, written independently of velox-cache's.
-fn validate(r: &Request) -> Result<(), String> {
-    let v = &r.rr_version;
-    let hexlike = (7..=40).contains(&v.len())
-        && v.chars()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
-    let semver = v.starts_with('v')
-        && v[1..]
-            .split('.')
-            .take(3)
-            .filter(|p| p.chars().next().is_some_and(|c| c.is_ascii_digit()))
-            .count()
-            == 3;
-    if !(v == "master" || hexlike || semver) {
-        return Err(format!("invalid rr_version {v:?}"));
-    }
-    if r.plugins.is_empty() {
-        return Err("no plugins".into());
-    }
-    if r.plugins
-        .iter()
-        .any(|p| p.module_name.is_empty() || p.tag.is_empty())
-    {
-        return Err("plugin without module_name or tag".into());
-    }
-    if !r.request_id.is_empty() && r.request_id.len() != 36 {
-        return Err("request_id is not a UUID".into());
-    }
-    Ok(())
-}
-
-/// Deterministic content for a build: `size` bytes derived from the key and the build number.
+/// Deterministic content for a build: `size` bytes derived from the hash and the build number.
 fn content(key: &str, nonce: usize, size: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(size + 32);
     let mut block = Sha256::digest(format!("{key}/{nonce}").as_bytes()).to_vec();
@@ -178,103 +142,245 @@ fn content(key: &str, nonce: usize, size: usize) -> Vec<u8> {
     out
 }
 
+/// How a wait inside the handler ended.
+enum Waited {
+    Done,
+    CallerGone,
+    DeadlineExceeded,
+}
+
+/// Sleeps `d` the way a Velox build runs: until done, the caller leaves, or the deadline.
+/// With `hold`, the build also waits while the test holds builds (`FakeVelox::hold`).
+async fn wait(
+    d: Duration,
+    conn: Option<&ConnFd>,
+    deadline: Option<Instant>,
+    hold: Option<&Arc<Mutex<State>>>,
+) -> Waited {
+    let end = Instant::now() + d;
+    let held = || hold.is_some_and(|s| s.lock().expect("lock").held);
+    loop {
+        let now = Instant::now();
+        if deadline.is_some_and(|t| now >= t) {
+            return Waited::DeadlineExceeded;
+        }
+        if conn.is_some_and(peer_gone) {
+            return Waited::CallerGone;
+        }
+        if now >= end && !held() {
+            return Waited::Done;
+        }
+        tokio::time::sleep(
+            end.saturating_duration_since(now)
+                .clamp(Duration::from_millis(1), Duration::from_millis(10)),
+        )
+        .await;
+    }
+}
+
+/// Holds a hash in the in-flight set (`defer b.currentlyProcessing.Remove(hash)`), and counts a
+/// build dropped before it ended (actix cancelling the handler) as killed.
+struct InFlight {
+    state: Arc<Mutex<State>>,
+    hash: String,
+    building: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.state.lock().expect("lock");
+        s.building.remove(&self.hash);
+        if self.building {
+            s.killed += 1;
+        }
+    }
+}
+
+/// Deletes the file about to be answered when [`FakeVelox::vanish_next`] asked for it.
+fn vanish_if_asked(shared: &Shared, path: &Path) {
+    let vanish = {
+        let mut s = shared.state.lock().expect("lock");
+        let v = s.vanish > 0;
+        s.vanish = s.vanish.saturating_sub(1);
+        v
+    };
+    if vanish {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 async fn build(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
-    let timeout_ms = req
+    let conn = req.conn_data::<ConnFd>();
+    let timeout = req
         .headers()
         .get("connect-timeout-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let json_ok = req
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let (behavior, delay, size) = {
+        .map(|v| v.to_str().unwrap_or("x").to_owned());
+    let behavior = {
         let mut s = shared.state.lock().expect("lock");
         s.calls += 1;
-        if let Some(t) = timeout_ms {
+        if let Some(t) = timeout.as_ref().and_then(|t| t.parse().ok()) {
             s.timeouts_ms.push(t);
         }
         if let Ok(v) = serde_json::from_slice(&body) {
             s.requests.push(v);
         }
-        (
-            s.script.pop_front().unwrap_or(Behavior::Build),
-            s.delay,
-            s.size,
-        )
+        s.script.pop_front().unwrap_or(Behavior::Build)
     };
-    if !json_ok {
-        return HttpResponse::UnsupportedMediaType().finish();
+    let json = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return HttpResponse::UnsupportedMediaType()
+            .insert_header(("Accept-Post", "application/json, application/proto"))
+            .finish();
     }
+    let deadline = match timeout {
+        None => None,
+        Some(t) if !t.is_empty() && t.len() <= 10 && t.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(Instant::now() + Duration::from_millis(t.parse().unwrap_or(0)))
+        }
+        Some(t) => {
+            return connect_error("invalid_argument", &format!("parse timeout: {t:?}"));
+        }
+    };
+    let mut fail = None;
     match behavior {
         Behavior::Status(code) => {
-            return HttpResponse::build(
-                actix_web::http::StatusCode::from_u16(code).expect("status"),
-            )
-            .content_type("text/html")
-            .body("<html><body>upstream error</body></html>")
+            return HttpResponse::build(StatusCode::from_u16(code).expect("status"))
+                .content_type("text/html")
+                .body("<html><body>upstream error</body></html>")
         }
-        Behavior::Code(code) => {
-            return connect_error(http_status_for(code), code, &format!("scripted {code}"))
-        }
+        Behavior::Code(code) => return connect_error(code, &format!("scripted {code}")),
         Behavior::Hang(d) => {
-            tokio::time::sleep(d).await;
-            return connect_error(503, "unavailable", "hung");
+            if let Waited::CallerGone = wait(d, conn, None, None).await {
+                shared.state.lock().expect("lock").killed += 1;
+            }
+            return connect_error("unavailable", "hung");
         }
-        Behavior::Path(p) => {
-            return HttpResponse::Ok().json(serde_json::json!({"path": p, "logs": "scripted path"}))
-        }
+        Behavior::Path(p) => return HttpResponse::Ok().json(serde_json::json!({"path": p})),
+        Behavior::Fail(stderr) => fail = Some(stderr),
         Behavior::Build => {}
     }
-    let request: Request = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return connect_error(400, "invalid_argument", &format!("proto: {e}")),
+    let mut request: Request = match decode(&body) {
+        Ok((r, unknown)) => {
+            shared.state.lock().expect("lock").unknown_fields += unknown;
+            r
+        }
+        Err(e) => return connect_error("invalid_argument", &e),
     };
     if let Err(e) = validate(&request) {
-        return connect_error(400, "invalid_argument", &e);
+        return connect_error("invalid_argument", &e);
     }
-    let mut plugins = request.plugins.clone();
-    plugins.sort();
-    let mut replaces = request.replaces.clone();
-    replaces.sort();
-    let mut excludes = request.excludes.clone();
-    excludes.sort();
-    let platform = request
+    let refused = shared
+        .state
+        .lock()
+        .expect("lock")
+        .refused_ids
+        .contains(&request.request_id);
+    if refused {
+        // Not a Velox rule: a refusal that has nothing to do with what is built.
+        return connect_error(
+            "invalid_argument",
+            &format!(
+                "validation error: request_id: {} is refused",
+                request.request_id
+            ),
+        );
+    }
+    if request.target_platform.is_none() {
+        request.target_platform = Some(host_platform());
+    }
+    let hash = hash(&request);
+    let (mut guard, cached, delay, size) = {
+        let mut s = shared.state.lock().expect("lock");
+        if !s.building.insert(hash.clone()) {
+            return connect_error(
+                "already_exists",
+                &format!("build {hash} is already in progress"),
+            );
+        }
+        let guard = InFlight {
+            state: Arc::clone(&shared.state),
+            hash: hash.clone(),
+            building: false,
+        };
+        let cached = s
+            .cache
+            .get(&hash)
+            .cloned()
+            .filter(|_| !request.force_rebuild);
+        if cached.is_some() {
+            s.cache_hits += 1;
+        }
+        (guard, cached, s.delay, s.size)
+    };
+    if let Some(path) = cached {
+        vanish_if_asked(&shared, &path);
+        return HttpResponse::Ok().json(serde_json::json!({
+            "path": path,
+            "logs": "cached output, logs are available only on the first build",
+        }));
+    }
+    let os = request
         .target_platform
         .as_ref()
-        .map(|p| (p.os.clone(), p.arch.clone()));
-    let key_src = serde_json::json!({
-        "v": request.rr_version,
-        "p": platform,
-        "plugins": plugins,
-        "r": replaces,
-        "e": excludes,
-        "race": request.race,
-        "debug": request.debug,
-    });
-    let key = hex::encode(Sha256::digest(key_src.to_string().as_bytes()));
+        .map(|p| p.os.clone())
+        .unwrap_or_default();
+    if os == "windows" {
+        return connect_error(
+            "internal",
+            "building plugins: velox v3 does not support Windows targets",
+        );
+    }
+    guard.building = true;
     let nonce = {
         let mut s = shared.state.lock().expect("lock");
-        if !s.building.insert(key.clone()) {
-            return connect_error(409, "already_exists", "this build is already in progress");
-        }
         s.builds += 1;
         s.builds
     };
-    tokio::time::sleep(delay).await;
-    let dir = shared.dir.join(format!("{}-{nonce}", &key[..16]));
-    let path = dir.join("roadrunner");
-    let written = std::fs::create_dir_all(&dir)
-        .and_then(|_| std::fs::write(&path, content(&key, nonce, size)));
-    shared.state.lock().expect("lock").building.remove(&key);
-    if let Err(e) = written {
-        return connect_error(500, "internal", &format!("cannot write the binary: {e}"));
+    match wait(delay, conn, deadline, Some(&shared.state)).await {
+        Waited::Done => {}
+        // guard.building stays set: its drop counts the kill. Nobody reads these answers.
+        Waited::CallerGone => {
+            return connect_error("internal", "building plugins: compile: context canceled")
+        }
+        Waited::DeadlineExceeded => {
+            return connect_error(
+                "internal",
+                "building plugins: compile: context deadline exceeded",
+            )
+        }
     }
-    HttpResponse::Ok().json(serde_json::json!({
-        "path": path.to_string_lossy(),
-        "logs": format!("built {key} (build #{nonce})"),
-    }))
+    guard.building = false;
+    if let Some(stderr) = fail {
+        return connect_error("internal", &go_failure("compile", &stderr));
+    }
+    let dir = shared.dir.join(&hash);
+    let path = dir.join("rr");
+    let built = dir.join(format!("rr.building-{nonce}"));
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::write(&built, content(&hash, nonce, size)))
+        .and_then(|_| std::fs::rename(&built, &path));
+    if let Err(e) = written {
+        return connect_error("internal", &format!("building plugins: relocate: {e}"));
+    }
+    shared
+        .state
+        .lock()
+        .expect("lock")
+        .cache
+        .insert(hash, path.clone());
+    vanish_if_asked(&shared, &path);
+    HttpResponse::Ok().json(serde_json::json!({"path": path}))
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    HttpResponse::MethodNotAllowed()
+        .insert_header(("Allow", "POST"))
+        .finish()
 }
 
 impl FakeVelox {
@@ -311,7 +417,18 @@ impl FakeVelox {
                     App::new()
                         .app_data(web::Data::new(shared.clone()))
                         .app_data(web::PayloadConfig::new(8 * 1024 * 1024))
-                        .route("/api.service.v1.BuildService/Build", web::post().to(build))
+                        .service(
+                            web::resource("/api.service.v1.BuildService/Build")
+                                .route(web::post().to(build))
+                                .default_service(web::to(method_not_allowed)),
+                        )
+                })
+                .on_connect(|conn, ext| {
+                    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                        if let Ok(fd) = tcp.as_fd().try_clone_to_owned() {
+                            ext.insert(ConnFd(fd));
+                        }
+                    }
                 })
                 .workers(1)
                 .disable_signals()
@@ -342,14 +459,40 @@ impl FakeVelox {
         f(&mut self.state.lock().expect("lock"))
     }
 
+    /// The Build procedure's URL, for calling the stand-in directly.
+    pub fn build_url(&self) -> String {
+        format!("{}/api.service.v1.BuildService/Build", self.url)
+    }
+
     /// Calls received, whatever they answered.
     pub fn calls(&self) -> usize {
         self.with(|s| s.calls)
     }
 
-    /// Builds actually run.
+    /// Builds started (cache misses and forced rebuilds past validation and the in-flight lock).
     pub fn builds(&self) -> usize {
         self.with(|s| s.builds)
+    }
+
+    /// Builds cancelled before they finished because the caller went away or its
+    /// `Connect-Timeout-Ms` ran out.
+    pub fn killed(&self) -> usize {
+        self.with(|s| s.killed)
+    }
+
+    /// Builds in progress now.
+    pub fn in_progress(&self) -> usize {
+        self.with(|s| s.building.len())
+    }
+
+    /// Answers from its own cache.
+    pub fn cache_hits(&self) -> usize {
+        self.with(|s| s.cache_hits)
+    }
+
+    /// JSON members it did not know and dropped, over all calls.
+    pub fn unknown_fields(&self) -> usize {
+        self.with(|s| s.unknown_fields)
     }
 
     /// The JSON bodies received, in order.
@@ -372,9 +515,36 @@ impl FakeVelox {
         self.with(|s| s.delay = d);
     }
 
+    /// Holds every build (running or to come) until `hold(false)`: a build that stays under
+    /// way for as long as a test needs, without guessing a delay.
+    pub fn hold(&self, on: bool) {
+        self.with(|s| s.held = on);
+    }
+
     /// Size of the binaries it writes.
     pub fn set_size(&self, size: usize) {
         self.with(|s| s.size = size);
+    }
+
+    /// Refuses requests carrying this `request_id` with `invalid_argument`, after validation: a
+    /// refusal that has nothing to do with the binary asked for.
+    pub fn refuse_request_id(&self, id: &str) {
+        self.with(|s| s.refused_ids.insert(id.to_owned()));
+    }
+
+    /// Deletes every binary it wrote, keeping its cache entries, as a tmp cleaner would: its cache
+    /// then answers paths that no longer exist.
+    pub fn delete_files(&self) {
+        let paths: Vec<PathBuf> = self.with(|s| s.cache.values().cloned().collect());
+        for p in paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// The next `n` successful answers (built or cached) name a file that is deleted before the
+    /// answer leaves: Velox's eviction racing its answer.
+    pub fn vanish_next(&self, n: usize) {
+        self.with(|s| s.vanish += n);
     }
 
     pub fn stop(&self) {

@@ -2,9 +2,16 @@
 //! client. Each test file uses part of it.
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod download;
 pub mod fake_velox;
+pub mod goproxy;
+pub mod http10;
+pub mod nginx;
 pub mod php;
 pub mod server;
+pub mod sse;
+pub mod velox_proto;
 
 use std::time::Duration;
 

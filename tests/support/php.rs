@@ -131,3 +131,40 @@ impl Drop for PhpApp {
         let _ = self.child.wait();
     }
 }
+
+/// PHP's built-in server started as a user starts it, `php -S ADDR -t tests/php/plain`, with no
+/// settings of ours: the plain scripts there set no `Content-Length`, so every answer ends at the
+/// close. One process, one request at a time, as `php -S` runs by default.
+pub struct PlainPhp {
+    pub url: String,
+    daemon: super::daemon::Daemon,
+    _dir: TempDir,
+}
+
+/// The plain scripts, as a user writes them (no framing of their own).
+pub fn plain_scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/php/plain")
+}
+
+impl PlainPhp {
+    pub fn start() -> PlainPhp {
+        super::daemon::require("php", "php-cli");
+        let dir = tempfile::tempdir().expect("php dir");
+        let port = super::daemon::free_port();
+        let mut cmd = Command::new("php");
+        cmd.arg("-S")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-t")
+            .arg(plain_scripts());
+        let daemon = super::daemon::Daemon::start("php -S", cmd, &dir.path().join("log"), port);
+        PlainPhp {
+            url: format!("http://127.0.0.1:{port}"),
+            daemon,
+            _dir: dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.daemon.log_text()
+    }
+}

@@ -1,5 +1,6 @@
 //! Build instructions (docs/http-api.md): which upstream answers are ones, their body decoded per its
-//! `Content-Encoding` with the decoded size capped, and which of their headers go on the binary.
+//! `Content-Encoding` with the decoded size capped, and which of their headers go on the binary
+//! (with CORS's `Access-Control-Expose-Headers` extended to velox-cache's own).
 //!
 //! Decoding uses the codec crates' readers through `Read::take`, not actix-http's `Decoder`,
 //! which inflates a whole chunk at once: a small brotli or gzip body could grow to gigabytes
@@ -42,15 +43,52 @@ const NOT_COPIED: &[&str] = &[
     "x-cache-age",
     "x-build-time",
     "x-build-request-id",
+    "x-build-resolved",
     "x-velox-cache-key",
 ];
 
-/// The upstream's headers copied onto the binary response, repeated ones kept repeated.
+/// velox-cache's headers on a binary that a browser app may want to read (docs/http-api.md).
+const EXPOSED: &[&str] = &[
+    "X-Cache-Status",
+    "X-Cache-Age",
+    "X-Build-Time",
+    "X-Build-Request-ID",
+    "X-Build-Resolved",
+    "X-Velox-Cache-Key",
+    "ETag",
+    "Content-Disposition",
+    "Content-Location",
+    "Repr-Digest",
+];
+
+/// The upstream's headers copied onto the binary response, repeated ones kept repeated. When
+/// the app answers with CORS (`Access-Control-Allow-Origin`), its `Access-Control-Expose-Headers`
+/// gains velox-cache's headers, so that the browser app can read them too.
 pub fn copied_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
-    end_to_end(headers)
+    let cors = headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+    let mut out: Vec<_> = end_to_end(headers)
         .filter(|(name, _)| !NOT_COPIED.contains(&name.as_str()))
+        .filter(|(name, _)| !(cors && *name == header::ACCESS_CONTROL_EXPOSE_HEADERS))
         .map(|(name, value)| (name.clone(), value.clone()))
-        .collect()
+        .collect();
+    if cors {
+        let mut exposed: Vec<&str> = headers
+            .get_all(header::ACCESS_CONTROL_EXPOSE_HEADERS)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
+        for ours in EXPOSED {
+            if !exposed.iter().any(|t| t.eq_ignore_ascii_case(ours)) {
+                exposed.push(ours);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&exposed.join(", ")) {
+            out.push((header::ACCESS_CONTROL_EXPOSE_HEADERS, v));
+        }
+    }
+    out
 }
 
 /// Decodes `body` per the `Content-Encoding` in `headers` (codings applied in order, so undone
@@ -213,6 +251,41 @@ mod tests {
         assert!(!is_build_instruction(StatusCode::FORBIDDEN, &with("true")));
         assert!(!is_build_instruction(StatusCode::FOUND, &with("true")));
         assert!(!is_build_instruction(StatusCode::OK, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn cors_answers_expose_our_headers_too() {
+        let mut m = HeaderMap::new();
+        for (k, v) in [
+            ("access-control-allow-origin", "https://app.example"),
+            ("access-control-expose-headers", "X-App, etag"),
+            ("access-control-expose-headers", "X-Other"),
+        ] {
+            m.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out = copied_headers(&m);
+        let exposed: Vec<&str> = out
+            .iter()
+            .filter(|(n, _)| n == header::ACCESS_CONTROL_EXPOSE_HEADERS)
+            .filter_map(|(_, v)| v.to_str().ok())
+            .collect();
+        assert_eq!(
+            exposed,
+            [
+                "X-App, etag, X-Other, X-Cache-Status, X-Cache-Age, X-Build-Time, \
+              X-Build-Request-ID, X-Build-Resolved, X-Velox-Cache-Key, Content-Disposition, Content-Location, \
+              Repr-Digest"
+            ]
+        );
+        // Without CORS nothing is added, and an app's list passes as it is.
+        let mut plain = HeaderMap::new();
+        plain.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("X-App"),
+        );
+        let out = copied_headers(&plain);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1, "X-App");
     }
 
     #[test]
