@@ -389,7 +389,7 @@ impl Config {
         if let Some(u) = &self.upstream {
             if upstream_is_listen(u, self.listen) {
                 let why = format!(
-                    "{u} is velox-cache's own listen address ({}): every request would come \
+                    "`{u}` is velox-cache's own `listen` address ({}): every request would come \
                      back to velox-cache; point it at the PHP app",
                     self.listen
                 );

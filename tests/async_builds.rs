@@ -577,7 +577,10 @@ async fn warm_submits_everything_then_follows() {
         .expect("join")
         .expect("warm ran");
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("0 hits, 5 built, 1 failed"), "{out}");
+    assert!(
+        out.contains("5 succeeded (0 hits, 5 built), 1 failed"),
+        "{out}"
+    );
     assert_eq!(
         out.lines().filter(|l| l.contains(": MISS ")).count(),
         5,

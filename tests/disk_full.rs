@@ -153,15 +153,34 @@ async fn a_binary_that_does_not_fit_still_reaches_every_waiter() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["storage"], "full", "{v}");
 
-    // A binary that fits is stored again, and the state clears.
+    // Asked not to wait, a client cannot be handed the bytes later: its build's status says the
+    // binary was not stored.
+    let r = post_json(&url, &distinct_request(9), &[("prefer", "respond-async")]).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    let status_url = server.url(r.header("location").expect("location"));
+    let mut last = serde_json::Value::Null;
+    let failed = eventually(Duration::from_secs(20), async || {
+        last = get(&status_url, &[]).await.json();
+        last["status"] == "failed"
+    })
+    .await;
+    assert!(failed, "{last}");
+    assert_eq!(last["error"], "storage_unavailable", "{last}");
+    assert_eq!(
+        m("velox_cache_store_errors_total{reason=\"full\"}").await,
+        2.0
+    );
+
+    // A binary that fits (another key: build_request's own tag is 7) is stored, and the state
+    // clears.
     velox.set_size(1024 * 1024);
     velox.set_delay(Duration::ZERO);
-    let small = post_json(&url, &distinct_request(7), &[]).await;
+    let small = post_json(&url, &distinct_request(8), &[]).await;
     assert_eq!(small.status, 200);
     assert!(small.header("content-location").is_some());
     let (status, v) = readyz(&server).await;
     assert_eq!((status, v["storage"].as_str()), (200, Some("ok")), "{v}");
-    let hit = post_json(&url, &distinct_request(7), &[]).await;
+    let hit = post_json(&url, &distinct_request(8), &[]).await;
     assert_eq!(hit.header("x-cache-status"), Some("HIT"));
 
     // A disk that refuses every write: not ready, and named.
@@ -183,7 +202,7 @@ async fn a_binary_that_does_not_fit_still_reaches_every_waiter() {
     assert_eq!(v["storage"], "full", "{v}");
     assert_eq!(v["ready"], false);
     // Hits still work on a full disk.
-    let hit = post_json(&url, &distinct_request(7), &[]).await;
+    let hit = post_json(&url, &distinct_request(8), &[]).await;
     assert_eq!(hit.header("x-cache-status"), Some("HIT"));
     std::fs::remove_file(&filler).expect("remove filler");
     let (status, v) = readyz(&server).await;

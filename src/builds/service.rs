@@ -530,7 +530,14 @@ impl BuildService {
             }
         }
         self.remember(key, &outcome);
-        let failure = outcome.as_ref().err();
+        // A binary that was served but not stored cannot be fetched later: the status route
+        // says so to whoever asks after the build.
+        let not_stored = outcome
+            .as_ref()
+            .ok()
+            .filter(|b| b.unstored.is_some())
+            .map(|_| not_stored());
+        let failure = outcome.as_ref().err().or(not_stored.as_ref());
         self.reported
             .note(key, failure, request.request_id(), self.config.failure_ttl);
         // Nobody may be waiting any more (all clients left); the result is cached regardless.
@@ -700,6 +707,13 @@ impl BuildService {
             }
         }
     }
+}
+
+/// What the status route reports for a build whose binary could not be stored.
+pub(super) fn not_stored() -> BuildError {
+    BuildError::storage(std::io::Error::other(
+        "the disk was full: the binary was served to the requests that waited for it, not stored",
+    ))
 }
 
 /// Before a binary is stored: the free-space floor plus room for the binary itself, so that it

@@ -76,9 +76,7 @@ impl BuildWatch {
             return match outcome {
                 // Served to the requests that waited, but not stored: nothing to fetch later.
                 Ok(built) if built.unstored.is_some() => {
-                    BuildState::Failed(BuildError::Storage(Arc::new(std::io::Error::other(
-                        "the disk was full: the binary was not stored",
-                    ))))
+                    BuildState::Failed(super::service::not_stored())
                 }
                 Ok(built) => BuildState::Ready(built.entry.clone()),
                 Err(e) => BuildState::Failed(e.clone()),
