@@ -55,6 +55,11 @@ pub struct CacheConfig {
     pub eviction_policy: EvictionPolicy,
     #[serde(with = "humantime_serde")]
     pub access_update_interval: Duration,
+    /// How often the scrub re-hashes every blob; 0 turns it off.
+    #[serde(with = "humantime_serde")]
+    pub scrub_interval: Duration,
+    /// MB/s (10^6 bytes) the scrub may read.
+    pub scrub_rate_mb: f64,
 }
 
 impl Default for CacheConfig {
@@ -66,6 +71,8 @@ impl Default for CacheConfig {
             cleanup_interval: Duration::from_secs(3600),
             eviction_policy: EvictionPolicy::Lru,
             access_update_interval: Duration::from_secs(5),
+            scrub_interval: Duration::from_secs(24 * 3600),
+            scrub_rate_mb: 64.0,
         }
     }
 }
@@ -115,6 +122,12 @@ pub struct Config {
     pub api_token: Option<String>,
     pub retry: RetryConfig,
     pub cache: CacheConfig,
+    /// The longest a request body may pause between two reads (docs/http-api.md).
+    #[serde(with = "humantime_serde")]
+    pub request_body_timeout: Duration,
+    /// Connections the public listener holds at once; none: 80 % of the open-file limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Config {
@@ -137,6 +150,8 @@ impl Default for Config {
             api_token: None,
             retry: RetryConfig::default(),
             cache: CacheConfig::default(),
+            request_body_timeout: Duration::from_secs(30),
+            max_connections: None,
         }
     }
 }
@@ -284,6 +299,15 @@ impl Config {
         }
         if !(c.max_age_days.is_finite() && c.max_age_days >= 0.0) {
             return fail("cache.max_age_days", "must be a number of at least 0");
+        }
+        if !(c.scrub_rate_mb.is_finite() && c.scrub_rate_mb > 0.0) {
+            return fail("cache.scrub_rate_mb", "must be a number above 0");
+        }
+        if self.request_body_timeout.is_zero() {
+            return fail("request_body_timeout", "must be more than 0");
+        }
+        if self.max_connections == Some(0) {
+            return fail("max_connections", "must be at least 1");
         }
         Ok(())
     }

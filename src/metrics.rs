@@ -77,6 +77,11 @@ pub struct Metrics {
     pub proxy_passed: AtomicU64,
     pub proxy_build: AtomicU64,
     pub proxy_error: AtomicU64,
+    /// `velox_cache_store_errors_total{reason}`: ingests that failed for lack of space (`full`)
+    /// or another disk error (`io`), and blobs found damaged at rest (`corrupt`).
+    pub store_errors_full: AtomicU64,
+    pub store_errors_io: AtomicU64,
+    pub store_errors_corrupt: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -98,6 +103,9 @@ impl Default for Metrics {
             proxy_passed: AtomicU64::new(0),
             proxy_build: AtomicU64::new(0),
             proxy_error: AtomicU64::new(0),
+            store_errors_full: AtomicU64::new(0),
+            store_errors_io: AtomicU64::new(0),
+            store_errors_corrupt: AtomicU64::new(0),
         }
     }
 }
@@ -228,6 +236,17 @@ impl Metrics {
             c(&self.proxy_passed),
             c(&self.proxy_build),
             c(&self.proxy_error)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP velox_cache_store_errors_total Storage failures, by reason.\n\
+             # TYPE velox_cache_store_errors_total counter\n\
+             velox_cache_store_errors_total{{reason=\"full\"}} {}\n\
+             velox_cache_store_errors_total{{reason=\"io\"}} {}\n\
+             velox_cache_store_errors_total{{reason=\"corrupt\"}} {}",
+            c(&self.store_errors_full),
+            c(&self.store_errors_io),
+            c(&self.store_errors_corrupt)
         );
         out
     }

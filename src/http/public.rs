@@ -8,6 +8,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use super::artifact::{self, Blob};
+use super::body_timeout::TimedBody;
 use super::AppState;
 use crate::builds::{BuildRequest, CacheStatus, Served, VeloxClient, MAX_BODY_BYTES};
 use crate::error::ApiError;
@@ -35,7 +36,8 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
-/// With `api_token` set, requires `Authorization: Bearer <token>` (compared in constant time).
+/// With `api_token` set, requires `Authorization: Bearer <token>` (compared in constant time). The
+/// scheme is matched case-insensitively (RFC 9110 §11.1): `bearer` and `BEARER` are `Bearer`.
 pub(crate) fn check_token(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(token) = &state.config.api_token else {
         return Ok(());
@@ -44,29 +46,43 @@ pub(crate) fn check_token(req: &HttpRequest, state: &AppState) -> Result<(), Api
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match given {
         Some(given) if crate::util::secret_eq(given, token) => Ok(()),
         _ => Err(ApiError::unauthorized()),
     }
 }
 
-/// Reads a request body of at most `limit` bytes; more is a 413.
+/// The token of a `Bearer` credential: the scheme in any case, one or more spaces, the token.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_matches(' ');
+    (!token.is_empty()).then_some(token)
+}
+
+/// Reads a request body of at most `limit` bytes; more is a 413. A body that pauses for more than
+/// `request_body_timeout` between two reads is a 408 that closes the connection.
 async fn read_body(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<BytesMut, ApiError> {
     let too_large = || ApiError::payload_too_large("the build request is larger than 1 MiB");
     let declared = super::content_length(req.headers());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
+    let mut payload = TimedBody::new(payload, timeout);
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::invalid_request(format!("cannot read the body: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            log::info!("{}: {e}", req.path());
+            e.to_api_error()
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -83,7 +99,13 @@ async fn create_build(
     velox: web::Data<VeloxClient>,
 ) -> Result<HttpResponse, ApiError> {
     check_token(&req, &state)?;
-    let body = read_body(&req, payload, MAX_BODY_BYTES).await?;
+    let body = read_body(
+        &req,
+        payload,
+        MAX_BODY_BYTES,
+        state.config.request_body_timeout,
+    )
+    .await?;
     let (build, dropped) = BuildRequest::parse(&body).map_err(|e| {
         ApiError::invalid_request(e.message).with_request_id(e.request_id.as_deref())
     })?;
@@ -183,4 +205,20 @@ async fn get_artifact(
         true,
         &state.metrics,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 }
