@@ -56,7 +56,10 @@ pub struct CacheConfig {
     #[serde(with = "humantime_serde")]
     pub access_update_interval: Duration,
     /// How often the scrub re-hashes every blob; 0 turns it off.
-    #[serde(with = "humantime_serde")]
+    #[serde(
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "duration_or_zero"
+    )]
     pub scrub_interval: Duration,
     /// MB/s (10^6 bytes) the scrub may read.
     pub scrub_rate_mb: f64,
@@ -407,6 +410,19 @@ fn lenient_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
 
 fn lenient_opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
     Ok(lenient_opt_string(d)?.map(PathBuf::from))
+}
+
+/// A humantime duration, or a bare `0` (which the environment and TOML give as a number).
+fn duration_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    use serde::de::Error;
+    match Scalar::deserialize(d)? {
+        Scalar::S(s) => humantime::parse_duration(s.trim()).map_err(D::Error::custom),
+        Scalar::I(0) | Scalar::U(0) => Ok(Duration::ZERO),
+        other => Err(D::Error::custom(format!(
+            "expected a duration such as `24h`, or 0; found `{}`",
+            other.into_string()
+        ))),
+    }
 }
 
 #[cfg(test)]

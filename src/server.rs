@@ -9,7 +9,7 @@ use actix_web::{middleware, web, App, HttpServer};
 use crate::background::Background;
 use crate::builds::{BuildService, VeloxClient};
 use crate::config::Config;
-use crate::http::{admin, proxy, public, AppState};
+use crate::http::{admin, body_timeout, proxy, public, AppState};
 use crate::metrics::Metrics;
 use crate::store::{Limits, Store};
 
@@ -81,6 +81,9 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             .app_data(web::Data::new(velox))
             .app_data(web::Data::new(proxy::Upstream::new(&cfg, &tls)))
             .wrap(middleware::Logger::new("%a \"%r\" %s %b %T"))
+            .wrap(body_timeout::CutStalledBodies::new(
+                cfg.request_body_timeout,
+            ))
             .configure(public::configure)
             .default_service(web::to(proxy::forward))
     })

@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use super::artifact::{self, Blob};
-use super::body_timeout::TimedBody;
+use super::body_timeout;
 use super::AppState;
 use crate::builds::{BuildRequest, CacheStatus, Served, VeloxClient, MAX_BODY_BYTES};
 use crate::error::ApiError;
@@ -63,25 +63,24 @@ fn bearer_token(value: &str) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-/// Reads a request body of at most `limit` bytes; more is a 413. A body that pauses for more than
-/// `request_body_timeout` between two reads is a 408 that closes the connection.
+/// Reads a request body of at most `limit` bytes; more is a 413. The public listener times every
+/// body ([`body_timeout::CutStalledBodies`]): one that pauses for more than `request_body_timeout`
+/// between two reads is a 408 that closes the connection.
 async fn read_body(
     req: &HttpRequest,
-    payload: web::Payload,
+    mut payload: web::Payload,
     limit: usize,
-    timeout: std::time::Duration,
 ) -> Result<BytesMut, ApiError> {
     let too_large = || ApiError::payload_too_large("the build request is larger than 1 MiB");
     let declared = super::content_length(req.headers());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let mut payload = TimedBody::new(payload, timeout);
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
             log::info!("{}: {e}", req.path());
-            e.to_api_error()
+            body_timeout::body_error(req, &e)
         })?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
@@ -99,13 +98,7 @@ async fn create_build(
     velox: web::Data<VeloxClient>,
 ) -> Result<HttpResponse, ApiError> {
     check_token(&req, &state)?;
-    let body = read_body(
-        &req,
-        payload,
-        MAX_BODY_BYTES,
-        state.config.request_body_timeout,
-    )
-    .await?;
+    let body = read_body(&req, payload, MAX_BODY_BYTES).await?;
     let (build, dropped) = BuildRequest::parse(&body).map_err(|e| {
         ApiError::invalid_request(e.message).with_request_id(e.request_id.as_deref())
     })?;
