@@ -69,13 +69,22 @@ fn fixed_artifact(h: &Harness, size: usize) -> (String, Vec<u8>) {
 
 #[actix_web::test]
 async fn a_damaged_blob_never_reaches_a_new_key_with_the_same_bytes() {
+    use futures_util::StreamExt;
     let h = Harness::start();
-    let (path, bytes) = fixed_artifact(&h, 300 * 1024);
+    // Large enough to be sent from a memory map of the blob file.
+    let (path, bytes) = fixed_artifact(&h, 32 * 1024 * 1024);
     h.velox.script([Behavior::Path(path.clone())]);
     let a = post_json(&h.builds_url(), &distinct_request(1), &[]).await;
     assert_eq!(a.header("x-cache-status"), Some("MISS"));
-    assert_eq!(a.body, bytes);
+    assert!(a.body == bytes);
     let digest = etag(&a);
+    // A download of the blob stays open throughout, so its mapping of the file stays alive.
+    let mut open = client()
+        .get(h.url(&format!("/_velox/v1/artifacts/{digest}")))
+        .send()
+        .await
+        .expect("download starts");
+    open.next().await.expect("a chunk").expect("chunk");
     flip_byte(&blob_path(&h.server().data_dir, &digest), 1000);
 
     // A new key whose Velox file has the same bytes: its ingest must not keep the damaged file.
@@ -90,6 +99,7 @@ async fn a_damaged_blob_never_reaches_a_new_key_with_the_same_bytes() {
     assert!(a2.body == bytes, "the first key still serves damaged bytes");
     let art = get(&h.url(&format!("/_velox/v1/artifacts/{digest}")), &[]).await;
     assert!(art.body == bytes);
+    drop(open);
 }
 
 #[actix_web::test]
@@ -663,4 +673,78 @@ fn the_four_keys_have_their_defaults_and_refuse_bad_values() {
         assert_eq!(code, 2, "{var}={value}");
         assert!(err.contains(&format!("`{key}`")), "{var}={value}: {err}");
     }
+}
+
+// ---- the scrub in-process ----
+
+#[test]
+fn a_scrub_keeps_to_its_rate_goes_on_where_it_stopped_and_leaves_a_clean_index() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use velox_cache::ids::CacheKey;
+    use velox_cache::store::{Store, Throttle};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let found = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&found);
+    store.on_corrupt(move || {
+        counted.fetch_add(1, Ordering::Relaxed);
+    });
+    let mut digests = Vec::new();
+    for n in 0..4u8 {
+        let path = out.path().join(format!("a{n}"));
+        std::fs::write(&path, vec![n; 512 * 1024]).expect("write");
+        let src = std::fs::File::open(&path).expect("open");
+        let e = store
+            .ingest(src, &CacheKey([n; 32]), "roadrunner", json!({}), 1)
+            .expect("ingest");
+        digests.push(e.digest);
+    }
+    let never = || false;
+
+    // 2 MiB at 4 MB/s: at least half a second.
+    let t = Instant::now();
+    let report = store.scrub(&mut Throttle::new(4e6, &never)).expect("scrub");
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        (report.checked, report.corrupt, report.stopped),
+        (4, 0, false)
+    );
+    let day = Duration::from_secs(86_400);
+    assert!(store.scrub_wait(day).expect("wait") > day - Duration::from_secs(60));
+
+    // Stopped after the first blob (the stop is asked once per blob and once per chunk).
+    let asked = AtomicUsize::new(0);
+    let soon = || asked.fetch_add(1, Ordering::Relaxed) >= 3;
+    let report = store.scrub(&mut Throttle::new(1e12, &soon)).expect("scrub");
+    assert_eq!((report.checked, report.stopped), (1, true));
+    assert_eq!(
+        store.scrub_wait(day).expect("wait"),
+        Duration::ZERO,
+        "due at once"
+    );
+    let hex = digests[3].to_hex();
+    flip_byte(
+        &dir.path().join("blobs/sha256").join(&hex[..2]).join(&hex),
+        9,
+    );
+    let report = store
+        .scrub(&mut Throttle::new(1e12, &never))
+        .expect("scrub");
+    assert_eq!(
+        (report.checked, report.corrupt, report.stopped),
+        (3, 1, false)
+    );
+    assert_eq!(found.load(Ordering::Relaxed), 1);
+    assert!(store.lookup(&CacheKey([3; 32])).expect("lookup").is_none());
+    assert!(store.lookup(&CacheKey([2; 32])).expect("lookup").is_some());
+    assert_eq!(quarantined(dir.path()).len(), 1);
+    let problems = store.verify().expect("verify");
+    assert!(problems.0.is_empty(), "{:?}", problems.0);
 }
