@@ -286,7 +286,7 @@ async fn sigkill_during_a_scrub_loses_nothing() {
     for (r, body) in reqs.iter().zip(&bodies) {
         let hit = post_json(&h.builds_url(), r, &[]).await;
         assert_eq!(hit.header("x-cache-status"), Some("HIT"));
-        assert!(&hit.body == body);
+        assert!(hit.body == *body);
     }
     assert!(quarantined(&h.server().data_dir).is_empty());
     let status = h.take().terminate();
