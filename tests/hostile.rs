@@ -263,9 +263,14 @@ async fn a_download_under_way_stops_when_the_scrub_finds_its_blob_damaged() {
     );
 }
 
-#[actix_web::test]
-async fn sigkill_during_a_scrub_loses_nothing() {
-    let mut h = Harness::start_with(|o| {
+fn count(text: &str, what: &str) -> usize {
+    text.matches(what).count()
+}
+
+/// A server whose scrub reads at 2 MB/s, with two 4 MiB entries: a pass over them takes 4 s.
+/// Returns once a pass that includes both has started.
+async fn mid_scrub() -> (Harness, [serde_json::Value; 2], Vec<actix_web::web::Bytes>) {
+    let h = Harness::start_with(|o| {
         o.env("VELOX_CACHE_CACHE__SCRUB_INTERVAL", "100ms")
             .env("VELOX_CACHE_CACHE__SCRUB_RATE_MB", "2")
     });
@@ -275,12 +280,18 @@ async fn sigkill_during_a_scrub_loses_nothing() {
     for r in &reqs {
         bodies.push(post_json(&h.builds_url(), r, &[]).await.body);
     }
-    // At 2 MB/s the pass over 8 MiB takes 4 s: kill it in the middle of a read.
+    let before = count(&h.server().log_text(), "scrub: pass started");
     let started = eventually(Duration::from_secs(20), async || {
-        h.server().log_text().contains("scrub: pass started")
+        count(&h.server().log_text(), "scrub: pass started") > before
     })
     .await;
     assert!(started, "no scrub pass:\n{}", h.server().log_text());
+    (h, reqs, bodies)
+}
+
+#[actix_web::test]
+async fn sigkill_during_a_scrub_loses_nothing() {
+    let (mut h, reqs, bodies) = mid_scrub().await;
     h.take().kill();
     h.restart();
     for (r, body) in reqs.iter().zip(&bodies) {
@@ -294,6 +305,32 @@ async fn sigkill_during_a_scrub_loses_nothing() {
     let dd = h.opts.data_dir.display().to_string();
     let (code, out, err) = run(&["cache", "verify", "--data-dir", &dd], &[]);
     assert_eq!(code, 0, "{out}{err}");
+}
+
+#[actix_web::test]
+async fn sigterm_stops_a_scrub_pass_and_the_next_start_goes_on_with_it() {
+    let (mut h, _, _) = mid_scrub().await;
+    let server = h.take();
+    let log_path = server.log.clone();
+    assert!(server.terminate().success());
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(log.contains("scrub: pass stopped"), "{log}");
+    // With a day between passes, only a pass cut short is due at once.
+    h.opts = h
+        .opts
+        .clone()
+        .env("VELOX_CACHE_CACHE__SCRUB_INTERVAL", "1day");
+    let before = count(&log, "scrub: pass started");
+    h.restart();
+    let resumed = eventually(Duration::from_secs(20), async || {
+        count(&h.server().log_text(), "scrub: pass started") > before
+    })
+    .await;
+    assert!(
+        resumed,
+        "the cut pass did not go on:\n{}",
+        h.server().log_text()
+    );
 }
 
 // ---- slow clients ----

@@ -194,8 +194,13 @@ impl Store {
     pub fn scrub(&self, throttle: &mut Throttle<'_>) -> Result<ScrubReport, StoreError> {
         let mut report = ScrubReport::default();
         let from = match self.counters.get(SCRUB_CURSOR)? {
-            Some(c) => std::ops::Bound::Excluded(c.to_vec()),
-            None => std::ops::Bound::Unbounded,
+            Some(c) if !c.is_empty() => std::ops::Bound::Excluded(c.to_vec()),
+            _ => {
+                // An empty cursor marks a pass under way from the start: cut before its first
+                // blob is done, it is still due at once.
+                self.counters.insert(SCRUB_CURSOR, &[])?;
+                std::ops::Bound::Unbounded
+            }
         };
         for item in self.blobs.range((from, std::ops::Bound::Unbounded)) {
             if throttle.stopped() {
