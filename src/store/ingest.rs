@@ -1,6 +1,6 @@
 //! Ingest (docs/storage.md): copy the file Velox wrote into `tmp/` while hashing it, check its size,
-//! fsync, rename it to its digest path (replacing whatever is there), fsync the folder; write the manifest the same way; then
-//! commit the entry to sled and flush before anyone is told it exists.
+//! fsync, rename it to its digest path (replacing whatever is there), fsync the folder; write the
+//! manifest the same way; then commit the entry to sled and flush before anyone is told it exists.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
