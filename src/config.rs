@@ -60,6 +60,14 @@ pub struct CacheConfig {
     /// request rebuilds; 0 = never served from the cache.
     #[serde(with = "humantime_serde")]
     pub floating_ttl: Duration,
+    /// How often the scrub re-hashes every blob; 0 turns it off.
+    #[serde(
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "duration_or_zero"
+    )]
+    pub scrub_interval: Duration,
+    /// MB/s (10^6 bytes) the scrub may read.
+    pub scrub_rate_mb: f64,
 }
 
 impl Default for CacheConfig {
@@ -72,6 +80,8 @@ impl Default for CacheConfig {
             eviction_policy: EvictionPolicy::Lru,
             access_update_interval: Duration::from_secs(5),
             floating_ttl: Duration::from_secs(30 * 60),
+            scrub_interval: Duration::from_secs(24 * 3600),
+            scrub_rate_mb: 64.0,
         }
     }
 }
@@ -167,6 +177,12 @@ pub struct Config {
     /// that proxies do not cut it as idle. Advanced; mainly for tests.
     #[serde(with = "humantime_serde")]
     pub sse_keepalive: Duration,
+    /// The longest a request body may pause between two reads (docs/http-api.md).
+    #[serde(with = "humantime_serde")]
+    pub request_body_timeout: Duration,
+    /// Connections the public listener holds at once; none: 80 % of the open-file limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Config {
@@ -192,6 +208,8 @@ impl Default for Config {
             resolve: ResolveConfig::default(),
             trusted_proxies: Vec::new(),
             sse_keepalive: Duration::from_secs(15),
+            request_body_timeout: Duration::from_secs(30),
+            max_connections: None,
         }
     }
 }
@@ -376,6 +394,15 @@ impl Config {
         if self.sse_keepalive < Duration::from_millis(100) {
             return fail("sse_keepalive", "must be at least 100ms");
         }
+        if !(c.scrub_rate_mb.is_finite() && c.scrub_rate_mb > 0.0) {
+            return fail("cache.scrub_rate_mb", "must be a number above 0");
+        }
+        if self.request_body_timeout.is_zero() {
+            return fail("request_body_timeout", "must be more than 0");
+        }
+        if self.max_connections == Some(0) {
+            return fail("max_connections", "must be at least 1");
+        }
         Ok(())
     }
 
@@ -551,6 +578,19 @@ fn cidr_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
 
 fn cidr_strings<S: serde::Serializer>(nets: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(nets.iter().map(|n| n.to_string()))
+}
+
+/// A humantime duration, or a bare `0` (which the environment and TOML give as a number).
+fn duration_or_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    use serde::de::Error;
+    match Scalar::deserialize(d)? {
+        Scalar::S(s) => humantime::parse_duration(s.trim()).map_err(D::Error::custom),
+        Scalar::I(0) | Scalar::U(0) => Ok(Duration::ZERO),
+        other => Err(D::Error::custom(format!(
+            "expected a duration such as `24h`, or 0; found `{}`",
+            other.into_string()
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -80,6 +80,11 @@ pub struct Metrics {
     pub proxy_error: AtomicU64,
     /// `velox_resolve_total{outcome}`: floating plugin tags resolved with the Go module proxy.
     pub resolve: crate::builds::resolve::ResolveCounters,
+    /// `velox_cache_store_errors_total{reason}`: ingests that failed for lack of space (`full`)
+    /// or another disk error (`io`), and blobs found damaged at rest (`corrupt`).
+    pub store_errors_full: AtomicU64,
+    pub store_errors_io: AtomicU64,
+    pub store_errors_corrupt: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -102,6 +107,9 @@ impl Default for Metrics {
             proxy_build: AtomicU64::new(0),
             proxy_error: AtomicU64::new(0),
             resolve: Default::default(),
+            store_errors_full: AtomicU64::new(0),
+            store_errors_io: AtomicU64::new(0),
+            store_errors_corrupt: AtomicU64::new(0),
         }
     }
 }
@@ -260,6 +268,17 @@ impl Metrics {
             c(&r.cached),
             c(&r.private),
             c(&r.error)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP velox_cache_store_errors_total Storage failures, by reason.\n\
+             # TYPE velox_cache_store_errors_total counter\n\
+             velox_cache_store_errors_total{{reason=\"full\"}} {}\n\
+             velox_cache_store_errors_total{{reason=\"io\"}} {}\n\
+             velox_cache_store_errors_total{{reason=\"corrupt\"}} {}",
+            c(&self.store_errors_full),
+            c(&self.store_errors_io),
+            c(&self.store_errors_corrupt)
         );
         out
     }

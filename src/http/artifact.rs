@@ -93,11 +93,11 @@ pub fn plan(
             return Plan::Full;
         }
     }
-    if !range.trim_start().starts_with("bytes=") {
+    let Some(range) = byte_ranges(range) else {
         // An unknown range unit is ignored (RFC 9110 §14.2).
         return Plan::Full;
-    }
-    match http_range::HttpRange::parse(range, size) {
+    };
+    match http_range::HttpRange::parse(&range, size) {
         Ok(ranges) if ranges.is_empty() => Plan::Full,
         // Several ranges are answered as one part spanning them all.
         Ok(ranges) => {
@@ -116,6 +116,16 @@ pub fn plan(
         // A malformed range may be ignored (RFC 9110 §14.2); the whole body is the safe answer.
         Err(http_range::HttpRangeParseError::InvalidRange) => Plan::Full,
     }
+}
+
+/// The `Range` value with its unit spelled `bytes=`, when the unit is `bytes` in any case (range
+/// units are case-insensitive, RFC 9110 §14.1); `None` for another unit. The range parser only
+/// knows the lower-case spelling.
+fn byte_ranges(value: &str) -> Option<String> {
+    let value = value.trim_start();
+    let (unit, ranges) = value.split_once('=')?;
+    unit.eq_ignore_ascii_case("bytes")
+        .then(|| format!("bytes={ranges}"))
 }
 
 /// Builds the response for `blob`. `extra` headers go on every status (a `Content-Disposition`
@@ -201,5 +211,19 @@ fn entity_headers(resp: &mut HttpResponseBuilder, blob: &Blob, disposition: bool
             header::CONTENT_DISPOSITION,
             format!("attachment; filename=\"{}\"", blob.file_name),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_ranges;
+
+    #[test]
+    fn the_bytes_unit_is_matched_in_any_case() {
+        assert_eq!(byte_ranges("bytes=0-9").as_deref(), Some("bytes=0-9"));
+        assert_eq!(byte_ranges("BYTES=0-9").as_deref(), Some("bytes=0-9"));
+        assert_eq!(byte_ranges("Bytes=-5").as_deref(), Some("bytes=-5"));
+        assert_eq!(byte_ranges("items=0-9"), None);
+        assert_eq!(byte_ranges("bytes 0-9"), None);
     }
 }

@@ -9,6 +9,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use super::artifact::{self, Blob};
+use super::body_timeout;
 use super::builds_status;
 use super::{AppState, GoProxyClient};
 use crate::builds::{BuildRequest, CacheStatus, Served, Started, VeloxClient, MAX_BODY_BYTES};
@@ -42,7 +43,8 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
-/// With `api_token` set, requires `Authorization: Bearer <token>` (compared in constant time).
+/// With `api_token` set, requires `Authorization: Bearer <token>` (compared in constant time). The
+/// scheme is matched case-insensitively (RFC 9110 §11.1): `bearer` and `BEARER` are `Bearer`.
 pub(crate) fn check_token(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(token) = &state.config.api_token else {
         return Ok(());
@@ -51,15 +53,26 @@ pub(crate) fn check_token(req: &HttpRequest, state: &AppState) -> Result<(), Api
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match given {
         Some(given) if crate::util::secret_eq(given, token) => Ok(()),
         _ => Err(ApiError::unauthorized()),
     }
 }
 
-/// Reads a request body of at most `limit` bytes; more is a 413.
+/// The token of a `Bearer` credential: the scheme in any case, one or more spaces, the token.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_matches(' ');
+    (!token.is_empty()).then_some(token)
+}
+
+/// Reads a request body of at most `limit` bytes; more is a 413. The public listener times every
+/// body ([`body_timeout::CutStalledBodies`]): one that pauses for more than `request_body_timeout`
+/// between two reads is a 408 that closes the connection.
 async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -72,8 +85,10 @@ async fn read_body(
     }
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::invalid_request(format!("cannot read the body: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            log::info!("{}: {e}", req.path());
+            body_timeout::body_error(req, &e)
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -220,4 +235,20 @@ async fn get_artifact(
         true,
         &state.metrics,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 }
