@@ -79,6 +79,8 @@ pub struct Metrics {
     pub proxy_error: AtomicU64,
     /// `velox_resolve_total{outcome}`: floating plugin tags resolved with the Go module proxy.
     pub resolve: crate::builds::resolve::ResolveCounters,
+    /// `velox_bucket_*`: traffic to the shared bucket (docs/object-storage.md).
+    pub bucket: std::sync::Arc<crate::store::BucketCounters>,
 }
 
 impl Default for Metrics {
@@ -101,6 +103,7 @@ impl Default for Metrics {
             proxy_build: AtomicU64::new(0),
             proxy_error: AtomicU64::new(0),
             resolve: Default::default(),
+            bucket: Default::default(),
         }
     }
 }
@@ -246,6 +249,7 @@ impl Metrics {
             c(&r.private),
             c(&r.error)
         );
+        self.bucket.render(&mut out);
         out
     }
 }

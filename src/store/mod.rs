@@ -11,11 +11,16 @@
 //! Every call here blocks on disk or sled: callers run them on the blocking pool, except the
 //! lookups on the hit path, which are a single in-memory sled read.
 
+mod bucket;
+mod counters;
 mod index;
 mod ingest;
+mod lock;
 mod maintain;
 pub mod record;
 mod recover;
+pub mod shared;
+mod tier;
 
 use std::fs::{self, File, TryLockError};
 use std::io;
@@ -32,6 +37,11 @@ pub use ingest::{IngestError, Manifest};
 pub use maintain::{EvictionReason, Limits};
 pub use record::{BlobRecord, EntryRecord, RecordError};
 pub use recover::{Problems, ReconcileReport};
+
+pub use bucket::Bucket;
+pub use counters::{BucketCounters, BucketOp};
+pub use shared::{BlobSource, SharedStore};
+pub use tier::{Staged, Staging};
 
 use index::{be_u64, COUNTER_BYTES, COUNTER_ENTRIES};
 
