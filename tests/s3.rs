@@ -139,7 +139,12 @@ async fn a_miss_on_one_replica_is_a_hit_on_another() {
         .await,
         "B's local tier was not filled"
     );
-    assert_eq!(metric(&b, "velox_bucket_fills_total").await, 1.0);
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            metric(&b, "velox_bucket_fills_total").await == 1.0
+        })
+        .await
+    );
     let before = read_bytes(&b).await;
     let local = post_json(&builds(&b), &req, &[]).await;
     assert_eq!(local.header("x-cache-status"), Some("HIT"));
@@ -311,6 +316,13 @@ async fn with_the_bucket_down_local_hits_are_served_and_misses_are_503() {
         .await
         .assert_error(503, "storage_unavailable");
 
+    let key = miss.header("x-velox-cache-key").expect("key");
+    let del = client()
+        .delete(a.admin_url(&format!("/v1/cache/{key}")))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(del.status(), 503, "deleted without reaching the bucket");
     let ready = get(&a.admin_url("/readyz"), &[]).await;
     assert_eq!(ready.status, 200, "local hits are still served");
     assert_eq!(ready.json()["bucket"], "unreachable");
@@ -526,4 +538,31 @@ fn bucket_settings_are_checked_and_credentials_refused() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("backend = \"s3\""), "{out}");
+}
+
+#[actix_web::test]
+async fn a_manifest_whose_blob_expired_is_rebuilt() {
+    let mut c = Cluster::start("expired/");
+    let a = c.replica();
+    let req = build_request("linux", "amd64");
+    let first = post_json(&builds(&a), &req, &[]).await;
+    assert_eq!(first.status, 200);
+    // A lifecycle rule removed the blob but not (yet) the manifest naming it.
+    let digest = sha256_hex(&first.body);
+    c.moto.delete(&format!(
+        "{}blobs/sha256/{}/{digest}",
+        c.prefix,
+        &digest[..2]
+    ));
+    assert!(c.objects("blobs/").is_empty());
+
+    let fresh = c.replica();
+    let rebuilt = post_json(&builds(&fresh), &req, &[]).await;
+    assert_eq!(rebuilt.status, 200);
+    assert_eq!(rebuilt.header("x-cache-status"), Some("MISS"));
+    assert_eq!(c.velox.calls(), 2);
+    // The new manifest replaced the dangling one: another fresh replica hits.
+    let hit = post_json(&builds(&c.replica()), &req, &[]).await;
+    assert_eq!(hit.header("x-cache-status"), Some("HIT"));
+    assert_eq!(hit.body, rebuilt.body);
 }

@@ -292,6 +292,32 @@ impl Bucket {
         Ok(decoded)
     }
 
+    /// The manifest of `key` when the blob it names is in the bucket too. Lifecycle rules may
+    /// expire a blob before a manifest that names it (a re-upload of existing bytes does not make
+    /// the blob younger): such a manifest counts as absent, and the next build replaces it.
+    pub(super) async fn usable_manifest(
+        &self,
+        key: CacheKey,
+    ) -> Result<Option<Manifest>, SharedError> {
+        let Some(manifest) = self.get_manifest(key).await? else {
+            return Ok(None);
+        };
+        let Ok((_, digest, size)) = manifest.names() else {
+            return Ok(None);
+        };
+        let path = self.blob_path(&digest);
+        match self
+            .counted(BucketOp::BlobHead, self.0.s3.head(&path))
+            .await?
+        {
+            Ok(meta) if meta.size == size => Ok(Some(manifest)),
+            Ok(_) | Err(_) => {
+                log::warn!("the bucket's manifest of {key} names blob {digest}, which is missing or of another size; treating the key as not built");
+                Ok(None)
+            }
+        }
+    }
+
     /// Writes the manifest; `replace` overwrites one already there. Without it, an existing
     /// manifest wins and is returned.
     async fn put_manifest(
@@ -325,11 +351,13 @@ impl Bucket {
                 self.0.counters.written(n);
                 Ok(None)
             }
-            Err(object_store::Error::AlreadyExists { .. }) => match self.get_manifest(key).await? {
-                Some(theirs) => Ok(Some(theirs)),
-                // Damaged: ours replaces it.
-                None => Box::pin(self.put_manifest(key, manifest, true)).await,
-            },
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                match self.usable_manifest(key).await? {
+                    Some(theirs) => Ok(Some(theirs)),
+                    // Damaged, or naming a blob that is gone: ours replaces it.
+                    None => Box::pin(self.put_manifest(key, manifest, true)).await,
+                }
+            }
             Err(e) => Err(SharedError::Bucket(Box::new(e))),
         }
     }
@@ -634,7 +662,7 @@ impl RemoteReader for Bucket {
 impl SharedStore for Bucket {
     fn find(&self, key: CacheKey) -> BoxFuture<'static, Result<Option<Manifest>, SharedError>> {
         let this = self.clone();
-        self.run(async move { this.get_manifest(key).await })
+        self.run(async move { this.usable_manifest(key).await })
     }
 
     fn claim(
@@ -654,12 +682,17 @@ impl SharedStore for Bucket {
         let (path, digest, size) = (staged.path().to_path_buf(), staged.digest, staged.size);
         let file_name = a.file_name.clone();
         let (key, replace) = (a.key, a.replace);
+        let started = std::time::Instant::now();
         let theirs = self.block_on(async move {
             this.put_blob(path, digest, size, file_name).await?;
             this.put_manifest(key, manifest.clone(), replace)
                 .await
                 .map(|theirs| (theirs, manifest))
         })?;
+        log::info!(
+            "stored {key} in the bucket ({size} bytes) in {} ms",
+            started.elapsed().as_millis()
+        );
         match theirs {
             (None, ours) => Ok(store.adopt(staged, &ours)?),
             // Another replica wrote this key's manifest first: the bucket's is the truth.

@@ -117,10 +117,35 @@ impl Bucket {
         }
     }
 
-    async fn look(&self, key: &CacheKey) -> Result<Seen, SharedError> {
-        if let Some(etag) = self.write_lock(key, None).await? {
-            return Ok(Seen::Acquired(etag));
+    /// Tries to create the lock (first, when `create_first`; else only when there is none), and
+    /// otherwise reads it.
+    async fn look(&self, key: &CacheKey, create_first: bool) -> Result<Seen, SharedError> {
+        if create_first {
+            if let Some(etag) = self.write_lock(key, None).await? {
+                return Ok(Seen::Acquired(etag));
+            }
         }
+        let seen = self.read_lock(key).await?;
+        if let Seen::Held {
+            record: Some(r),
+            etag: Some(etag),
+        } = &seen
+        {
+            // This replica builds a key at most once at a time: a lock in its name is its own,
+            // left by a create whose answer was lost (and retried), or by a release that failed.
+            if r.replica == self.0.replica {
+                return Ok(Seen::Acquired(etag.clone()));
+            }
+        }
+        if matches!(seen, Seen::Gone) && !create_first {
+            if let Some(etag) = self.write_lock(key, None).await? {
+                return Ok(Seen::Acquired(etag));
+            }
+        }
+        Ok(seen)
+    }
+
+    async fn read_lock(&self, key: &CacheKey) -> Result<Seen, SharedError> {
         let path = self.lock_path(key);
         let got = match self
             .counted(BucketOp::LockGet, async {
@@ -186,18 +211,18 @@ impl Bucket {
         let mut counted_wait = false;
         loop {
             if !force || joined.is_some() {
-                if let Some(m) = self.get_manifest(key).await? {
+                if let Some(m) = self.usable_manifest(key).await? {
                     if joined.is_none_or(|since| m.created_ms >= since) {
                         return Ok(Claim::Built(m));
                     }
                 }
             }
-            match self.look(&key).await? {
+            match self.look(&key, joined.is_none() && !counted_wait).await? {
                 Seen::Acquired(etag) => {
                     let lock = self.hold(key, etag);
                     // A build may have ended between the look at the manifest and the lock.
                     if !force {
-                        if let Some(m) = self.get_manifest(key).await? {
+                        if let Some(m) = self.usable_manifest(key).await? {
                             return Ok(Claim::Built(m));
                         }
                     }

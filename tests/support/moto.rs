@@ -158,6 +158,18 @@ impl Moto {
             .collect()
     }
 
+    /// Deletes one object, as a lifecycle rule would.
+    pub fn delete(&self, key: &str) {
+        let (status, body) = raw(
+            self.port,
+            "DELETE",
+            &format!("/{}/{key}", self.bucket),
+            &[("Authorization", ANY_AUTH)],
+        )
+        .expect("moto answers a delete");
+        assert_eq!(status, 204, "{body}");
+    }
+
     /// Stops the server: the bucket becomes unreachable.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
