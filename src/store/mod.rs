@@ -12,10 +12,8 @@
 //! lookups on the hit path, which are a single in-memory sled read.
 
 mod bucket;
-mod counters;
 mod index;
 mod ingest;
-mod lock;
 mod maintain;
 pub mod record;
 mod recover;
@@ -38,8 +36,7 @@ pub use maintain::{EvictionReason, Limits};
 pub use record::{BlobRecord, EntryRecord, RecordError};
 pub use recover::{Problems, ReconcileReport};
 
-pub use bucket::Bucket;
-pub use counters::{BucketCounters, BucketOp};
+pub use bucket::{Bucket, BucketCounters, BucketOp};
 pub use shared::{BlobSource, SharedStore};
 pub use tier::{Staged, Staging};
 

@@ -15,9 +15,9 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::bucket::{Bucket, BucketOp};
-use super::shared::{BuildLock, Claim, SharedError};
+use super::{Bucket, BucketOp};
 use crate::ids::CacheKey;
+use crate::store::shared::{BuildLock, Claim, SharedError};
 
 /// The first pause between two looks at another replica's build; it grows to `MAX_POLL`.
 const FIRST_POLL: Duration = Duration::from_millis(100);
