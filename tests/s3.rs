@@ -299,6 +299,16 @@ async fn with_the_bucket_down_local_hits_are_served_and_misses_are_503() {
     let ready = get(&a.admin_url("/readyz"), &[]).await;
     assert_eq!(ready.json()["bucket"], "ok", "{:?}", ready.json());
 
+    // Every bucket counter is exported from the start, at 0 until something happens.
+    assert_eq!(
+        metric(&a, "velox_bucket_errors_total{op=\"presign\"}").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&a, "velox_bucket_errors_total{op=\"manifest_get\"}").await,
+        0.0
+    );
+
     c.moto.stop();
     let hit = post_json(&builds(&a), &req, &[]).await;
     assert_eq!(hit.status, 200);
@@ -565,4 +575,33 @@ async fn a_manifest_whose_blob_expired_is_rebuilt() {
     let hit = post_json(&builds(&c.replica()), &req, &[]).await;
     assert_eq!(hit.header("x-cache-status"), Some("HIT"));
     assert_eq!(hit.body, rebuilt.body);
+}
+
+#[actix_web::test]
+async fn evicting_from_the_local_tier_keeps_the_bucket() {
+    let mut c = Cluster::start("tier/").with("VELOX_CACHE_CACHE__MAX_ENTRIES", "1");
+    let a = c.replica();
+    let (one, two) = (
+        build_request("linux", "amd64"),
+        build_request("linux", "arm64"),
+    );
+    let first = post_json(&builds(&a), &one, &[]).await;
+    assert_eq!(first.header("x-cache-status"), Some("MISS"));
+    let second = post_json(&builds(&a), &two, &[]).await;
+    assert_eq!(second.header("x-cache-status"), Some("MISS"));
+    // The local tier holds one entry; the bucket still holds both.
+    let key = first.header("x-velox-cache-key").expect("key");
+    let entry = get(&a.admin_url(&format!("/v1/cache/{key}")), &[]).await;
+    assert_eq!(entry.status, 404, "the first entry was not evicted locally");
+    assert_eq!(
+        metric(&a, "velox_cache_evictions_total{reason=\"count\"}").await,
+        1.0
+    );
+    assert_eq!(c.objects("manifests/").len(), 2);
+    assert_eq!(c.objects("blobs/").len(), 2);
+    // So the evicted key is still a hit, from the bucket, without Velox.
+    let again = post_json(&builds(&a), &one, &[]).await;
+    assert_eq!(again.header("x-cache-status"), Some("HIT"));
+    assert_eq!(again.body, first.body);
+    assert_eq!(c.velox.calls(), 2);
 }

@@ -577,8 +577,7 @@ impl BuildService {
         let root = self.config.artifact_root.clone();
         let request = request.clone();
         let build_ms = started.elapsed().as_millis() as u64;
-        let limits = Limits::from(&self.config.cache);
-        let metrics = Arc::clone(&self.metrics);
+        let after = self.after_insert();
         let shared = Arc::clone(&self.shared);
         let replace = request.force_rebuild;
         let ingested = actix_web::rt::task::spawn_blocking(move || {
@@ -610,15 +609,7 @@ impl BuildService {
                 }
             })?;
             // Limits are enforced right after every insert; the new entry is not a victim.
-            match store.enforce(&limits, Some(&key)) {
-                Ok(evicted) => {
-                    for (victim, reason) in evicted {
-                        log::info!("evicted {victim} ({})", reason.as_str());
-                        metrics.evicted(reason);
-                    }
-                }
-                Err(e) => log::error!("enforcing the cache limits failed: {e}"),
-            }
+            after(&store, &key);
             Ok((entry, false))
         })
         .await;
