@@ -400,8 +400,12 @@ pub struct S3Config {
         skip_serializing_if = "Option::is_none"
     )]
     pub bucket: Option<String>,
-    #[serde(deserialize_with = "lenient_string")]
-    pub region: String,
+    /// None: `AWS_REGION` (or `AWS_DEFAULT_REGION`), as EKS and ECS set it; else `us-east-1`.
+    #[serde(
+        deserialize_with = "lenient_opt_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub region: Option<String>,
     /// None: AWS itself. MinIO, Ceph RGW, R2 and the like: their URL.
     #[serde(
         deserialize_with = "lenient_opt_string",
@@ -431,7 +435,7 @@ impl Default for S3Config {
     fn default() -> Self {
         S3Config {
             bucket: None,
-            region: "us-east-1".into(),
+            region: None,
             endpoint: None,
             prefix: String::new(),
             allow_http: false,
@@ -477,7 +481,7 @@ impl StorageConfig {
         if s3.bucket.as_deref().is_none_or(|b| b.trim().is_empty()) {
             return fail("s3.bucket", "must be set when storage.backend is \"s3\"");
         }
-        if s3.region.trim().is_empty() {
+        if s3.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
             return fail("s3.region", "must not be empty");
         }
         if let Some(e) = &s3.endpoint {
@@ -516,6 +520,16 @@ impl Config {
 }
 
 impl S3Config {
+    /// The bucket's region: the configured one, else the AWS environment's, else `us-east-1`.
+    pub fn effective_region(&self) -> String {
+        self.region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .filter(|r| !r.trim().is_empty())
+            .unwrap_or_else(|| "us-east-1".into())
+    }
+
     /// The prefix as object keys start with it: empty, or segments ending in `/`.
     pub fn key_prefix(&self) -> String {
         let p = self.prefix.trim_matches('/');

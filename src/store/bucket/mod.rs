@@ -130,7 +130,7 @@ impl Bucket {
         };
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&bucket)
-            .with_region(&s3cfg.region)
+            .with_region(s3cfg.effective_region())
             .with_allow_http(s3cfg.allow_http)
             .with_client_options(client)
             .with_retry(retry);
@@ -140,6 +140,16 @@ impl Bucket {
         let s3 = builder
             .build()
             .map_err(|e| format!("storage.s3: cannot set up the bucket client: {e}"))?;
+        log::info!(
+            "storage: bucket {bucket:?} in {}{}, prefix {:?}",
+            s3cfg.effective_region(),
+            s3cfg
+                .endpoint
+                .as_deref()
+                .map(|e| format!(" at {e}"))
+                .unwrap_or_default(),
+            s3cfg.key_prefix()
+        );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("velox-bucket")
