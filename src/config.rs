@@ -392,7 +392,7 @@ pub struct StorageConfig {
 
 /// The bucket. Credentials are deliberately absent: they come from the standard AWS environment
 /// (`AWS_ACCESS_KEY_ID`, ...) or the instance's or pod's identity, never from this file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Config {
     #[serde(
@@ -429,24 +429,6 @@ pub struct S3Config {
     session_token: Option<toml::Value>,
     #[serde(skip_serializing)]
     token: Option<toml::Value>,
-}
-
-impl Default for S3Config {
-    fn default() -> Self {
-        S3Config {
-            bucket: None,
-            region: None,
-            endpoint: None,
-            prefix: String::new(),
-            allow_http: false,
-            redirect: false,
-            lock_lease: None,
-            access_key_id: None,
-            secret_access_key: None,
-            session_token: None,
-            token: None,
-        }
-    }
 }
 
 impl StorageConfig {
@@ -650,6 +632,18 @@ mod tests {
         assert!(!valid_http_url("ftp://x"));
         assert!(!valid_http_url("http://"));
         assert!(!valid_http_url("127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn bucket_prefixes_end_in_one_slash() {
+        let mut s3 = S3Config::default();
+        assert_eq!(s3.key_prefix(), "");
+        for p in ["velox", "velox/", "/velox/", "velox//"] {
+            s3.prefix = p.into();
+            assert_eq!(s3.key_prefix(), "velox/", "{p:?}");
+        }
+        s3.prefix = "a/b".into();
+        assert_eq!(s3.key_prefix(), "a/b/");
     }
 
     #[test]
