@@ -235,17 +235,13 @@ async fn redirect(
         err
     };
     let shared = state.builds.shared();
-    let file_name = match record {
-        Some(r) => r.file_name.clone(),
-        None => {
-            shared
-                .open(digest)
-                .await
-                .map_err(bucket_failed)?
-                .ok_or_else(|| ApiError::not_found("no artifact has that digest"))?
-                .file_name
-        }
-    };
+    if record.is_none() {
+        shared
+            .open(digest)
+            .await
+            .map_err(bucket_failed)?
+            .ok_or_else(|| ApiError::not_found("no artifact has that digest"))?;
+    }
     let etag = header::EntityTag::new_strong(digest.to_hex());
     let matches = req
         .headers()
@@ -263,7 +259,7 @@ async fn redirect(
             .finish());
     }
     let url = shared
-        .url(digest, file_name)
+        .url(digest)
         .await
         .map_err(bucket_failed)?
         .ok_or_else(ApiError::internal)?;

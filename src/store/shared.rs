@@ -189,12 +189,9 @@ pub trait SharedStore: Send + Sync {
     /// A blob by digest alone (the artifact route), when the shared store has it.
     fn open(&self, digest: Digest) -> BoxFuture<'static, Result<Option<RemoteBlob>, SharedError>>;
 
-    /// A URL that serves the blob without this process, when the store can make one.
-    fn url(
-        &self,
-        digest: Digest,
-        file_name: String,
-    ) -> BoxFuture<'static, Result<Option<String>, SharedError>>;
+    /// A URL that serves the blob without this process, when the store can make one (the
+    /// object carries its own `Content-Disposition`).
+    fn url(&self, digest: Digest) -> BoxFuture<'static, Result<Option<String>, SharedError>>;
 
     /// Deletes the manifest of `key`; whether there was one.
     fn forget(&self, key: CacheKey) -> BoxFuture<'static, Result<bool, SharedError>>;
@@ -245,11 +242,7 @@ impl SharedStore for LocalOnly {
         Box::pin(async { Ok(None) })
     }
 
-    fn url(
-        &self,
-        _digest: Digest,
-        _file_name: String,
-    ) -> BoxFuture<'static, Result<Option<String>, SharedError>> {
+    fn url(&self, _digest: Digest) -> BoxFuture<'static, Result<Option<String>, SharedError>> {
         Box::pin(async { Ok(None) })
     }
 

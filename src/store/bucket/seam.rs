@@ -142,11 +142,7 @@ impl SharedStore for Bucket {
         })
     }
 
-    fn url(
-        &self,
-        digest: Digest,
-        _file_name: String,
-    ) -> BoxFuture<'static, Result<Option<String>, SharedError>> {
+    fn url(&self, digest: Digest) -> BoxFuture<'static, Result<Option<String>, SharedError>> {
         let this = self.clone();
         self.run(async move {
             let path = this.blob_path(&digest);
