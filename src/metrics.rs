@@ -85,6 +85,8 @@ pub struct Metrics {
     pub store_errors_full: AtomicU64,
     pub store_errors_io: AtomicU64,
     pub store_errors_corrupt: AtomicU64,
+    /// `velox_bucket_*`: traffic to the shared bucket (docs/object-storage.md).
+    pub bucket: std::sync::Arc<crate::store::BucketCounters>,
 }
 
 impl Default for Metrics {
@@ -110,6 +112,7 @@ impl Default for Metrics {
             store_errors_full: AtomicU64::new(0),
             store_errors_io: AtomicU64::new(0),
             store_errors_corrupt: AtomicU64::new(0),
+            bucket: Default::default(),
         }
     }
 }
@@ -280,6 +283,7 @@ impl Metrics {
             c(&self.store_errors_io),
             c(&self.store_errors_corrupt)
         );
+        self.bucket.render(&mut out);
         out
     }
 }

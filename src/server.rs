@@ -9,10 +9,10 @@ use actix_web::{middleware, web, App, HttpServer};
 use crate::background::Background;
 use crate::builds::resolve::Resolver;
 use crate::builds::{BuildService, VeloxClient};
-use crate::config::Config;
+use crate::config::{Config, StorageBackend};
 use crate::http::{admin, body_timeout, proxy, public, AppState, GoProxyClient};
 use crate::metrics::Metrics;
-use crate::store::{Limits, Store};
+use crate::store::{Bucket, Limits, Store};
 
 /// How long a graceful stop waits for open downloads.
 const DRAIN_SECS: u64 = 30;
@@ -54,11 +54,19 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             .store_errors_corrupt
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     });
-    let builds = Arc::new(BuildService::new(
+    let builds = BuildService::new(
         Arc::clone(&store),
         Arc::clone(&config),
         Arc::clone(&metrics),
-    ));
+    );
+    let builds = Arc::new(match config.storage.backend {
+        StorageBackend::Local => builds,
+        StorageBackend::S3 => {
+            let bucket = Bucket::open(&config, Arc::clone(&metrics.bucket))
+                .map_err(|why| ServeError::Io(io::Error::other(why)))?;
+            builds.with_shared(Arc::new(bucket))
+        }
+    });
     let resolver = Resolver::new(&config.resolve, Arc::clone(&metrics)).map_err(|why| {
         ServeError::Io(io::Error::other(format!("invalid resolve.private: {why}")))
     })?;

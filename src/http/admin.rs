@@ -8,6 +8,7 @@ use serde_json::json;
 use super::AppState;
 use crate::builds::VeloxHealth;
 use crate::error::ApiError;
+use crate::store::shared::SharedHealth;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(readable("/healthz", healthz))
@@ -52,11 +53,18 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         VeloxHealth::Unreachable => "unreachable",
     };
     let ready = storage.is_ok();
-    let body = json!({
+    // The bucket's state is reported, not required: with the bucket down, local hits are still
+    // served, and every replica shares the bucket, so failing readiness would take all of them
+    // out of the load balancer at once.
+    let bucket = state.builds.shared().health().await;
+    let mut body = json!({
         "ready": ready,
         "storage": storage.err().unwrap_or_else(|| "ok".into()),
         "velox_last_call": velox,
     });
+    if bucket != SharedHealth::NotConfigured {
+        body["bucket"] = json!(bucket.as_str());
+    }
     let status = if ready {
         StatusCode::OK
     } else {

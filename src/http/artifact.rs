@@ -4,7 +4,6 @@
 //! actix-files' `NamedFile` is not used: its ETag is built from inode and mtime, not content, and
 //! it reads the whole file for HEAD. The range grammar comes from the `http-range` crate.
 
-use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,11 +14,13 @@ use actix_web::http::header::{
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use base64::Engine;
+use futures_util::StreamExt;
 
 use super::body::{FileBody, HeadBody};
 use crate::error::ApiError;
 use crate::ids::Digest;
 use crate::metrics::Metrics;
+use crate::store::BlobSource;
 
 /// A blob about to be sent.
 pub struct Blob {
@@ -27,7 +28,8 @@ pub struct Blob {
     pub size: u64,
     /// When the blob was stored (the file's mtime).
     pub modified: SystemTime,
-    pub file: File,
+    /// The local file, or the bucket (a ranged GET of exactly what is sent).
+    pub source: BlobSource,
     pub file_name: String,
 }
 
@@ -188,15 +190,28 @@ pub fn respond(
                 _ => (0, blob.size),
             };
             if req.method() == Method::HEAD {
-                resp.body(HeadBody(length))
-            } else {
-                resp.body(FileBody::new(
-                    blob.file,
+                return resp.body(HeadBody(length));
+            }
+            match blob.source {
+                BlobSource::File(file) => resp.body(FileBody::new(
+                    file,
                     blob.digest,
                     start,
                     length,
                     Arc::clone(metrics),
-                ))
+                )),
+                BlobSource::Remote(remote) => {
+                    let metrics = Arc::clone(metrics);
+                    let counted = remote.stream(start, length).inspect(move |chunk| {
+                        if let Ok(bytes) = chunk {
+                            metrics.download_bytes.fetch_add(
+                                bytes.len() as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                        }
+                    });
+                    resp.body(actix_web::body::SizedStream::new(length, counted))
+                }
             }
         }
     }

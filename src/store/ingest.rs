@@ -44,9 +44,9 @@ pub struct Manifest {
 }
 
 /// A file in `tmp/` that is deleted unless it was moved into place.
-struct TempFile {
-    path: PathBuf,
-    keep: bool,
+pub(super) struct TempFile {
+    pub(super) path: PathBuf,
+    pub(super) keep: bool,
 }
 
 impl Drop for TempFile {
@@ -81,7 +81,7 @@ pub(super) fn ensure_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Renames `tmp` to `dest` and syncs the destination folder.
-fn place(tmp: &mut TempFile, dest: &Path) -> io::Result<()> {
+pub(super) fn place(tmp: &mut TempFile, dest: &Path) -> io::Result<()> {
     let dir = dest
         .parent()
         .ok_or_else(|| io::Error::other("destination has no folder"))?;
@@ -92,7 +92,7 @@ fn place(tmp: &mut TempFile, dest: &Path) -> io::Result<()> {
 }
 
 impl Store {
-    fn temp_file(&self, suffix: &str) -> io::Result<(TempFile, File)> {
+    pub(super) fn temp_file(&self, suffix: &str) -> io::Result<(TempFile, File)> {
         let path = self
             .tmp_dir()
             .join(format!("{}.{suffix}", uuid::Uuid::new_v4().simple()));

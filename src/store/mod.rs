@@ -11,12 +11,15 @@
 //! Every call here blocks on disk or sled: callers run them on the blocking pool, except the
 //! lookups on the hit path, which are a single in-memory sled read.
 
+mod bucket;
 mod index;
 mod ingest;
 mod maintain;
 pub mod record;
 mod recover;
 mod scrub;
+pub mod shared;
+mod tier;
 
 use std::fs::{self, File, TryLockError};
 use std::io;
@@ -34,6 +37,10 @@ pub use maintain::{EvictionReason, Limits};
 pub use record::{BlobRecord, EntryRecord, RecordError};
 pub use recover::{Problems, ReconcileReport};
 pub use scrub::{is_revoked, revocation_generation, ScrubReport, Throttle};
+
+pub use bucket::{Bucket, BucketCounters, BucketOp};
+pub use shared::{BlobSource, SharedStore};
+pub use tier::{Staged, Staging};
 
 use index::{be_u64, COUNTER_BYTES, COUNTER_ENTRIES};
 
