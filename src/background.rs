@@ -1,6 +1,6 @@
 //! Background work of a running server: the start-up pass (reconciliation, then the limits), the
-//! access-statistics writer, and the periodic limit enforcement. One stop signal ends them all;
-//! `stop` joins them.
+//! access-statistics writer, the periodic limit enforcement, and the scrub. One stop signal ends
+//! them all; `stop` joins them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::store::{Limits, Store};
+use crate::store::{Limits, Store, Throttle};
 
 pub struct Background {
     stop: watch::Sender<bool>,
@@ -96,6 +96,74 @@ impl Background {
             }));
         }
         Background { stop, tasks }
+    }
+
+    /// Starts the scrub (docs/storage.md, "Integrity at rest"): a pass over every blob each
+    /// `interval` (none when 0), reading at most `rate_mb` MB/s on one blocking-pool thread. A stop
+    /// ends a pass within 50 ms; the next start goes on where it was.
+    pub fn start_scrub(&mut self, store: Arc<Store>, interval: Duration, rate_mb: f64) {
+        if interval.is_zero() {
+            return;
+        }
+        let mut stop = self.stop.subscribe();
+        self.tasks.push(actix_web::rt::spawn(async move {
+            // After a failed pass, a pause before the next try instead of a loop of failures.
+            let mut failed = false;
+            loop {
+                let s = Arc::clone(&store);
+                let mut wait =
+                    match actix_web::rt::task::spawn_blocking(move || s.scrub_wait(interval)).await
+                    {
+                        Ok(Ok(wait)) => wait,
+                        Ok(Err(e)) => {
+                            log::error!("scrub: cannot read when the last pass ran: {e}");
+                            interval
+                        }
+                        Err(e) => {
+                            log::error!("scrub: {e}");
+                            interval
+                        }
+                    };
+                if std::mem::take(&mut failed) {
+                    wait = wait.max(interval.min(Duration::from_secs(60)));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
+                }
+                let s = Arc::clone(&store);
+                let flag = stop.clone();
+                let started = std::time::Instant::now();
+                log::info!("scrub: pass started, reading at most {rate_mb} MB/s");
+                let pass = actix_web::rt::task::spawn_blocking(move || {
+                    let stopped = || *flag.borrow();
+                    let mut throttle = Throttle::new(rate_mb * 1e6, &stopped);
+                    s.scrub(&mut throttle)
+                })
+                .await;
+                match pass {
+                    Ok(Ok(r)) => log::info!(
+                        "scrub: pass {} after {:.1}s: {} blobs ({} bytes) checked, {} damaged",
+                        if r.stopped { "stopped" } else { "finished" },
+                        started.elapsed().as_secs_f64(),
+                        r.checked,
+                        r.bytes,
+                        r.corrupt
+                    ),
+                    Ok(Err(e)) => {
+                        log::error!("scrub: the pass failed: {e}");
+                        failed = true;
+                    }
+                    Err(e) => {
+                        log::error!("scrub: the pass did not run: {e}");
+                        failed = true;
+                    }
+                }
+                if *stop.borrow() {
+                    return;
+                }
+            }
+        }));
     }
 
     /// Stops every loop and waits for them.

@@ -244,6 +244,11 @@ impl ResponseError for ApiError {
         if let Some(size) = self.unsatisfied_size {
             resp.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
         }
+        if self.code == ErrorCode::ClientTimeout {
+            // The rest of a stalled body may still come: the connection cannot carry another
+            // request (docs/http-api.md, "Connections and slow clients").
+            resp.force_close();
+        }
         resp.body(json)
     }
 }

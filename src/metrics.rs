@@ -80,8 +80,13 @@ pub struct Metrics {
     pub proxy_error: AtomicU64,
     /// `velox_resolve_total{outcome}`: floating plugin tags resolved with the Go module proxy.
     pub resolve: crate::builds::resolve::ResolveCounters,
-    /// By [`StoreErrorReason::ALL`] order.
-    pub store_errors: [AtomicU64; StoreErrorReason::ALL.len()],
+    /// `velox_cache_store_errors_total{reason}`: ingests that failed for lack of space (`full`)
+    /// or another disk error (`io`), and blobs found damaged at rest (`corrupt`).
+    pub store_errors_full: AtomicU64,
+    pub store_errors_io: AtomicU64,
+    pub store_errors_corrupt: AtomicU64,
+    /// `velox_bucket_*`: traffic to the shared bucket (docs/object-storage.md).
+    pub bucket: std::sync::Arc<crate::store::BucketCounters>,
 }
 
 /// Why storing or keeping a binary failed (the `reason` label of
@@ -94,22 +99,6 @@ pub enum StoreErrorReason {
     Io,
     /// Stored bytes found not to match their digest.
     Corrupt,
-}
-
-impl StoreErrorReason {
-    pub const ALL: [StoreErrorReason; 3] = [
-        StoreErrorReason::Full,
-        StoreErrorReason::Io,
-        StoreErrorReason::Corrupt,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoreErrorReason::Full => "full",
-            StoreErrorReason::Io => "io",
-            StoreErrorReason::Corrupt => "corrupt",
-        }
-    }
 }
 
 /// Gauges read at scrape time from outside the counters.
@@ -142,8 +131,11 @@ impl Default for Metrics {
             proxy_passed: AtomicU64::new(0),
             proxy_build: AtomicU64::new(0),
             proxy_error: AtomicU64::new(0),
-            store_errors: Default::default(),
             resolve: Default::default(),
+            store_errors_full: AtomicU64::new(0),
+            store_errors_io: AtomicU64::new(0),
+            store_errors_corrupt: AtomicU64::new(0),
+            bucket: Default::default(),
         }
     }
 }
@@ -173,11 +165,12 @@ impl Metrics {
     }
 
     pub fn store_error(&self, reason: StoreErrorReason) {
-        let i = StoreErrorReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.store_errors[i].fetch_add(1, Relaxed);
+        let counter = match reason {
+            StoreErrorReason::Full => &self.store_errors_full,
+            StoreErrorReason::Io => &self.store_errors_io,
+            StoreErrorReason::Corrupt => &self.store_errors_corrupt,
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     /// The gauges of [`Gauges`], appended to [`Metrics::render`]'s text.
@@ -331,19 +324,6 @@ impl Metrics {
             c(&self.proxy_build),
             c(&self.proxy_error)
         );
-        let _ = writeln!(
-            out,
-            "# HELP velox_cache_store_errors_total Failures to store or keep a binary, by reason.\n\
-             # TYPE velox_cache_store_errors_total counter"
-        );
-        for (reason, count) in StoreErrorReason::ALL.iter().zip(&self.store_errors) {
-            let _ = writeln!(
-                out,
-                "velox_cache_store_errors_total{{reason=\"{}\"}} {}",
-                reason.as_str(),
-                c(count)
-            );
-        }
         let r = &self.resolve;
         let _ = writeln!(
             out,
@@ -358,6 +338,18 @@ impl Metrics {
             c(&r.private),
             c(&r.error)
         );
+        let _ = writeln!(
+            out,
+            "# HELP velox_cache_store_errors_total Storage failures, by reason.\n\
+             # TYPE velox_cache_store_errors_total counter\n\
+             velox_cache_store_errors_total{{reason=\"full\"}} {}\n\
+             velox_cache_store_errors_total{{reason=\"io\"}} {}\n\
+             velox_cache_store_errors_total{{reason=\"corrupt\"}} {}",
+            c(&self.store_errors_full),
+            c(&self.store_errors_io),
+            c(&self.store_errors_corrupt)
+        );
+        self.bucket.render(&mut out);
         out
     }
 }

@@ -9,13 +9,16 @@ use actix_web::{middleware, web, App, HttpServer};
 use crate::background::Background;
 use crate::builds::resolve::Resolver;
 use crate::builds::{BuildService, VeloxClient};
-use crate::config::Config;
-use crate::http::{admin, proxy, public, AppState, GoProxyClient};
+use crate::config::{Config, StorageBackend};
+use crate::http::{admin, body_timeout, proxy, public, AppState, GoProxyClient};
 use crate::metrics::Metrics;
-use crate::store::{Limits, Store};
+use crate::store::{Bucket, Limits, Store};
 
 /// How long a graceful stop waits for open downloads.
 const DRAIN_SECS: u64 = 30;
+
+/// Request headers must arrive within this (docs/http-api.md, "Connections and slow clients").
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -39,14 +42,31 @@ pub fn run(config: Config) -> Result<(), ServeError> {
 }
 
 async fn serve(config: Config) -> Result<(), ServeError> {
+    let open_files = raise_open_file_limit();
+    let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    let (max_conns, per_worker) = public_connections(config.max_connections, open_files, workers);
     let config = Arc::new(config);
     let store = Arc::new(Store::open(&config.data_dir)?);
     let metrics = Arc::new(Metrics::default());
-    let builds = Arc::new(BuildService::new(
+    let counted = Arc::clone(&metrics);
+    store.on_corrupt(move || {
+        counted
+            .store_errors_corrupt
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
+    let builds = BuildService::new(
         Arc::clone(&store),
         Arc::clone(&config),
         Arc::clone(&metrics),
-    ));
+    );
+    let builds = Arc::new(match config.storage.backend {
+        StorageBackend::Local => builds,
+        StorageBackend::S3 => {
+            let bucket = Bucket::open(&config, Arc::clone(&metrics.bucket))
+                .map_err(|why| ServeError::Io(io::Error::other(why)))?;
+            builds.with_shared(Arc::new(bucket))
+        }
+    });
     let resolver = Resolver::new(&config.resolve, Arc::clone(&metrics)).map_err(|why| {
         ServeError::Io(io::Error::other(format!("invalid resolve.private: {why}")))
     })?;
@@ -77,12 +97,18 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             .app_data(web::Data::new(GoProxyClient(goproxy_client(&tls))))
             .wrap(middleware::Logger::new("%a \"%r\" %s %b %T"))
             .configure(crate::error::json_extractor_errors)
+            .wrap(body_timeout::CutStalledBodies::new(
+                cfg.request_body_timeout,
+            ))
             .configure(public::configure)
             .default_service(web::to(proxy::forward))
     })
     .on_connect(no_delay)
     .disable_signals()
     .shutdown_timeout(DRAIN_SECS)
+    .workers(workers)
+    .max_connections(per_worker)
+    .client_request_timeout(HEAD_TIMEOUT)
     .bind(config.listen)
     .map_err(|source| ServeError::Bind {
         addr: config.listen,
@@ -116,13 +142,22 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         config.data_dir.display(),
         config.server_url
     );
+    log::info!(
+        "open-file limit {open_files}; the public listener holds at most {max_conns} connections \
+         ({per_worker} on each of {workers} workers)"
+    );
 
-    let background = Background::start(
+    let mut background = Background::start(
         Arc::clone(&store),
         Limits::from(&config.cache),
         config.cache.access_update_interval,
         config.cache.cleanup_interval,
         Arc::clone(&state.metrics),
+    );
+    background.start_scrub(
+        Arc::clone(&store),
+        config.cache.scrub_interval,
+        config.cache.scrub_rate_mb,
     );
     let public = public.run();
     let admin = admin.run();
@@ -177,5 +212,76 @@ fn no_delay(conn: &dyn std::any::Any, _ext: &mut actix_web::dev::Extensions) {
         if let Err(e) = tcp.set_nodelay(true) {
             log::debug!("cannot set TCP_NODELAY: {e}");
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, as nginx's `worker_rlimit_nofile` and
+/// Go programs do, and returns the limit in force. The default soft limit (often 1,024) is far
+/// below what a server holding one descriptor per connection needs.
+fn raise_open_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        log::warn!(
+            "cannot read the open-file limit: {}",
+            io::Error::last_os_error()
+        );
+        return 1024;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let mut want = lim;
+        want.rlim_cur = lim.rlim_max;
+        if lim.rlim_max == libc::RLIM_INFINITY {
+            // Linux refuses more than fs.nr_open descriptors, whatever the hard limit says.
+            want.rlim_cur = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(lim.rlim_cur.max(65_536));
+        }
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim.rlim_cur = want.rlim_cur;
+            log::info!("open-file limit raised from {before} to {}", lim.rlim_cur);
+        } else {
+            log::warn!(
+                "cannot raise the open-file limit from {before}: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+    lim.rlim_cur
+}
+
+/// The public listener's connection cap, in total and per worker (actix counts per worker): the
+/// configured `max_connections`, or 80 % of the open-file limit, so that blob files, sled and the
+/// admin listener always find a descriptor. Past it, connections wait in the kernel's backlog.
+fn public_connections(
+    configured: Option<usize>,
+    open_files: u64,
+    workers: usize,
+) -> (usize, usize) {
+    let workers = workers.max(1);
+    let total = configured
+        .unwrap_or_else(|| usize::try_from(open_files.saturating_mul(8) / 10).unwrap_or(usize::MAX))
+        .max(1);
+    let per_worker = (total / workers).max(1);
+    (per_worker * workers, per_worker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_connections;
+
+    #[test]
+    fn connections_are_spread_over_the_workers_without_exceeding_the_cap() {
+        assert_eq!(public_connections(None, 1024, 2), (818, 409));
+        assert_eq!(public_connections(None, 20_000, 2), (16_000, 8_000));
+        assert_eq!(public_connections(Some(9), 1024, 2), (8, 4));
+        // Never zero: one connection per worker at the least.
+        assert_eq!(public_connections(Some(1), 1024, 4), (4, 1));
     }
 }

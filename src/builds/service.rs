@@ -24,7 +24,8 @@ use super::{BuildRequest, CacheKey};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{Metrics, RetryReason, StoreErrorReason};
-use crate::store::{EntryRecord, IngestError, Limits, Store};
+use crate::store::shared::{AfterInsert, Artifact, Claim, Fill, LocalOnly, SharedError};
+use crate::store::{BlobSource, EntryRecord, IngestError, Limits, SharedStore, Store};
 
 /// A cause shared by every waiter of a build (the outcome is cloned to each).
 pub type SharedCause = Arc<dyn std::error::Error + Send + Sync>;
@@ -85,7 +86,10 @@ impl BuildError {
             }
             BuildError::Storage(cause) => {
                 log::error!("answering storage_unavailable: {cause}");
-                ApiError::storage_unavailable()
+                let mut err = ApiError::storage_unavailable();
+                // A bucket or a disk that failed may well be back in a moment.
+                err.retry_after = Some(5);
+                err
             }
             BuildError::Internal(what) => {
                 log::error!("answering internal: {what}");
@@ -106,10 +110,10 @@ pub enum CacheStatus {
 }
 
 /// A binary ready to be sent.
-#[derive(Debug)]
 pub struct Served {
     pub entry: EntryRecord,
-    pub file: File,
+    /// The local tier's file, or (a hit that only the bucket holds) the bucket.
+    pub source: BlobSource,
     pub modified: SystemTime,
     pub status: CacheStatus,
     /// False for a binary served from Velox's own file because the disk was full: it has no
@@ -132,6 +136,8 @@ pub(super) struct Built {
     /// every waiter (docs/storage.md, "Disk full").
     pub(super) unstored: Option<Arc<Unstored>>,
     build_time: Duration,
+    /// Built by another replica; this one waited and fetched it from the bucket.
+    elsewhere: bool,
 }
 
 pub(super) type Outcome = Result<Built, BuildError>;
@@ -165,6 +171,8 @@ pub struct BuildService {
     velox_health: AtomicU8,
     /// The size of the last binary that found no room on the disk; 0 once one is stored again.
     short_of: Arc<AtomicU64>,
+    /// What replicas share (docs/object-storage.md); a single replica shares nothing.
+    shared: Arc<dyn SharedStore>,
 }
 
 /// A build's place among the admitted ones and in the in-flight map, given back when dropped.
@@ -211,6 +219,7 @@ impl BuildService {
             admitted: AtomicUsize::new(0),
             velox_health: AtomicU8::new(0),
             short_of: Arc::new(AtomicU64::new(0)),
+            shared: Arc::new(LocalOnly),
         }
     }
 
@@ -218,6 +227,74 @@ impl BuildService {
     /// has been stored since (0: none), for `/readyz`.
     pub fn storage_short_of(&self) -> u64 {
         self.short_of.load(Ordering::Relaxed)
+    }
+
+    /// Uses `shared` (a bucket) behind the local tier.
+    pub fn with_shared(mut self, shared: Arc<dyn SharedStore>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    pub fn shared(&self) -> &Arc<dyn SharedStore> {
+        &self.shared
+    }
+
+    /// Enforces the cache limits after `key` entered the local tier (it is never a victim).
+    fn after_insert(&self) -> AfterInsert {
+        let limits = Limits::from(&self.config.cache);
+        let metrics = Arc::clone(&self.metrics);
+        Arc::new(
+            move |store: &Store, key: &CacheKey| match store.enforce(&limits, Some(key)) {
+                Ok(evicted) => {
+                    for (victim, reason) in evicted {
+                        log::info!("evicted {victim} ({})", reason.as_str());
+                        metrics.evicted(reason);
+                    }
+                }
+                Err(e) => log::error!("enforcing the cache limits failed: {e}"),
+            },
+        )
+    }
+
+    /// A local miss: the bucket's manifest of `key` makes it a hit on every replica. The bytes
+    /// stream from the bucket; a whole download also fills the local tier.
+    async fn serve_shared_hit(
+        &self,
+        key: &CacheKey,
+        max_age: Option<Duration>,
+    ) -> Result<Hit, BuildError> {
+        let Some(manifest) = self.shared.find(*key).await.map_err(|e| {
+            log::error!("looking {key} up in the bucket failed: {e}");
+            BuildError::storage(e)
+        })?
+        else {
+            return Ok(Hit::None);
+        };
+        let (Ok(entry), Some(mut remote)) = (manifest.entry(), self.shared.remote(&manifest))
+        else {
+            return Ok(Hit::None);
+        };
+        if let Some(max_age) = max_age {
+            let age_ms = crate::util::now_ms().saturating_sub(entry.created_ms);
+            if u128::from(age_ms) >= max_age.as_millis() {
+                return Ok(Hit::Stale);
+            }
+        }
+        self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+        let modified = manifest.created();
+        remote.fill = Some(Fill {
+            key: *key,
+            manifest,
+            store: Arc::clone(&self.store),
+            after: self.after_insert(),
+        });
+        Ok(Hit::Fresh(Box::new(Served {
+            entry,
+            source: BlobSource::Remote(Box::new(remote)),
+            modified,
+            status: CacheStatus::Hit,
+            stored: true,
+        })))
     }
 
     /// Builds running or waiting for a slot.
@@ -258,7 +335,7 @@ impl BuildService {
         key: CacheKey,
         velox: &VeloxClient,
     ) -> Result<Served, BuildError> {
-        match self.start(request, key, velox)? {
+        match self.start(request, key, velox).await? {
             Started::Hit(served) => Ok(*served),
             Started::Building(watch) => self.wait(key, watch).await,
         }
@@ -266,7 +343,7 @@ impl BuildService {
 
     /// The cache-hit decision, then the build of `key` joined or started, without waiting for
     /// it. The build goes on whether anyone waits or not.
-    pub fn start(
+    pub async fn start(
         self: &Arc<Self>,
         request: BuildRequest,
         key: CacheKey,
@@ -280,7 +357,11 @@ impl BuildService {
             .is_floating()
             .then_some(self.config.cache.floating_ttl);
         if !request.force_rebuild {
-            match self.serve_hit(&key, max_age)? {
+            let mut hit = self.serve_hit(&key, max_age)?;
+            if matches!(hit, Hit::None) {
+                hit = self.serve_shared_hit(&key, max_age).await?;
+            }
+            match hit {
                 Hit::Fresh(served) => return Ok(Started::Hit(served)),
                 Hit::Stale => {
                     log::info!("{key} was built from floating references too long ago: rebuilding");
@@ -367,7 +448,7 @@ impl BuildService {
         };
         if let Some(unstored) = &built.unstored {
             return Ok(Served {
-                file: unstored.open().map_err(BuildError::storage)?,
+                source: BlobSource::File(unstored.open().map_err(BuildError::storage)?),
                 entry: built.entry,
                 modified: unstored.modified,
                 status,
@@ -384,7 +465,7 @@ impl BuildService {
             })?;
         Ok(Served {
             entry: built.entry,
-            file,
+            source: BlobSource::File(file),
             modified,
             status,
             stored: true,
@@ -425,7 +506,7 @@ impl BuildService {
         self.hit(key);
         Ok(Hit::Fresh(Box::new(Served {
             entry,
-            file,
+            source: BlobSource::File(file),
             modified,
             status: CacheStatus::Hit,
             stored: true,
@@ -508,13 +589,17 @@ impl BuildService {
             Ok(outcome) => outcome,
             Err(_) => Err(BuildError::Velox(VeloxError::Timeout)),
         }
-        .map(|(entry, unstored)| Built {
+        .map(|(entry, elsewhere, unstored)| Built {
             entry,
             unstored,
             build_time: started.elapsed(),
+            elsewhere,
         });
         let m = &self.metrics;
         match &outcome {
+            Ok(b) if b.elsewhere => {
+                log::info!("{key} was built by another replica; fetched it from the bucket");
+            }
             Ok(b) => {
                 m.builds_success.fetch_add(1, Ordering::Relaxed);
                 m.build_duration.observe(b.build_time);
@@ -552,7 +637,30 @@ impl BuildService {
         velox: &VeloxClient,
         deadline: Instant,
         progress: &watch::Sender<Progress>,
-    ) -> Result<(EntryRecord, Option<Arc<Unstored>>), BuildError> {
+    ) -> Result<(EntryRecord, bool, Option<Arc<Unstored>>), BuildError> {
+        // One build per key across replicas: another replica's build is waited for and fetched.
+        let bucket_failed = |e: SharedError| {
+            log::error!("the bucket failed for the build of {key}: {e}");
+            BuildError::storage(e)
+        };
+        let _lock = match self
+            .shared
+            .claim(key, request.force_rebuild, deadline)
+            .await
+            .map_err(bucket_failed)?
+        {
+            Claim::Build(lock) => lock,
+            Claim::Built(manifest) => {
+                let entry = self
+                    .shared
+                    .fetch(Arc::clone(&self.store), manifest)
+                    .await
+                    .map_err(bucket_failed)?;
+                let (store, after) = (Arc::clone(&self.store), self.after_insert());
+                let _ = actix_web::rt::task::spawn_blocking(move || after(&store, &key)).await;
+                return Ok((entry, true, None));
+            }
+        };
         let permit = {
             let _queued = Count::up(&self.metrics.builds_queued);
             Arc::clone(&self.slots)
@@ -569,6 +677,9 @@ impl BuildService {
         let store = Arc::clone(&self.store);
         let request = request.clone();
         let build_ms = started.elapsed().as_millis() as u64;
+        let after = self.after_insert();
+        let shared = Arc::clone(&self.shared);
+        let replace = request.force_rebuild;
         let limits = Limits::from(&self.config.cache);
         let metrics = Arc::clone(&self.metrics);
         let short_of = Arc::clone(&self.short_of);
@@ -576,18 +687,21 @@ impl BuildService {
             // Kept for the disk-full path: ingest consumes the file, and reads here are positional.
             let spare = file.try_clone().ok();
             make_room(&store, &limits, &metrics, &file);
-            let stored = store
-                .ingest(
-                    file,
-                    &key,
-                    &request.file_name(),
-                    request.manifest_payload(),
-                    build_ms,
-                )
-                .map_err(IngestError::classified);
+            let artifact = Artifact {
+                file,
+                key,
+                file_name: request.file_name(),
+                request: request.manifest_payload(),
+                build_ms,
+                replace,
+            };
+            let stored = shared.ingest(&store, artifact).map_err(|e| match e {
+                SharedError::Ingest(e) => SharedError::Ingest(e.classified()),
+                e => e,
+            });
             let entry = match stored {
                 Ok(entry) => entry,
-                Err(IngestError::NoSpace(e)) => {
+                Err(SharedError::Ingest(IngestError::NoSpace(e))) => {
                     metrics.store_error(StoreErrorReason::Full);
                     let unstored = spare
                         .ok_or_else(|| std::io::Error::other("no second handle on the artifact"))
@@ -601,19 +715,21 @@ impl BuildService {
                         unstored.entry.size
                     );
                     short_of.store(unstored.entry.size, Ordering::Relaxed);
-                    return Ok((unstored.entry.clone(), Some(Arc::new(unstored))));
+                    return Ok((unstored.entry.clone(), false, Some(Arc::new(unstored))));
                 }
                 Err(e) => {
                     log::error!("storing the artifact for {key} failed: {e}");
                     return Err(match e {
-                        IngestError::Empty | IngestError::SizeChanged { .. } => {
-                            BuildError::Velox(VeloxError::Failed {
-                                message: "Velox's artifact changed while it was read".into(),
-                                logs: None,
-                            })
-                        }
+                        SharedError::Ingest(
+                            IngestError::Empty | IngestError::SizeChanged { .. },
+                        ) => BuildError::Velox(VeloxError::Failed {
+                            message: "Velox's artifact changed while it was read".into(),
+                            logs: None,
+                        }),
                         e => {
-                            metrics.store_error(StoreErrorReason::Io);
+                            if matches!(e, SharedError::Ingest(_) | SharedError::Local(_)) {
+                                metrics.store_error(StoreErrorReason::Io);
+                            }
                             BuildError::storage(e)
                         }
                     });
@@ -621,16 +737,8 @@ impl BuildService {
             };
             short_of.store(0, Ordering::Relaxed);
             // Limits are enforced right after every insert; the new entry is not a victim.
-            match store.enforce(&limits, Some(&key)) {
-                Ok(evicted) => {
-                    for (victim, reason) in evicted {
-                        log::info!("evicted {victim} ({})", reason.as_str());
-                        metrics.evicted(reason);
-                    }
-                }
-                Err(e) => log::error!("enforcing the cache limits failed: {e}"),
-            }
-            Ok((entry, None))
+            after(&store, &key);
+            Ok((entry, false, None))
         })
         .await;
         match ingested {

@@ -9,6 +9,7 @@ use super::AppState;
 use crate::builds::VeloxHealth;
 use crate::error::ApiError;
 use crate::metrics::{Gauges, Metrics};
+use crate::store::shared::SharedHealth;
 use crate::store::{DiskSpace, Limits};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -81,6 +82,10 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let min_free = Limits::from(&state.config.cache).min_free_bytes;
     let storage = storage_state(&probe, disk, min_free, state.builds.storage_short_of());
     let ready = probe.is_ok();
+    // The bucket's state is reported, not required: with the bucket down, local hits are still
+    // served, and every replica shares the bucket, so failing readiness would take all of them
+    // out of the load balancer at once.
+    let bucket = state.builds.shared().health().await;
     let mut body = json!({
         "ready": ready,
         "storage": storage,
@@ -90,6 +95,9 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     });
     if let Err(why) = probe {
         body["storage_error"] = why.into();
+    }
+    if bucket != SharedHealth::NotConfigured {
+        body["bucket"] = json!(bucket.as_str());
     }
     let status = if ready {
         StatusCode::OK

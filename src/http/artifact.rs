@@ -4,7 +4,6 @@
 //! actix-files' `NamedFile` is not used: its ETag is built from inode and mtime, not content, and
 //! it reads the whole file for HEAD. The range grammar comes from the `http-range` crate.
 
-use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,11 +14,13 @@ use actix_web::http::header::{
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
 use base64::Engine;
+use futures_util::StreamExt;
 
 use super::body::{FileBody, HeadBody};
 use crate::error::ApiError;
 use crate::ids::Digest;
 use crate::metrics::Metrics;
+use crate::store::BlobSource;
 
 /// A blob about to be sent.
 pub struct Blob {
@@ -27,7 +28,8 @@ pub struct Blob {
     pub size: u64,
     /// When the blob was stored (the file's mtime).
     pub modified: SystemTime,
-    pub file: File,
+    /// The local file, or the bucket (a ranged GET of exactly what is sent).
+    pub source: BlobSource,
     pub file_name: String,
     /// A blob of the store. False for Velox's own file served when the disk was full: it has
     /// no artifact URL (no `Content-Location`) and is never memory-mapped, since its bytes are
@@ -97,11 +99,11 @@ pub fn plan(
             return Plan::Full;
         }
     }
-    if !range.trim_start().starts_with("bytes=") {
+    let Some(range) = byte_ranges(range) else {
         // An unknown range unit is ignored (RFC 9110 §14.2).
         return Plan::Full;
-    }
-    match http_range::HttpRange::parse(range, size) {
+    };
+    match http_range::HttpRange::parse(&range, size) {
         Ok(ranges) if ranges.is_empty() => Plan::Full,
         // Several ranges are answered as one part spanning them all.
         Ok(ranges) => {
@@ -120,6 +122,16 @@ pub fn plan(
         // A malformed range may be ignored (RFC 9110 §14.2); the whole body is the safe answer.
         Err(http_range::HttpRangeParseError::InvalidRange) => Plan::Full,
     }
+}
+
+/// The `Range` value with its unit spelled `bytes=`, when the unit is `bytes` in any case (range
+/// units are case-insensitive, RFC 9110 §14.1); `None` for another unit. The range parser only
+/// knows the lower-case spelling.
+fn byte_ranges(value: &str) -> Option<String> {
+    let value = value.trim_start();
+    let (unit, ranges) = value.split_once('=')?;
+    unit.eq_ignore_ascii_case("bytes")
+        .then(|| format!("bytes={ranges}"))
 }
 
 /// Builds the response for `blob`. `extra` headers go on every status (a `Content-Disposition`
@@ -184,22 +196,31 @@ pub fn respond(
                 _ => (0, blob.size),
             };
             if req.method() == Method::HEAD {
-                resp.body(HeadBody(length))
-            } else if !blob.stored {
-                resp.body(FileBody::unmapped(
-                    blob.file,
-                    start,
-                    length,
-                    Arc::clone(metrics),
-                ))
-            } else {
-                resp.body(FileBody::new(
-                    blob.file,
+                return resp.body(HeadBody(length));
+            }
+            match blob.source {
+                BlobSource::File(file) if !blob.stored => {
+                    resp.body(FileBody::unmapped(file, start, length, Arc::clone(metrics)))
+                }
+                BlobSource::File(file) => resp.body(FileBody::new(
+                    file,
                     blob.digest,
                     start,
                     length,
                     Arc::clone(metrics),
-                ))
+                )),
+                BlobSource::Remote(remote) => {
+                    let metrics = Arc::clone(metrics);
+                    let counted = remote.stream(start, length).inspect(move |chunk| {
+                        if let Ok(bytes) = chunk {
+                            metrics.download_bytes.fetch_add(
+                                bytes.len() as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                        }
+                    });
+                    resp.body(actix_web::body::SizedStream::new(length, counted))
+                }
             }
         }
     }
@@ -214,5 +235,19 @@ fn entity_headers(resp: &mut HttpResponseBuilder, blob: &Blob, disposition: bool
             header::CONTENT_DISPOSITION,
             format!("attachment; filename=\"{}\"", blob.file_name),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_ranges;
+
+    #[test]
+    fn the_bytes_unit_is_matched_in_any_case() {
+        assert_eq!(byte_ranges("bytes=0-9").as_deref(), Some("bytes=0-9"));
+        assert_eq!(byte_ranges("BYTES=0-9").as_deref(), Some("bytes=0-9"));
+        assert_eq!(byte_ranges("Bytes=-5").as_deref(), Some("bytes=-5"));
+        assert_eq!(byte_ranges("items=0-9"), None);
+        assert_eq!(byte_ranges("bytes 0-9"), None);
     }
 }

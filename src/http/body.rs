@@ -37,6 +37,8 @@ pub struct FileBody {
     length: u64,
     pending: Option<JoinHandle<io::Result<Bytes>>>,
     metrics: Arc<Metrics>,
+    /// The store's revocation generation last checked (docs/storage.md, "Integrity at rest").
+    revocations_seen: u64,
 }
 
 impl FileBody {
@@ -62,13 +64,12 @@ impl FileBody {
             length,
             pending: None,
             metrics,
+            revocations_seen: 0,
         }
     }
-}
 
-impl FileBody {
-    /// A body read with `pread` only: for a file that is not a blob of the store, whose bytes
-    /// may change under a mapping.
+    /// A body read with `pread` only: for a file that is not a blob of the store (Velox's own,
+    /// served when the disk was full), whose bytes the store cannot vouch for under a mapping.
     pub fn unmapped(file: File, offset: u64, length: u64, metrics: Arc<Metrics>) -> Self {
         FileBody {
             map: None,
@@ -79,19 +80,27 @@ impl FileBody {
             length,
             pending: None,
             metrics,
+            revocations_seen: 0,
         }
     }
 }
 
-/// Live mappings by blob digest. One mapping per blob, however many download it: a page mapped
-/// a thousand times would count a thousand times in the process's RSS.
-static MAPS: LazyLock<Mutex<HashMap<Digest, Weak<memmap2::Mmap>>>> =
+/// Live mappings by blob digest and file (device, inode). One mapping per blob file, however many
+/// download it: a page mapped a thousand times would count a thousand times in the process's
+/// RSS. The inode is part of the key because a blob's path may get a new file (an ingest replaces
+/// what is there): a download that starts afterwards must read the new file, never a mapping of
+/// the old one. An inode number cannot be reused while a mapping of it lives.
+type MapKey = (Digest, u64, u64);
+static MAPS: LazyLock<Mutex<HashMap<MapKey, Weak<memmap2::Mmap>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// The blob's shared mapping, made when no download holds one.
 fn shared_map(file: &File, digest: Digest) -> Option<Bytes> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().ok()?;
+    let key = (digest, meta.dev(), meta.ino());
     let mut maps = MAPS.lock().ok()?;
-    if let Some(map) = maps.get(&digest).and_then(Weak::upgrade) {
+    if let Some(map) = maps.get(&key).and_then(Weak::upgrade) {
         return Some(Bytes::from_owner(ArcMap(map)));
     }
     // SAFETY: a blob at its final path is never written or truncated again (it is only
@@ -100,7 +109,7 @@ fn shared_map(file: &File, digest: Digest) -> Option<Bytes> {
     let _ = map.advise(memmap2::Advice::Sequential);
     let map = Arc::new(map);
     maps.retain(|_, w| w.strong_count() > 0);
-    maps.insert(digest, Arc::downgrade(&map));
+    maps.insert(key, Arc::downgrade(&map));
     Some(Bytes::from_owner(ArcMap(map)))
 }
 
@@ -208,6 +217,18 @@ impl MessageBody for FileBody {
         let this = self.get_mut();
         if this.remaining == 0 {
             return Poll::Ready(None);
+        }
+        // A blob found damaged while this download runs: stop rather than send what was found
+        // wrong. The client sees the body end short of its Content-Length.
+        let generation = crate::store::revocation_generation();
+        if generation != this.revocations_seen {
+            this.revocations_seen = generation;
+            if crate::store::is_revoked(&this.file) {
+                this.remaining = 0;
+                return Poll::Ready(Some(Err(io::Error::other(
+                    "the blob was found damaged during the download",
+                ))));
+            }
         }
         let len = this.remaining.min(CHUNK as u64) as usize;
         // Without the disk: a resident slice of the map, or a page-cache read. Otherwise the

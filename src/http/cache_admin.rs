@@ -144,7 +144,8 @@ async fn show(
     Ok(HttpResponse::Ok().json(view(&state, &key, &entry)))
 }
 
-/// `DELETE /v1/cache/{key}`: removes the entry, and its blob when no other entry uses it.
+/// `DELETE /v1/cache/{key}`: removes the entry, and its blob when no other entry uses it. With a
+/// bucket, its manifest there goes first (the bucket's blob stays: lifecycle rules govern it).
 async fn delete(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -152,6 +153,12 @@ async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     check_token(&req, &state)?;
     let key = parse_key(&key)?;
+    let in_bucket = state.builds.shared().forget(key).await.map_err(|e| {
+        log::error!("cache admin: deleting the manifest of {key} in the bucket failed: {e}");
+        let mut err = ApiError::storage_unavailable();
+        err.retry_after = Some(5);
+        err
+    })?;
     let st = state.clone();
     let removed = web::block(move || st.store.remove(&key))
         .await
@@ -163,6 +170,10 @@ async fn delete(
             log::info!("deleted {key} on request");
             Ok(HttpResponse::Ok()
                 .json(json!({"deleted": key.to_hex(), "digest": entry.digest.to_hex()})))
+        }
+        None if in_bucket => {
+            log::info!("deleted the bucket's manifest of {key} on request");
+            Ok(HttpResponse::Ok().json(json!({"deleted": key.to_hex(), "digest": null})))
         }
         None => Err(ApiError::not_found("no entry has that key")),
     }

@@ -4,6 +4,7 @@
 pub(crate) mod admin;
 pub mod artifact;
 pub(crate) mod body;
+pub mod body_timeout;
 pub(crate) mod builds_status;
 pub(crate) mod cache_admin;
 pub(crate) mod cors_grants;

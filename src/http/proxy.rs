@@ -75,6 +75,11 @@ pub async fn forward(
         Err(e) => {
             metrics.proxy_error.fetch_add(1, Ordering::Relaxed);
             log::warn!("{} {}: {e}", req.method(), req.path());
+            // An upload that stalled past `request_body_timeout` is the client's doing, whatever
+            // the upstream made of the cut body: 408, and the connection closed.
+            if super::body_timeout::stalled(&req) {
+                return super::body_timeout::client_timeout().error_response();
+            }
             e.error_response()
         }
     }

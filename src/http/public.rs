@@ -9,11 +9,13 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 
 use super::artifact::{self, Blob};
+use super::body_timeout;
 use super::builds_status;
 use super::{AppState, GoProxyClient};
 use crate::builds::{BuildRequest, CacheStatus, Served, Started, VeloxClient, MAX_BODY_BYTES};
 use crate::error::ApiError;
 use crate::ids::Digest;
+use crate::store::BlobSource;
 
 /// Registers the public routes. Anything else is for the upstream (or 404 without one).
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -42,7 +44,8 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
-/// With `api_token` set, requires `Authorization: Bearer <token>` (compared in constant time).
+/// With `api_token` set, requires `Authorization: Bearer <token>` (compared in constant time). The
+/// scheme is matched case-insensitively (RFC 9110 §11.1): `bearer` and `BEARER` are `Bearer`.
 pub(crate) fn check_token(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(token) = &state.config.api_token else {
         return Ok(());
@@ -51,15 +54,26 @@ pub(crate) fn check_token(req: &HttpRequest, state: &AppState) -> Result<(), Api
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match given {
         Some(given) if crate::util::secret_eq(given, token) => Ok(()),
         _ => Err(ApiError::unauthorized()),
     }
 }
 
-/// Reads a request body of at most `limit` bytes; more is a 413.
+/// The token of a `Bearer` credential: the scheme in any case, one or more spaces, the token.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_matches(' ');
+    (!token.is_empty()).then_some(token)
+}
+
+/// Reads a request body of at most `limit` bytes; more is a 413. The public listener times every
+/// body ([`body_timeout::CutStalledBodies`]): one that pauses for more than `request_body_timeout`
+/// between two reads is a 408 that closes the connection.
 async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -72,8 +86,10 @@ async fn read_body(
     }
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::invalid_request(format!("cannot read the body: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            log::info!("{}: {e}", req.path());
+            body_timeout::body_error(req, &e)
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -128,7 +144,7 @@ pub async fn serve_build(
     let request_id = build.request_id().map(str::to_owned);
     let file_name = build.file_name();
     let served = if builds_status::wants_async(req) {
-        match state.builds.start(build, key, velox) {
+        match state.builds.start(build, key, velox).await {
             Ok(Started::Hit(served)) => Ok(*served),
             Ok(Started::Building(watch)) => {
                 let id = request_id.as_deref();
@@ -145,7 +161,7 @@ pub async fn serve_build(
     })?;
     let Served {
         entry,
-        file,
+        source,
         modified,
         status,
         stored,
@@ -181,14 +197,16 @@ pub async fn serve_build(
         digest: entry.digest,
         size: entry.size,
         modified,
-        file,
+        source,
         file_name,
         stored,
     };
     Ok(artifact::respond(req, blob, headers, false, &state.metrics))
 }
 
-/// `GET|HEAD /_velox/v1/artifacts/{sha256}`: the immutable blob.
+/// `GET|HEAD /_velox/v1/artifacts/{sha256}`: the immutable blob, from the local tier or (with
+/// `storage.backend = "s3"`) the bucket; with `storage.s3.redirect`, a GET is answered with 307 to
+/// a presigned URL of the bucket's object.
 async fn get_artifact(
     req: HttpRequest,
     digest: web::Path<String>,
@@ -196,25 +214,48 @@ async fn get_artifact(
 ) -> Result<HttpResponse, ApiError> {
     let not_found = || ApiError::not_found("no artifact has that digest");
     let digest = Digest::from_hex(&digest).ok_or_else(not_found)?;
-    let record = state
-        .store
-        .blob(&digest)
-        .map_err(|e| {
-            log::error!("blob lookup failed: {e}");
-            ApiError::storage_unavailable()
-        })?
-        .ok_or_else(not_found)?;
-    let (file, modified) = state
-        .store
-        .open_blob(&digest, record.size)
-        .ok_or_else(not_found)?;
-    let blob = Blob {
-        digest,
-        size: record.size,
-        modified,
-        file,
-        file_name: record.file_name,
-        stored: true,
+    let record = state.store.blob(&digest).map_err(|e| {
+        log::error!("blob lookup failed: {e}");
+        ApiError::storage_unavailable()
+    })?;
+    let shared = state.builds.shared();
+    let bucket_failed = |e: crate::store::shared::SharedError| {
+        log::error!("the bucket failed for artifact {digest}: {e}");
+        let mut err = ApiError::storage_unavailable();
+        err.retry_after = Some(5);
+        err
+    };
+    if state.config.storage.s3.redirect && req.method() == actix_web::http::Method::GET {
+        return redirect(&req, digest, record.as_ref(), &state).await;
+    }
+    let local = record.and_then(|record| {
+        let (file, modified) = state.store.open_blob(&digest, record.size)?;
+        Some(Blob {
+            digest,
+            size: record.size,
+            modified,
+            source: BlobSource::File(file),
+            file_name: record.file_name,
+            stored: true,
+        })
+    });
+    let blob = match local {
+        Some(blob) => blob,
+        None => {
+            let remote = shared
+                .open(digest)
+                .await
+                .map_err(bucket_failed)?
+                .ok_or_else(not_found)?;
+            Blob {
+                digest,
+                size: remote.size,
+                modified: remote.modified,
+                file_name: remote.file_name.clone(),
+                source: BlobSource::Remote(Box::new(remote)),
+                stored: true,
+            }
+        }
     };
     Ok(artifact::respond(
         &req,
@@ -223,4 +264,71 @@ async fn get_artifact(
         true,
         &state.metrics,
     ))
+}
+
+/// 307 to a presigned URL of the bucket's object (a CDN may stand in front of the bucket). A
+/// conditional request that matches is still answered here (304), and an unknown digest is 404.
+async fn redirect(
+    req: &HttpRequest,
+    digest: Digest,
+    record: Option<&crate::store::BlobRecord>,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let bucket_failed = |e: crate::store::shared::SharedError| {
+        log::error!("the bucket failed for artifact {digest}: {e}");
+        let mut err = ApiError::storage_unavailable();
+        err.retry_after = Some(5);
+        err
+    };
+    let shared = state.builds.shared();
+    if record.is_none() {
+        shared
+            .open(digest)
+            .await
+            .map_err(bucket_failed)?
+            .ok_or_else(|| ApiError::not_found("no artifact has that digest"))?;
+    }
+    let etag = header::EntityTag::new_strong(digest.to_hex());
+    let matches = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .is_some()
+        .then(|| <header::IfNoneMatch as header::Header>::parse(req).ok())
+        .flatten()
+        .is_some_and(|inm| match inm {
+            header::IfNoneMatch::Any => true,
+            header::IfNoneMatch::Items(tags) => tags.iter().any(|t| t.weak_eq(&etag)),
+        });
+    if matches {
+        return Ok(HttpResponse::NotModified()
+            .insert_header(header::ETag(etag))
+            .finish());
+    }
+    let url = shared
+        .url(digest)
+        .await
+        .map_err(bucket_failed)?
+        .ok_or_else(ApiError::internal)?;
+    Ok(HttpResponse::TemporaryRedirect()
+        .insert_header((header::LOCATION, url))
+        .insert_header(header::ETag(etag))
+        // The URL expires; whoever caches this answer must not outlive it.
+        .insert_header((header::CACHE_CONTROL, "private, max-age=60"))
+        .finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 }

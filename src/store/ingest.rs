@@ -1,6 +1,6 @@
 //! Ingest (docs/storage.md): copy the file Velox wrote into `tmp/` while hashing it, check its size,
-//! fsync, rename it to its digest path, fsync the folder; write the manifest the same way; then
-//! commit the entry to sled and flush before anyone is told it exists.
+//! fsync, rename it to its digest path (replacing whatever is there), fsync the folder; write the
+//! manifest the same way; then commit the entry to sled and flush before anyone is told it exists.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -69,9 +69,9 @@ pub struct Manifest {
 }
 
 /// A file in `tmp/` that is deleted unless it was moved into place.
-struct TempFile {
-    path: PathBuf,
-    keep: bool,
+pub(super) struct TempFile {
+    pub(super) path: PathBuf,
+    pub(super) keep: bool,
 }
 
 impl Drop for TempFile {
@@ -82,12 +82,12 @@ impl Drop for TempFile {
     }
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 /// Creates `dir` (and its parents), syncing the parent of each folder it creates.
-fn ensure_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn ensure_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -106,7 +106,7 @@ fn ensure_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Renames `tmp` to `dest` and syncs the destination folder.
-fn place(tmp: &mut TempFile, dest: &Path) -> io::Result<()> {
+pub(super) fn place(tmp: &mut TempFile, dest: &Path) -> io::Result<()> {
     let dir = dest
         .parent()
         .ok_or_else(|| io::Error::other("destination has no folder"))?;
@@ -117,7 +117,7 @@ fn place(tmp: &mut TempFile, dest: &Path) -> io::Result<()> {
 }
 
 impl Store {
-    fn temp_file(&self, suffix: &str) -> io::Result<(TempFile, File)> {
+    pub(super) fn temp_file(&self, suffix: &str) -> io::Result<(TempFile, File)> {
         let path = self
             .tmp_dir()
             .join(format!("{}.{suffix}", uuid::Uuid::new_v4().simple()));
@@ -192,11 +192,14 @@ impl Store {
 
         let _guard = self.locked()?;
         let blob_path = self.blob_path(&digest);
-        match fs::metadata(&blob_path) {
-            // Same name means same bytes: keep the blob already there, drop the copy.
-            Ok(m) if m.is_file() && m.len() == copied => drop(tmp),
-            _ => place(&mut tmp, &blob_path)?,
+        // Whatever sits at the digest path is never trusted: it may be damaged, and keeping it
+        // would hand its damage to this entry and every later one with the same bytes. The copy
+        // just hashed replaces it in one rename (which replaces a symlink itself, never its
+        // target); only a folder there has to be moved aside first.
+        if fs::symlink_metadata(&blob_path).is_ok_and(|m| m.is_dir()) {
+            self.set_aside(&blob_path, &digest.to_hex())?;
         }
+        place(&mut tmp, &blob_path)?;
         let (mut mtmp, mut mfile) = self.temp_file("json")?;
         mfile.write_all(&manifest_bytes)?;
         mfile.sync_all()?;

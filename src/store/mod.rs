@@ -11,16 +11,20 @@
 //! Every call here blocks on disk or sled: callers run them on the blocking pool, except the
 //! lookups on the hit path, which are a single in-memory sled read.
 
+mod bucket;
 mod index;
 mod ingest;
 mod maintain;
 pub mod record;
 mod recover;
+mod scrub;
+pub mod shared;
+mod tier;
 
 use std::fs::{self, File, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
 use std::collections::HashMap;
@@ -32,6 +36,11 @@ pub use ingest::{IngestError, Manifest};
 pub use maintain::{disk_space, DiskSpace, EvictionReason, Limits};
 pub use record::{BlobRecord, EntryRecord, RecordError};
 pub use recover::{Problems, ReconcileReport};
+pub use scrub::{is_revoked, revocation_generation, ScrubReport, Throttle};
+
+pub use bucket::{Bucket, BucketCounters, BucketOp};
+pub use shared::{BlobSource, SharedStore};
+pub use tier::{Staged, Staging};
 
 use index::{be_u64, COUNTER_BYTES, COUNTER_ENTRIES};
 
@@ -87,6 +96,8 @@ pub struct Store {
     write_lock: Mutex<()>,
     /// Hits counted in memory, written in batches (docs/storage.md).
     pending: Mutex<HashMap<CacheKey, PendingHits>>,
+    /// Told of every damaged blob found (see [`Store::on_corrupt`]).
+    corrupt_hook: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// Held for the life of the process: one process owns a data dir.
     _lock: File,
 }
@@ -160,6 +171,7 @@ impl Store {
             db,
             write_lock: Mutex::new(()),
             pending: Mutex::new(HashMap::new()),
+            corrupt_hook: OnceLock::new(),
             _lock: lock,
         })
     }
@@ -206,29 +218,41 @@ impl Store {
         }
     }
 
-    /// Opens a blob for reading, checking that the file has the size the index says, and returns
-    /// it with its mtime (when it was stored). A missing or short file is reported as `None`: the
-    /// entry cannot be served.
+    /// Opens a blob for reading, checking that it is a regular file (opened without following a
+    /// symlink) of the size the index says, and returns it with its mtime (when it was stored).
+    /// `None` when the entry cannot be served: the caller builds it again. A blob that is a
+    /// symlink, not a regular file, or of the wrong size is damaged: it is quarantined on the spot
+    /// and its entries removed (docs/storage.md, "Integrity at rest").
     pub fn open_blob(&self, digest: &Digest, size: u64) -> Option<(File, SystemTime)> {
         let path = self.blob_path(digest);
-        let file = match File::open(&path) {
+        let condemn = |held: Option<&File>, why: &str| {
+            if let Err(e) = self.condemn(digest, held, why) {
+                log::error!("cannot quarantine the blob {digest}: {e}");
+            }
+        };
+        let file = match scrub::open_nofollow(&path) {
             Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                condemn(None, "is a symbolic link");
+                return None;
+            }
             Err(e) => {
                 log::error!("blob {} cannot be opened: {e}", digest.to_hex());
                 return None;
             }
         };
         match file.metadata() {
-            Ok(m) if m.is_file() && m.len() == size => {
+            Ok(m) if !m.is_file() => {
+                condemn(Some(&file), "is not a regular file");
+                None
+            }
+            Ok(m) if m.len() == size => {
                 let modified = m.modified().unwrap_or_else(|_| SystemTime::now());
                 Some((file, modified))
             }
             Ok(m) => {
-                log::error!(
-                    "blob {} has {} bytes, the index says {size}",
-                    digest.to_hex(),
-                    m.len()
-                );
+                let why = format!("has {} bytes where the index says {size}", m.len());
+                condemn(Some(&file), &why);
                 None
             }
             Err(e) => {

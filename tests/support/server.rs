@@ -26,6 +26,9 @@ pub struct Options {
     /// Extra environment (`VELOX_CACHE_...`).
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
+    /// A command the binary runs under (`prlimit --nofile=1024:1024 --`), empty for none. It
+    /// must exec the binary, so that the child's pid stays the server's.
+    pub wrapper: Vec<String>,
 }
 
 impl Options {
@@ -40,6 +43,7 @@ impl Options {
                 ("VELOX_CACHE_RETRY__MAX_DELAY".into(), "100ms".into()),
             ],
             args: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -70,7 +74,14 @@ impl Server {
             .append(true)
             .open(&log)
             .expect("log file");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(BIN);
+                cmd
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("serve")
             .arg("--listen=127.0.0.1:0")
             .arg("--admin-listen=127.0.0.1:0")

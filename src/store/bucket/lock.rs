@@ -1,0 +1,265 @@
+//! One build per key across replicas (docs/object-storage.md): before calling Velox a replica
+//! creates `<prefix>locks/<key>` with `If-None-Match: *`, holding its id and an expiry one
+//! `lock_lease` away, and renews it while it builds. A replica that finds a live lock does not
+//! call Velox: it polls the key's manifest with backoff. An expired lock (its holder died) is
+//! taken over with `If-Match` on the ETag that was read, so that of two replicas taking it over
+//! one wins. The lock is deleted when the build ends, however it ends.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use object_store::{
+    GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::{Bucket, BucketOp};
+use crate::ids::CacheKey;
+use crate::store::shared::{BuildLock, Claim, SharedError};
+
+/// The first pause between two looks at another replica's build; it grows to `MAX_POLL`.
+const FIRST_POLL: Duration = Duration::from_millis(100);
+const MAX_POLL: Duration = Duration::from_secs(2);
+
+/// The body of a lock object.
+#[derive(Debug, Serialize, Deserialize)]
+struct LockRecord {
+    key: String,
+    replica: String,
+    acquired_ms: u64,
+    expires_ms: u64,
+}
+
+/// What a look at the lock found.
+enum Seen {
+    Acquired(String),
+    Held {
+        record: Option<LockRecord>,
+        etag: Option<String>,
+    },
+    Gone,
+}
+
+/// A lock this replica holds: renewed every third of the lease, deleted when dropped.
+struct HeldLock {
+    bucket: Bucket,
+    key: CacheKey,
+    renewal: tokio::task::JoinHandle<()>,
+    /// Cleared when a renewal finds that another replica took the lock over.
+    ours: Arc<Mutex<bool>>,
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        self.renewal.abort();
+        if !self.ours.lock().is_ok_and(|o| *o) {
+            return;
+        }
+        let (bucket, key) = (self.bucket.clone(), self.key);
+        self.bucket.spawn(async move {
+            let path = bucket.lock_path(&key);
+            match bucket
+                .counted(BucketOp::LockDelete, bucket.0.s3.delete(&path))
+                .await
+            {
+                Ok(Ok(())) => log::debug!("released the build lock of {key}"),
+                Ok(Err(e)) => log::warn!("cannot release the build lock of {key}: {e}"),
+                Err(e) => log::warn!("cannot release the build lock of {key}: {e}"),
+            }
+        });
+    }
+}
+
+impl Bucket {
+    fn lock_body(&self, key: &CacheKey) -> Result<PutPayload, SharedError> {
+        let now = crate::util::now_ms();
+        let record = LockRecord {
+            key: key.to_hex(),
+            replica: self.0.replica.clone(),
+            acquired_ms: now,
+            expires_ms: now + self.0.lease.as_millis() as u64,
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| SharedError::Damaged(e.to_string()))?;
+        Ok(PutPayload::from(bytes))
+    }
+
+    /// Writes the lock: created when `over` is none, else replacing the version `over` names.
+    /// `None` when the precondition failed (someone else holds or just took the lock).
+    async fn write_lock(
+        &self,
+        key: &CacheKey,
+        over: Option<String>,
+    ) -> Result<Option<String>, SharedError> {
+        let mode = match over {
+            None => PutMode::Create,
+            Some(e_tag) => PutMode::Update(UpdateVersion {
+                e_tag: Some(e_tag),
+                version: None,
+            }),
+        };
+        let opts = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        let path = self.lock_path(key);
+        let body = self.lock_body(key)?;
+        match self
+            .counted(BucketOp::LockPut, self.0.s3.put_opts(&path, body, opts))
+            .await?
+        {
+            Ok(put) => Ok(Some(put.e_tag.unwrap_or_default())),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. })
+            | Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(SharedError::Bucket(Box::new(e))),
+        }
+    }
+
+    /// Tries to create the lock (first, when `create_first`; else only when there is none), and
+    /// otherwise reads it.
+    async fn look(&self, key: &CacheKey, create_first: bool) -> Result<Seen, SharedError> {
+        if create_first {
+            if let Some(etag) = self.write_lock(key, None).await? {
+                return Ok(Seen::Acquired(etag));
+            }
+        }
+        let seen = self.read_lock(key).await?;
+        if let Seen::Held {
+            record: Some(r),
+            etag: Some(etag),
+        } = &seen
+        {
+            // This replica builds a key at most once at a time: a lock in its name is its own,
+            // left by a create whose answer was lost (and retried), or by a release that failed.
+            if r.replica == self.0.replica {
+                return Ok(Seen::Acquired(etag.clone()));
+            }
+        }
+        if matches!(seen, Seen::Gone) && !create_first {
+            if let Some(etag) = self.write_lock(key, None).await? {
+                return Ok(Seen::Acquired(etag));
+            }
+        }
+        Ok(seen)
+    }
+
+    async fn read_lock(&self, key: &CacheKey) -> Result<Seen, SharedError> {
+        let path = self.lock_path(key);
+        let got = match self
+            .counted(BucketOp::LockGet, async {
+                let got = self.0.s3.get_opts(&path, GetOptions::default()).await?;
+                let etag = got.meta.e_tag.clone();
+                Ok::<_, object_store::Error>((got.bytes().await?, etag))
+            })
+            .await?
+        {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Seen::Gone),
+            Err(e) => return Err(SharedError::Bucket(Box::new(e))),
+        };
+        let (bytes, etag) = got;
+        Ok(Seen::Held {
+            record: serde_json::from_slice(&bytes).ok(),
+            etag,
+        })
+    }
+
+    fn hold(&self, key: CacheKey, etag: String) -> BuildLock {
+        let ours = Arc::new(Mutex::new(true));
+        let (bucket, still) = (self.clone(), Arc::clone(&ours));
+        let every = (self.0.lease / 3).max(Duration::from_millis(200));
+        let renewal = self.spawn(async move {
+            let mut etag = etag;
+            loop {
+                tokio::time::sleep(every).await;
+                match bucket.write_lock(&key, Some(etag.clone())).await {
+                    Ok(Some(next)) => etag = next,
+                    Ok(None) => {
+                        log::warn!("the build lock of {key} was taken over by another replica");
+                        if let Ok(mut o) = still.lock() {
+                            *o = false;
+                        }
+                        return;
+                    }
+                    // A passing failure: the lease outlives a few missed renewals.
+                    Err(e) => log::warn!("cannot renew the build lock of {key}: {e}"),
+                }
+            }
+        });
+        BuildLock::held(Box::new(HeldLock {
+            bucket: self.clone(),
+            key,
+            renewal,
+            ours,
+        }))
+    }
+
+    /// The protocol of the module doc. Runs until it settles; the caller's deadline (the build's)
+    /// cancels it.
+    pub(super) async fn claim_build(
+        &self,
+        key: CacheKey,
+        force: bool,
+        deadline: Instant,
+    ) -> Result<Claim, SharedError> {
+        let mut pause = FIRST_POLL;
+        // With `force`, only a manifest written by the build this one waited for settles it: one
+        // created after that build took its lock.
+        let mut joined: Option<u64> = None;
+        let mut counted_wait = false;
+        loop {
+            if !force || joined.is_some() {
+                if let Some(m) = self.usable_manifest(key).await? {
+                    if joined.is_none_or(|since| m.created_ms >= since) {
+                        return Ok(Claim::Built(m));
+                    }
+                }
+            }
+            match self.look(&key, joined.is_none() && !counted_wait).await? {
+                Seen::Acquired(etag) => {
+                    let lock = self.hold(key, etag);
+                    // A build may have ended between the look at the manifest and the lock.
+                    if !force {
+                        if let Some(m) = self.usable_manifest(key).await? {
+                            return Ok(Claim::Built(m));
+                        }
+                    }
+                    return Ok(Claim::Build(lock));
+                }
+                // Released a moment ago: look again after a short pause.
+                Seen::Gone => {}
+                Seen::Held { record, etag } => {
+                    let now = crate::util::now_ms();
+                    let expired = record.as_ref().is_none_or(|r| r.expires_ms <= now);
+                    if expired {
+                        let holder = record.map(|r| r.replica).unwrap_or_default();
+                        if let Some(etag) = self.write_lock(&key, etag).await? {
+                            self.0.counters.lock_takeovers.fetch_add(1, Relaxed);
+                            log::warn!(
+                                "took over the expired build lock of {key} (held by {holder:?})"
+                            );
+                            return Ok(Claim::Build(self.hold(key, etag)));
+                        }
+                        continue;
+                    }
+                    if let Some(r) = &record {
+                        joined.get_or_insert(r.acquired_ms);
+                    }
+                    if !counted_wait {
+                        counted_wait = true;
+                        self.0.counters.lock_waits.fetch_add(1, Relaxed);
+                        log::info!(
+                            "{key} is being built by replica {:?}; waiting for it",
+                            record.as_ref().map(|r| r.replica.as_str()).unwrap_or("?")
+                        );
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(pause.min(left.max(Duration::from_millis(10)))).await;
+            pause = (pause * 3 / 2).min(MAX_POLL);
+        }
+    }
+}

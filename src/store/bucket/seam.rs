@@ -1,0 +1,184 @@
+//! The bucket as the build layer sees it: [`SharedStore`] over the bucket's operations.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+use object_store::signer::{Method, Signer};
+use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt};
+use tokio::time::Instant;
+
+use super::{Bucket, BucketOp};
+use crate::ids::{CacheKey, Digest};
+use crate::store::shared::{
+    Artifact, Claim, Fill, RemoteBlob, SharedError, SharedHealth, SharedStore,
+};
+use crate::store::{EntryRecord, Manifest, Store};
+
+/// How long a presigned artifact URL stays valid.
+pub const PRESIGN_TTL: Duration = Duration::from_secs(3600);
+
+impl SharedStore for Bucket {
+    fn find(&self, key: CacheKey) -> BoxFuture<'static, Result<Option<Manifest>, SharedError>> {
+        let this = self.clone();
+        self.run(async move { this.usable_manifest(key).await })
+    }
+
+    fn claim(
+        &self,
+        key: CacheKey,
+        force: bool,
+        deadline: Instant,
+    ) -> BoxFuture<'static, Result<Claim, SharedError>> {
+        let this = self.clone();
+        self.run(async move { this.claim_build(key, force, deadline).await })
+    }
+
+    fn ingest(&self, store: &Arc<Store>, a: Artifact) -> Result<EntryRecord, SharedError> {
+        let staged = store.stage(a.file)?;
+        let manifest = Manifest::new(&a.key, &staged, &a.file_name, a.request, a.build_ms);
+        let this = self.clone();
+        let (path, digest, size) = (staged.path().to_path_buf(), staged.digest, staged.size);
+        let file_name = a.file_name.clone();
+        let (key, replace) = (a.key, a.replace);
+        let started = std::time::Instant::now();
+        let theirs = self.block_on(async move {
+            this.put_blob(path, digest, size, file_name).await?;
+            this.put_manifest(key, manifest.clone(), replace)
+                .await
+                .map(|theirs| (theirs, manifest))
+        })?;
+        log::info!(
+            "stored {key} in the bucket ({size} bytes) in {} ms",
+            started.elapsed().as_millis()
+        );
+        match theirs {
+            (None, ours) => Ok(store.adopt(staged, &ours)?),
+            // Another replica wrote this key's manifest first: the bucket's is the truth.
+            (Some(theirs), _) if theirs.digest == staged.digest.to_hex() => {
+                Ok(store.adopt(staged, &theirs)?)
+            }
+            (Some(theirs), _) => {
+                drop(staged);
+                let this = self.clone();
+                let fill = Fill {
+                    key,
+                    manifest: theirs,
+                    store: Arc::clone(store),
+                    after: Arc::new(|_, _| {}),
+                };
+                self.block_on(async move { this.fill(fill, None).await })
+            }
+        }
+    }
+
+    fn fetch(
+        &self,
+        store: Arc<Store>,
+        manifest: Manifest,
+    ) -> BoxFuture<'static, Result<EntryRecord, SharedError>> {
+        let this = self.clone();
+        let key = manifest.names().map(|(k, _, _)| k);
+        self.run(async move {
+            let key = key.map_err(SharedError::Damaged)?;
+            let fill = Fill {
+                key,
+                manifest,
+                store,
+                after: Arc::new(|_, _| {}),
+            };
+            this.fill(fill, None).await
+        })
+    }
+
+    fn remote(&self, manifest: &Manifest) -> Option<RemoteBlob> {
+        let (_, digest, size) = manifest.names().ok()?;
+        Some(RemoteBlob {
+            digest,
+            size,
+            modified: manifest.created(),
+            file_name: manifest.file_name.clone(),
+            reader: Arc::new(self.clone()),
+            fill: None,
+        })
+    }
+
+    fn open(&self, digest: Digest) -> BoxFuture<'static, Result<Option<RemoteBlob>, SharedError>> {
+        let this = self.clone();
+        self.run(async move {
+            let path = this.blob_path(&digest);
+            let opts = GetOptions {
+                head: true,
+                ..Default::default()
+            };
+            let got = match this
+                .counted(BucketOp::BlobHead, this.0.s3.get_opts(&path, opts))
+                .await?
+            {
+                Ok(got) => got,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(SharedError::Bucket(Box::new(e))),
+            };
+            let file_name = got
+                .attributes
+                .get(&Attribute::ContentDisposition)
+                .and_then(|v| {
+                    let v: &str = v.as_ref();
+                    v.split("filename=\"")
+                        .nth(1)?
+                        .split('"')
+                        .next()
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(|| "roadrunner".into());
+            Ok(Some(RemoteBlob {
+                digest,
+                size: got.meta.size,
+                modified: SystemTime::from(got.meta.last_modified),
+                file_name,
+                reader: Arc::new(this.clone()),
+                fill: None,
+            }))
+        })
+    }
+
+    fn url(&self, digest: Digest) -> BoxFuture<'static, Result<Option<String>, SharedError>> {
+        let this = self.clone();
+        self.run(async move {
+            let path = this.blob_path(&digest);
+            let signed = this
+                .counted(
+                    BucketOp::Presign,
+                    this.0.s3.signed_url(Method::GET, &path, PRESIGN_TTL),
+                )
+                .await?
+                .map_err(|e| SharedError::Bucket(Box::new(e)))?;
+            Ok(Some(signed.to_string()))
+        })
+    }
+
+    fn forget(&self, key: CacheKey) -> BoxFuture<'static, Result<bool, SharedError>> {
+        let this = self.clone();
+        self.run(async move {
+            let path = this.manifest_path(&key);
+            match this
+                .counted(BucketOp::ManifestGet, this.0.s3.head(&path))
+                .await?
+            {
+                Ok(_) => {}
+                Err(object_store::Error::NotFound { .. }) => return Ok(false),
+                Err(e) => return Err(SharedError::Bucket(Box::new(e))),
+            }
+            this.counted(BucketOp::ManifestDelete, this.0.s3.delete(&path))
+                .await?
+                .map_err(|e| SharedError::Bucket(Box::new(e)))?;
+            Ok(true)
+        })
+    }
+
+    fn health(&self) -> BoxFuture<'static, SharedHealth> {
+        let this = self.clone();
+        let probe = self.run(async move { Ok(this.probe().await) });
+        Box::pin(async move { probe.await.unwrap_or(SharedHealth::Unreachable) })
+    }
+}

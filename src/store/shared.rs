@@ -1,0 +1,256 @@
+//! The seam between the local store and what replicas share (docs/object-storage.md).
+//!
+//! [`SharedStore`] is what the build layer asks about a key or a blob that the local tier does not
+//! settle on its own. Two implementations: [`LocalOnly`], a single replica whose data dir is the
+//! whole store (nothing is shared, every build lock is granted at once), and
+//! [`super::bucket::Bucket`], an S3-compatible bucket that every replica reads and writes, with
+//! the data dir as a bounded tier in front of it. The hot path (a local hit) never comes here.
+
+use std::fs::File;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use actix_web::web::Bytes;
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{EntryRecord, IngestError, Manifest, Store, StoreError};
+use crate::ids::{CacheKey, Digest};
+
+/// Why the shared store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    /// Unreachable, refusing, or answering errors.
+    #[error("the bucket failed: {0}")]
+    Bucket(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the bucket did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// An object that does not decode or does not match what names it.
+    #[error("the bucket holds a damaged object: {0}")]
+    Damaged(String),
+    #[error("the local tier failed: {0}")]
+    Local(#[from] StoreError),
+    #[error("the local tier failed: {0}")]
+    Ingest(#[from] IngestError),
+    #[error("local i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What [`SharedStore::claim`] settled: this replica builds, or another one already has.
+pub enum Claim {
+    /// Call Velox. The lock (if the store has locks) is released when this is dropped.
+    Build(BuildLock),
+    /// Another replica built the key while this one waited (or just before it asked).
+    Built(Manifest),
+}
+
+/// A held build lock; dropping it releases the lock in the background.
+pub struct BuildLock {
+    /// Whatever releases the lock when dropped.
+    _held: Option<Box<dyn Send + Sync>>,
+}
+
+impl BuildLock {
+    /// The lock of a store that needs none.
+    pub fn none() -> Self {
+        BuildLock { _held: None }
+    }
+
+    pub(super) fn held(releaser: Box<dyn Send + Sync>) -> Self {
+        BuildLock {
+            _held: Some(releaser),
+        }
+    }
+}
+
+/// The state `/readyz` reports for the shared store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedHealth {
+    /// `storage.backend = "local"`.
+    NotConfigured,
+    Ok,
+    Unreachable,
+}
+
+impl SharedHealth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharedHealth::NotConfigured => "not_configured",
+            SharedHealth::Ok => "ok",
+            SharedHealth::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// What a finished fill of the local tier should do next (enforce the limits, count evictions):
+/// the build layer's business, handed down as a hook.
+pub type AfterInsert = Arc<dyn Fn(&Store, &CacheKey) + Send + Sync>;
+
+/// A blob to fill into the local tier while it is streamed: the entry it belongs to.
+pub struct Fill {
+    pub key: CacheKey,
+    pub manifest: Manifest,
+    pub store: Arc<Store>,
+    pub after: AfterInsert,
+}
+
+/// A blob that only the shared store holds, ready to stream.
+pub struct RemoteBlob {
+    pub digest: Digest,
+    pub size: u64,
+    pub modified: SystemTime,
+    pub file_name: String,
+    pub(super) reader: Arc<dyn RemoteReader>,
+    /// Set on a cache hit: a whole-body download also fills the local tier.
+    pub fill: Option<Fill>,
+}
+
+impl RemoteBlob {
+    /// `length` bytes from `start`, streamed from the shared store (a ranged GET); the whole blob,
+    /// when a fill is attached, also goes into the local tier on the way.
+    pub fn stream(self, start: u64, length: u64) -> ByteStream {
+        let whole = start == 0 && length == self.size;
+        match self.fill {
+            Some(fill) if whole => self.reader.read_filling(self.digest, self.size, fill),
+            _ => self.reader.read(self.digest, start, length),
+        }
+    }
+}
+
+/// The reading half of a shared store, as [`RemoteBlob`] needs it.
+pub(super) trait RemoteReader: Send + Sync {
+    fn read(&self, digest: Digest, start: u64, length: u64) -> ByteStream;
+    fn read_filling(&self, digest: Digest, size: u64, fill: Fill) -> ByteStream;
+}
+
+/// Where the bytes of a blob come from.
+pub enum BlobSource {
+    /// The local tier.
+    File(File),
+    /// The shared store only (boxed: it carries a manifest for the fill).
+    Remote(Box<RemoteBlob>),
+}
+
+/// Chunks of a blob coming from the shared store, through a small bounded channel, so that a
+/// download holds a few chunks in memory whatever the client's speed.
+pub struct ByteStream(pub(super) mpsc::Receiver<Result<Bytes, io::Error>>);
+
+impl futures_util::Stream for ByteStream {
+    type Item = Result<Bytes, io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// What a build produced, for [`SharedStore::ingest`].
+pub struct Artifact {
+    pub file: File,
+    pub key: CacheKey,
+    pub file_name: String,
+    pub request: serde_json::Value,
+    pub build_ms: u64,
+    /// `force_rebuild`: the entry replaces whatever the key had, in the bucket too.
+    pub replace: bool,
+}
+
+/// What replicas share. Calls that go over the network are futures that own what they need;
+/// [`SharedStore::ingest`] blocks and runs on the blocking pool like the local ingest it wraps.
+pub trait SharedStore: Send + Sync {
+    /// The manifest of `key`, when the shared store has one.
+    fn find(&self, key: CacheKey) -> BoxFuture<'static, Result<Option<Manifest>, SharedError>>;
+
+    /// Takes the one build of `key` across replicas, or waits (until `deadline`) for the replica
+    /// that has it. `force`: a manifest already there does not settle it.
+    fn claim(
+        &self,
+        key: CacheKey,
+        force: bool,
+        deadline: Instant,
+    ) -> BoxFuture<'static, Result<Claim, SharedError>>;
+
+    /// Stores a built artifact: in the shared store first, then in the local tier and its index.
+    fn ingest(&self, store: &Arc<Store>, artifact: Artifact) -> Result<EntryRecord, SharedError>;
+
+    /// Brings the entry `manifest` describes into the local tier (after another replica's build).
+    fn fetch(
+        &self,
+        store: Arc<Store>,
+        manifest: Manifest,
+    ) -> BoxFuture<'static, Result<EntryRecord, SharedError>>;
+
+    /// The blob `manifest` names, to stream to a client from the shared store.
+    fn remote(&self, manifest: &Manifest) -> Option<RemoteBlob>;
+
+    /// A blob by digest alone (the artifact route), when the shared store has it.
+    fn open(&self, digest: Digest) -> BoxFuture<'static, Result<Option<RemoteBlob>, SharedError>>;
+
+    /// A URL that serves the blob without this process, when the store can make one (the
+    /// object carries its own `Content-Disposition`).
+    fn url(&self, digest: Digest) -> BoxFuture<'static, Result<Option<String>, SharedError>>;
+
+    /// Deletes the manifest of `key`; whether there was one.
+    fn forget(&self, key: CacheKey) -> BoxFuture<'static, Result<bool, SharedError>>;
+
+    fn health(&self) -> BoxFuture<'static, SharedHealth>;
+}
+
+/// One replica alone: the data dir is the store.
+pub struct LocalOnly;
+
+impl SharedStore for LocalOnly {
+    fn find(&self, _key: CacheKey) -> BoxFuture<'static, Result<Option<Manifest>, SharedError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn claim(
+        &self,
+        _key: CacheKey,
+        _force: bool,
+        _deadline: Instant,
+    ) -> BoxFuture<'static, Result<Claim, SharedError>> {
+        // In one process the build service's in-flight map already makes one build per key.
+        Box::pin(async { Ok(Claim::Build(BuildLock::none())) })
+    }
+
+    fn ingest(&self, store: &Arc<Store>, a: Artifact) -> Result<EntryRecord, SharedError> {
+        Ok(store.ingest(a.file, &a.key, &a.file_name, a.request, a.build_ms)?)
+    }
+
+    fn fetch(
+        &self,
+        _store: Arc<Store>,
+        _manifest: Manifest,
+    ) -> BoxFuture<'static, Result<EntryRecord, SharedError>> {
+        // `claim` never answers `Built` here, so nothing asks.
+        Box::pin(async {
+            Err(SharedError::Damaged(
+                "the local store has nothing to fetch".into(),
+            ))
+        })
+    }
+
+    fn remote(&self, _manifest: &Manifest) -> Option<RemoteBlob> {
+        None
+    }
+
+    fn open(&self, _digest: Digest) -> BoxFuture<'static, Result<Option<RemoteBlob>, SharedError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn url(&self, _digest: Digest) -> BoxFuture<'static, Result<Option<String>, SharedError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn forget(&self, _key: CacheKey) -> BoxFuture<'static, Result<bool, SharedError>> {
+        Box::pin(async { Ok(false) })
+    }
+
+    fn health(&self) -> BoxFuture<'static, SharedHealth> {
+        Box::pin(async { SharedHealth::NotConfigured })
+    }
+}

@@ -1,0 +1,192 @@
+//! A real S3 API for the object-storage tests: moto's server (`moto_server`, from
+//! `pip install 'moto[server]'`), started on a free loopback port, with one bucket made by a
+//! plain HTTP PUT, and killed on drop. moto accepts any credentials.
+//!
+//! What moto does with conditional writes (checked by hand with curl and boto3 against moto 5.2):
+//! `PUT` with `If-None-Match: *` on an existing key answers 412; `PUT` with `If-Match` answers
+//! 412 on another ETag; `CompleteMultipartUpload` with `If-None-Match: *` answers 412 when the
+//! key exists. Each is a check followed by a write inside one request thread, not one atomic step;
+//! 500 rounds of four concurrent creates of one key, and 500 of four concurrent `If-Match`
+//! updates, never had two winners. One difference from S3: `If-Match` on a missing key creates it
+//! (S3 answers 404); the tests do not depend on either.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct Moto {
+    child: Option<Child>,
+    pub port: u16,
+    pub bucket: String,
+    pub log: PathBuf,
+}
+
+/// The `moto_server` to run. A pyenv shim costs seconds per start; the script it names does not.
+fn program() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        Command::new("pyenv")
+            .args(["which", "moto_server"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("moto_server"))
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One HTTP/1.1 request without a client library; the status and the body.
+fn raw(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// moto answers unsigned reads with 403 but does not check signatures: any SigV4-shaped header
+/// will do for the tests' own look at the bucket.
+const ANY_AUTH: &str = "AWS4-HMAC-SHA256 Credential=test/20240101/us-east-1/s3/aws4_request, \
+                        SignedHeaders=host, Signature=0";
+
+impl Moto {
+    /// Starts moto and creates `bucket`; waits (up to two minutes: moto imports a lot of Python,
+    /// and slowly on a busy machine) until the bucket exists.
+    pub fn start(dir: &Path, bucket: &str) -> Moto {
+        let port = free_port();
+        let log = dir.join(format!("moto-{port}.log"));
+        let out = std::fs::File::create(&log).expect("moto log");
+        let err = out.try_clone().expect("moto log");
+        let mut cmd = Command::new(program());
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        // Dies with the test that started it even if the test process is killed outright.
+        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .expect("moto_server runs (pip install 'moto[server]')");
+        let mut moto = Moto {
+            child: Some(child),
+            port,
+            bucket: bucket.to_owned(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some((200, _)) = raw(port, "PUT", &format!("/{bucket}"), &[]) {
+                break;
+            }
+            if let Some(Ok(Some(status))) = moto.child.as_mut().map(|c| c.try_wait()) {
+                panic!("moto_server exited ({status}):\n{}", moto.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto did not start:\n{}",
+                moto.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The environment a velox-cache replica needs to use this bucket.
+    pub fn env(&self, prefix: &str) -> Vec<(String, String)> {
+        [
+            ("VELOX_CACHE_STORAGE__BACKEND", "s3".to_owned()),
+            ("VELOX_CACHE_STORAGE__S3__BUCKET", self.bucket.clone()),
+            ("VELOX_CACHE_STORAGE__S3__ENDPOINT", self.endpoint()),
+            ("VELOX_CACHE_STORAGE__S3__ALLOW_HTTP", "true".to_owned()),
+            ("VELOX_CACHE_STORAGE__S3__PREFIX", prefix.to_owned()),
+            ("AWS_ACCESS_KEY_ID", "moto-test".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "moto-test-secret".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// The keys under `prefix`, with their sizes (one page: enough for the tests).
+    pub fn list(&self, prefix: &str) -> Vec<(String, u64)> {
+        let (status, body) = raw(
+            self.port,
+            "GET",
+            &format!("/{}?list-type=2&prefix={prefix}", self.bucket),
+            &[("Authorization", ANY_AUTH)],
+        )
+        .expect("moto answers a listing");
+        assert_eq!(status, 200, "{body}");
+        body.split("<Contents>")
+            .skip(1)
+            .filter_map(|c| {
+                let key = c.split("<Key>").nth(1)?.split("</Key>").next()?;
+                let size = c.split("<Size>").nth(1)?.split("</Size>").next()?;
+                Some((key.to_owned(), size.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Deletes one object, as a lifecycle rule would.
+    pub fn delete(&self, key: &str) {
+        let (status, body) = raw(
+            self.port,
+            "DELETE",
+            &format!("/{}/{key}", self.bucket),
+            &[("Authorization", ANY_AUTH)],
+        )
+        .expect("moto answers a delete");
+        assert_eq!(status, 204, "{body}");
+    }
+
+    /// Stops the server: the bucket becomes unreachable.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
