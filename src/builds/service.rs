@@ -314,7 +314,7 @@ impl BuildService {
     pub fn lookup(
         &self,
         key: &CacheKey,
-    ) -> Result<Option<(EntryRecord, File, SystemTime)>, BuildError> {
+    ) -> Result<Option<(EntryRecord, Arc<File>, SystemTime)>, BuildError> {
         let started = std::time::Instant::now();
         let entry = self.store.lookup(key).map_err(|e| {
             log::error!("lookup of {key} failed: {e}");
@@ -448,7 +448,7 @@ impl BuildService {
         };
         if let Some(unstored) = &built.unstored {
             return Ok(Served {
-                source: BlobSource::File(unstored.open().map_err(BuildError::storage)?),
+                source: BlobSource::File(Arc::new(unstored.open().map_err(BuildError::storage)?)),
                 entry: built.entry,
                 modified: unstored.modified,
                 status,

@@ -4,7 +4,8 @@
 //! actix-files' `NamedFile` is not used: its ETag is built from inode and mtime, not content, and
 //! it reads the whole file for HEAD. The range grammar comes from the `http-range` crate.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::header::{
@@ -53,6 +54,70 @@ fn http_date(t: SystemTime) -> HttpDate {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     HttpDate::from(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// What every response of one blob repeats, formatted once: the values are functions of the
+/// digest and the file's mtime (in whole seconds) alone, so a cached set can never be stale — a
+/// blob replaced by an ingest gets a new mtime and so a new key — and nothing needs invalidating.
+struct Preformatted {
+    etag: EntityTag,
+    etag_value: HeaderValue,
+    modified: HttpDate,
+    modified_value: HeaderValue,
+    content_location: HeaderValue,
+    repr_digest: HeaderValue,
+}
+
+/// At most this many blobs' headers are kept; the set is cleared when full (the cost of a miss
+/// is a few hundred nanoseconds, so a crude bound is enough).
+const PREFORMATTED_MAX: usize = 4096;
+
+type PreformattedKey = (Digest, u64);
+static PREFORMATTED: LazyLock<Mutex<HashMap<PreformattedKey, Arc<Preformatted>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn preformat(digest: Digest, modified: HttpDate) -> Option<Preformatted> {
+    let hex = digest.to_hex();
+    let etag = EntityTag::new_strong(hex.clone());
+    let etag_value = HeaderValue::from_str(&etag.to_string()).ok()?;
+    let modified_value = HeaderValue::from_str(&modified.to_string()).ok()?;
+    let content_location = HeaderValue::from_str(&format!("/_velox/v1/artifacts/{hex}")).ok()?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
+    let repr_digest = HeaderValue::from_str(&format!("sha-256=:{b64}:")).ok()?;
+    Some(Preformatted {
+        etag,
+        etag_value,
+        modified,
+        modified_value,
+        content_location,
+        repr_digest,
+    })
+}
+
+/// The blob's preformatted headers, from the cache or made now.
+fn preformatted(digest: Digest, modified: SystemTime) -> Option<Arc<Preformatted>> {
+    let modified = http_date(modified);
+    let secs = SystemTime::from(modified)
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let key = (digest, secs);
+    // A poisoned lock only costs the cache: the headers are then made for this response alone.
+    if let Some(hit) = PREFORMATTED
+        .lock()
+        .ok()
+        .and_then(|cache| cache.get(&key).cloned())
+    {
+        return Some(hit);
+    }
+    let made = Arc::new(preformat(digest, modified)?);
+    if let Ok(mut cache) = PREFORMATTED.lock() {
+        if cache.len() >= PREFORMATTED_MAX {
+            cache.clear();
+        }
+        cache.insert(key, Arc::clone(&made));
+    }
+    Some(made)
 }
 
 /// Decides the answer from the request's headers. `conditional` enables `If-None-Match` and
@@ -144,11 +209,15 @@ pub fn respond(
     immutable: bool,
     metrics: &Arc<Metrics>,
 ) -> HttpResponse {
-    let hex = blob.digest.to_hex();
-    let etag = EntityTag::new_strong(hex.clone());
-    let modified = http_date(blob.modified);
+    let pre = match preformatted(blob.digest, blob.modified) {
+        Some(pre) => pre,
+        None => {
+            log::error!("the headers of blob {} could not be formatted", blob.digest);
+            return actix_web::ResponseError::error_response(&ApiError::internal());
+        }
+    };
     let conditional = matches!(*req.method(), Method::GET | Method::HEAD);
-    let plan = plan(req, &etag, modified, blob.size, conditional);
+    let plan = plan(req, &pre.etag, pre.modified, blob.size, conditional);
 
     let status = match plan {
         Plan::NotModified => StatusCode::NOT_MODIFIED,
@@ -157,17 +226,17 @@ pub fn respond(
         Plan::Unsatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
     };
     let mut resp = HttpResponse::build(status);
-    resp.insert_header(header::ETag(etag))
-        .insert_header(header::LastModified(modified))
-        .insert_header((header::ACCEPT_RANGES, "bytes"));
+    resp.insert_header((header::ETAG, pre.etag_value.clone()))
+        .insert_header((header::LAST_MODIFIED, pre.modified_value.clone()))
+        .insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
     if blob.stored {
-        resp.insert_header((
-            header::CONTENT_LOCATION,
-            format!("/_velox/v1/artifacts/{hex}"),
-        ));
+        resp.insert_header((header::CONTENT_LOCATION, pre.content_location.clone()));
     }
     if immutable {
-        resp.insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"));
+        resp.insert_header((
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=31536000, immutable"),
+        ));
     }
     let own_disposition = !extra
         .iter()
@@ -184,7 +253,7 @@ pub fn respond(
                 .body(err.json_body())
         }
         Plan::Full | Plan::Partial { .. } => {
-            entity_headers(&mut resp, &blob, own_disposition);
+            entity_headers(&mut resp, &blob, &pre, own_disposition);
             let (start, length) = match plan {
                 Plan::Partial { start, length } => {
                     resp.insert_header((
@@ -226,10 +295,20 @@ pub fn respond(
     }
 }
 
-fn entity_headers(resp: &mut HttpResponseBuilder, blob: &Blob, disposition: bool) {
-    let digest = base64::engine::general_purpose::STANDARD.encode(blob.digest);
-    resp.insert_header((header::CONTENT_TYPE, "application/octet-stream"))
-        .insert_header(("repr-digest", format!("sha-256=:{digest}:")));
+fn entity_headers(
+    resp: &mut HttpResponseBuilder,
+    blob: &Blob,
+    pre: &Preformatted,
+    disposition: bool,
+) {
+    resp.insert_header((
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    ))
+    .insert_header((
+        HeaderName::from_static("repr-digest"),
+        pre.repr_digest.clone(),
+    ));
     if disposition {
         resp.insert_header((
             header::CONTENT_DISPOSITION,

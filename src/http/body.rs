@@ -44,7 +44,7 @@ pub struct FileBody {
 impl FileBody {
     /// `digest` names the blob, so that concurrent downloads of one blob share one mapping.
     pub fn new(
-        file: File,
+        file: Arc<File>,
         digest: Digest,
         offset: u64,
         length: u64,
@@ -58,7 +58,7 @@ impl FileBody {
         FileBody {
             map,
             resident_until: 0,
-            file: Arc::new(file),
+            file,
             offset,
             remaining: length,
             length,
@@ -70,11 +70,11 @@ impl FileBody {
 
     /// A body read with `pread` only: for a file that is not a blob of the store (Velox's own,
     /// served when the disk was full), whose bytes the store cannot vouch for under a mapping.
-    pub fn unmapped(file: File, offset: u64, length: u64, metrics: Arc<Metrics>) -> Self {
+    pub fn unmapped(file: Arc<File>, offset: u64, length: u64, metrics: Arc<Metrics>) -> Self {
         FileBody {
             map: None,
             resident_until: 0,
-            file: Arc::new(file),
+            file,
             offset,
             remaining: length,
             length,

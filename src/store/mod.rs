@@ -12,6 +12,7 @@
 //! lookups on the hit path, which are a single in-memory sled read.
 
 mod bucket;
+mod handles;
 mod index;
 mod ingest;
 mod maintain;
@@ -24,7 +25,7 @@ mod tier;
 use std::fs::{self, File, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use std::collections::HashMap;
@@ -94,6 +95,8 @@ pub struct Store {
     /// Serialises the steps that place or remove blob files together with their index updates,
     /// so that a blob is never deleted between being placed and being referenced.
     write_lock: Mutex<()>,
+    /// Open blob files for the next hit ([`handles`]).
+    handles: handles::Handles,
     /// Hits counted in memory, written in batches (docs/storage.md).
     pending: Mutex<HashMap<CacheKey, PendingHits>>,
     /// Told of every damaged blob found (see [`Store::on_corrupt`]).
@@ -170,6 +173,7 @@ impl Store {
             counters: db.open_tree("counters")?,
             db,
             write_lock: Mutex::new(()),
+            handles: handles::Handles::default(),
             pending: Mutex::new(HashMap::new()),
             corrupt_hook: OnceLock::new(),
             _lock: lock,
@@ -177,10 +181,12 @@ impl Store {
     }
 
     /// Takes the write lock (see the field).
-    pub(super) fn locked(&self) -> Result<std::sync::MutexGuard<'_, ()>, StoreError> {
-        self.write_lock
+    pub(super) fn locked(&self) -> Result<handles::WriteGuard<'_>, StoreError> {
+        let lock = self
+            .write_lock
             .lock()
-            .map_err(|_| StoreError::Corrupt("write lock poisoned".into()))
+            .map_err(|_| StoreError::Corrupt("write lock poisoned".into()))?;
+        Ok(handles::WriteGuard::new(lock, &self.handles))
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
@@ -223,7 +229,11 @@ impl Store {
     /// `None` when the entry cannot be served: the caller builds it again. A blob that is a
     /// symlink, not a regular file, or of the wrong size is damaged: it is quarantined on the spot
     /// and its entries removed (docs/storage.md, "Integrity at rest").
-    pub fn open_blob(&self, digest: &Digest, size: u64) -> Option<(File, SystemTime)> {
+    pub fn open_blob(&self, digest: &Digest, size: u64) -> Option<(Arc<File>, SystemTime)> {
+        if let Some(kept) = self.handles.get(digest, size) {
+            return Some(kept);
+        }
+        let generation = self.handles.generation();
         let path = self.blob_path(digest);
         let condemn = |held: Option<&File>, why: &str| {
             if let Err(e) = self.condemn(digest, held, why) {
@@ -248,6 +258,9 @@ impl Store {
             }
             Ok(m) if m.len() == size => {
                 let modified = m.modified().unwrap_or_else(|_| SystemTime::now());
+                let file = Arc::new(file);
+                self.handles
+                    .keep(*digest, &file, size, modified, generation);
                 Some((file, modified))
             }
             Ok(m) => {

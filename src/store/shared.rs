@@ -130,7 +130,7 @@ pub(super) trait RemoteReader: Send + Sync {
 /// Where the bytes of a blob come from.
 pub enum BlobSource {
     /// The local tier.
-    File(File),
+    File(Arc<File>),
     /// The shared store only (boxed: it carries a manifest for the fill).
     Remote(Box<RemoteBlob>),
 }
