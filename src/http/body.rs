@@ -57,14 +57,7 @@ impl FileBody {
         };
         FileBody {
             map,
-            resident_until: 0,
-            file,
-            offset,
-            remaining: length,
-            length,
-            pending: None,
-            metrics,
-            revocations_seen: 0,
+            ..FileBody::unmapped(file, offset, length, metrics)
         }
     }
 
