@@ -24,6 +24,48 @@ async fn sigterm_then_restart_still_hits() {
     assert_eq!(h.velox.calls(), 1);
 }
 
+/// sled's snapshot files (`meta/snap.<lsn>`): sled 0.34 writes one only while opening.
+fn snapshots(data_dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(data_dir.join("meta"))
+        .expect("meta")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("snap.") && !n.ends_with(".generating"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[actix_web::test]
+async fn a_graceful_stop_writes_the_index_snapshot_and_a_kill_does_not() {
+    let mut h = Harness::start();
+    let data_dir = h.server().data_dir.clone();
+    let first = build_request("linux", "amd64");
+    assert_eq!(post_json(&h.builds_url(), &first, &[]).await.status, 200);
+    let before = snapshots(&data_dir);
+    let status = h.take().terminate();
+    assert!(status.success(), "graceful stop exited with {status}");
+    let after_stop = snapshots(&data_dir);
+    assert_eq!(after_stop.len(), 1, "{after_stop:?}");
+    assert_ne!(
+        after_stop, before,
+        "the stop wrote a snapshot covering this run's writes"
+    );
+
+    // Killed: no snapshot from the stop; the next start replays the log and loses nothing.
+    h.restart();
+    let second = distinct_request(99);
+    assert_eq!(post_json(&h.builds_url(), &second, &[]).await.status, 200);
+    let at_start = snapshots(&data_dir);
+    h.take().kill();
+    assert_eq!(snapshots(&data_dir), at_start);
+    h.restart();
+    for req in [&first, &second] {
+        let hit = post_json(&h.builds_url(), req, &[]).await;
+        assert_eq!(hit.header("x-cache-status"), Some("HIT"));
+    }
+    assert_eq!(h.velox.calls(), 2);
+}
+
 #[actix_web::test]
 async fn sigkill_right_after_a_miss_keeps_the_entry() {
     let mut h = Harness::start();

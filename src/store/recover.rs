@@ -190,6 +190,11 @@ impl Store {
                 );
                 continue;
             }
+            // Indexed already: the common case, checked without the write lock (taking it
+            // empties the kept blob handles, and hits would open files again for the whole pass).
+            if self.lookup(&key)?.is_some_and(|e| e.digest == entry.digest) {
+                continue;
+            }
             let _guard = self.locked()?;
             let current = self.lookup(&key)?;
             if current.as_ref().is_some_and(|e| e.digest == entry.digest) {
@@ -215,6 +220,9 @@ impl Store {
                 log::warn!("{} is not a blob name; leaving it", path.display());
                 continue;
             };
+            if self.blobs.get(digest)?.is_some() {
+                continue;
+            }
             let _guard = self.locked()?;
             if self.blobs.get(digest)?.is_none() {
                 log::info!("deleting the orphan blob {name}");
