@@ -76,21 +76,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // What a crash leaves: the million writes in sled's log, no snapshot since. Kept aside in a
     // copy, opened last.
     let crashed = dir.path().join("crashed");
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&root)
-        .arg(&crashed)
-        .status()?;
-    assert!(copied.success(), "cp -a of the data dir");
+    copy_dir(&root, &crashed)?;
     // `VELOX_BENCH_KEEP_CRASHED=/path`: one more copy of the crashed state, kept, for a profile of
     // the replay (`perf record velox-cache cache stats --data-dir /path`).
     if let Some(keep) = std::env::var_os("VELOX_BENCH_KEEP_CRASHED") {
-        let kept = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&crashed)
-            .arg(&keep)
-            .status()?;
-        assert!(kept.success(), "cp -a of the crashed copy");
+        copy_dir(&crashed, std::path::Path::new(&keep))?;
     }
 
     // What `serve` does after a graceful stop: open the index once more and close it, which has
@@ -220,6 +210,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         scan_baseline(dir.path(), n)?;
     }
     Ok(())
+}
+
+/// `cp -a from to`.
+fn copy_dir(
+    from: &std::path::Path,
+    to: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cp -a {} {} failed", from.display(), to.display()).into())
+    }
 }
 
 fn walk_size(dir: &std::path::Path) -> u64 {
