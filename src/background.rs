@@ -14,8 +14,9 @@ use crate::store::{Limits, Store, Throttle};
 /// I/O priority, so that the start-up pass yields to requests (BENCHMARKS.md, "The start-up pass
 /// against hits": at 2,000 hits/s over a million entries, hit p99 during the pass 0.70 ms instead
 /// of 1.42, the pass as fast). Nice 10, not 19: with the cores saturated, nice 19 left the pass
-/// 5 % of a core, and the pass re-indexes entries that would otherwise be rebuilt. A thread of its own, not the blocking pool: a thread's priority
-/// cannot be raised again without privileges, and the pool's threads also read downloads.
+/// 5 % of a core, and the pass re-indexes entries that would otherwise be rebuilt. A thread of
+/// its own, not the blocking pool: a thread's priority cannot be raised again without
+/// privileges, and the pool's threads also read downloads.
 async fn low_priority(
     name: &str,
     work: impl FnOnce() + Send + 'static,

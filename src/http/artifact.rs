@@ -47,13 +47,12 @@ pub enum Plan {
     Unsatisfiable,
 }
 
-/// Whole seconds: HTTP dates have no finer grain, and `If-Range` compares them exactly.
-fn http_date(t: SystemTime) -> HttpDate {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
+/// Whole seconds since the epoch: HTTP dates have no finer grain, and `If-Range` compares them
+/// exactly.
+fn whole_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
-    HttpDate::from(UNIX_EPOCH + Duration::from_secs(secs))
+        .unwrap_or(0)
 }
 
 /// What every response of one blob repeats, formatted once: the values are functions of the
@@ -96,11 +95,7 @@ fn preformat(digest: Digest, modified: HttpDate) -> Option<Preformatted> {
 
 /// The blob's preformatted headers, from the cache or made now.
 fn preformatted(digest: Digest, modified: SystemTime) -> Option<Arc<Preformatted>> {
-    let modified = http_date(modified);
-    let secs = SystemTime::from(modified)
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = whole_secs(modified);
     let key = (digest, secs);
     // A poisoned lock only costs the cache: the headers are then made for this response alone.
     if let Some(hit) = PREFORMATTED
@@ -110,6 +105,7 @@ fn preformatted(digest: Digest, modified: SystemTime) -> Option<Arc<Preformatted
     {
         return Some(hit);
     }
+    let modified = HttpDate::from(UNIX_EPOCH + Duration::from_secs(secs));
     let made = Arc::new(preformat(digest, modified)?);
     if let Ok(mut cache) = PREFORMATTED.lock() {
         if cache.len() >= PREFORMATTED_MAX {
