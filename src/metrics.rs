@@ -340,14 +340,16 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP velox_cache_store_errors_total Storage failures, by reason.\n\
+            "# HELP velox_cache_store_errors_total Storage failures, by reason and tier.\n\
              # TYPE velox_cache_store_errors_total counter\n\
-             velox_cache_store_errors_total{{reason=\"full\"}} {}\n\
-             velox_cache_store_errors_total{{reason=\"io\"}} {}\n\
-             velox_cache_store_errors_total{{reason=\"corrupt\"}} {}",
+             velox_cache_store_errors_total{{reason=\"full\",tier=\"local\"}} {}\n\
+             velox_cache_store_errors_total{{reason=\"io\",tier=\"local\"}} {}\n\
+             velox_cache_store_errors_total{{reason=\"corrupt\",tier=\"local\"}} {}\n\
+             velox_cache_store_errors_total{{reason=\"corrupt\",tier=\"bucket\"}} {}",
             c(&self.store_errors_full),
             c(&self.store_errors_io),
-            c(&self.store_errors_corrupt)
+            c(&self.store_errors_corrupt),
+            c(&self.bucket.corrupt)
         );
         self.bucket.render(&mut out);
         out

@@ -137,11 +137,11 @@ async fn a_binary_that_does_not_fit_still_reaches_every_waiter() {
     // Counted as a store error, not as a failed build.
     let m = |name: &'static str| metric(&server, name);
     assert_eq!(
-        m("velox_cache_store_errors_total{reason=\"full\"}").await,
+        m("velox_cache_store_errors_total{reason=\"full\",tier=\"local\"}").await,
         1.0
     );
     assert_eq!(
-        m("velox_cache_store_errors_total{reason=\"io\"}").await,
+        m("velox_cache_store_errors_total{reason=\"io\",tier=\"local\"}").await,
         0.0
     );
     assert_eq!(m("velox_builds_total{status=\"error\"}").await, 0.0);
@@ -167,7 +167,7 @@ async fn a_binary_that_does_not_fit_still_reaches_every_waiter() {
     assert!(failed, "{last}");
     assert_eq!(last["error"], "storage_unavailable", "{last}");
     assert_eq!(
-        m("velox_cache_store_errors_total{reason=\"full\"}").await,
+        m("velox_cache_store_errors_total{reason=\"full\",tier=\"local\"}").await,
         2.0
     );
 
@@ -261,7 +261,11 @@ async fn min_free_gb_is_a_floor_kept_by_evicting() {
     let first = get(&server.admin_url(&format!("/v1/cache/{}", keys[0])), &[]).await;
     assert_eq!(first.status, 404);
     assert_eq!(
-        metric(&server, "velox_cache_store_errors_total{reason=\"full\"}").await,
+        metric(
+            &server,
+            "velox_cache_store_errors_total{reason=\"full\",tier=\"local\"}"
+        )
+        .await,
         0.0
     );
     let (status, v) = readyz(&server).await;

@@ -23,7 +23,7 @@ use serde_json::json;
 use support::server::run;
 use support::*;
 
-const CORRUPT: &str = "velox_cache_store_errors_total{reason=\"corrupt\"}";
+const CORRUPT: &str = "velox_cache_store_errors_total{reason=\"corrupt\",tier=\"local\"}";
 
 fn blob_path(data_dir: &Path, hex: &str) -> PathBuf {
     data_dir.join("blobs/sha256").join(&hex[..2]).join(hex)
@@ -127,8 +127,13 @@ async fn force_rebuild_replaces_a_damaged_blob() {
 async fn the_scrub_quarantines_a_damaged_blob_and_the_next_request_rebuilds() {
     let h = Harness::start_with(|o| o.env("VELOX_CACHE_CACHE__SCRUB_INTERVAL", "200ms"));
     let s = h.server();
-    for reason in ["full", "io", "corrupt"] {
-        let name = format!("velox_cache_store_errors_total{{reason=\"{reason}\"}}");
+    for (reason, tier) in [
+        ("full", "local"),
+        ("io", "local"),
+        ("corrupt", "local"),
+        ("corrupt", "bucket"),
+    ] {
+        let name = format!("velox_cache_store_errors_total{{reason=\"{reason}\",tier=\"{tier}\"}}");
         assert_eq!(metric(s, &name).await, 0.0, "{name} is exported at 0");
     }
     let req = build_request("linux", "amd64");

@@ -1,76 +1,17 @@
 //! Replicas sharing a bucket (docs/object-storage.md), through real HTTP: two or three velox-cache
 //! processes (the real binary), one stand-in Velox, and moto's S3 server as the bucket.
 
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/moto.rs"]
 mod moto;
 mod support;
 
 use std::time::Duration;
 
-use moto::Moto;
+use cluster::Cluster;
 use serde_json::json;
 use support::*;
-use tempfile::TempDir;
-
-/// One Velox, one bucket, and replicas started on demand, each with its own data dir.
-struct Cluster {
-    tmp: TempDir,
-    velox: FakeVelox,
-    moto: Moto,
-    prefix: String,
-    extra: Vec<(String, String)>,
-    started: usize,
-}
-
-impl Cluster {
-    fn start(prefix: &str) -> Cluster {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let velox = FakeVelox::start(&tmp.path().join("velox-out"));
-        let moto = Moto::start(tmp.path(), "velox-test");
-        Cluster {
-            tmp,
-            velox,
-            moto,
-            prefix: prefix.to_owned(),
-            extra: Vec::new(),
-            started: 0,
-        }
-    }
-
-    fn with(mut self, key: &str, value: &str) -> Cluster {
-        self.extra.push((key.into(), value.into()));
-        self
-    }
-
-    fn options(&mut self) -> Options {
-        self.started += 1;
-        let data = self.tmp.path().join(format!("replica{}", self.started));
-        let mut opts = Options::new(&data, &self.velox.url, &self.velox.dir);
-        for (k, v) in self
-            .moto
-            .env(&self.prefix)
-            .into_iter()
-            .chain(self.extra.clone())
-        {
-            opts = opts.env(&k, &v);
-        }
-        opts
-    }
-
-    fn replica(&mut self) -> Server {
-        let opts = self.options();
-        Server::start(&opts)
-    }
-
-    /// Object keys under the test's prefix, without it.
-    fn objects(&self, under: &str) -> Vec<(String, u64)> {
-        self.moto
-            .list(&format!("{}{under}", self.prefix))
-            .into_iter()
-            .map(|(k, n)| (k[self.prefix.len()..].to_owned(), n))
-            .collect()
-    }
-}
 
 fn builds(s: &Server) -> String {
     s.url("/_velox/v1/builds")
@@ -181,7 +122,7 @@ async fn concurrent_misses_across_replicas_build_once() {
 }
 
 #[actix_web::test]
-async fn a_fresh_replica_serves_ranges_from_the_bucket() {
+async fn a_fresh_replica_serves_ranges_from_a_verified_fill() {
     let mut c = Cluster::start("ranges/");
     c.velox.set_size(1024 * 1024 + 17);
     let a = c.replica();
@@ -194,24 +135,10 @@ async fn a_fresh_replica_serves_ranges_from_the_bucket() {
     let etag = miss.header("etag").expect("etag").to_owned();
     drop(a);
 
-    // Only the bucket has the blob now; the fresh replica fetches just the bytes asked for.
+    // Only the bucket has the blob now. A range is served from a verified copy: the fresh
+    // replica fills its tier with the whole blob (hashed), then answers from it.
     let fresh = c.replica();
     let url = fresh.url(&location);
-    let part = get(&url, &[("range", "bytes=1000-1999")]).await;
-    assert_eq!(part.status, 206);
-    assert_eq!(&part.body[..], &miss.body[1000..2000]);
-    assert_eq!(
-        part.header("content-range"),
-        Some(format!("bytes 1000-1999/{}", miss.body.len()).as_str())
-    );
-    assert_eq!(part.header("etag"), Some(etag.as_str()));
-    assert_eq!(read_bytes(&fresh).await, 1000.0, "not a ranged GET");
-
-    let tail = get(&url, &[("range", "bytes=-100"), ("if-range", &etag)]).await;
-    assert_eq!(tail.status, 206);
-    assert_eq!(&tail.body[..], &miss.body[miss.body.len() - 100..]);
-    assert_eq!(read_bytes(&fresh).await, 1100.0);
-
     let head = support::head(&url, &[]).await;
     assert_eq!(head.status, 200);
     assert_eq!(
@@ -222,14 +149,35 @@ async fn a_fresh_replica_serves_ranges_from_the_bucket() {
         head.header("content-disposition"),
         Some("attachment; filename=\"roadrunner-linux-amd64\"")
     );
-    assert_eq!(read_bytes(&fresh).await, 1100.0, "HEAD read the blob");
+    let manifest_bytes = read_bytes(&fresh).await;
+    assert!(manifest_bytes < 4096.0, "HEAD read the blob: {manifest_bytes}");
+
+    let part = get(&url, &[("range", "bytes=1000-1999")]).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(&part.body[..], &miss.body[1000..2000]);
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 1000-1999/{}", miss.body.len()).as_str())
+    );
+    assert_eq!(part.header("etag"), Some(etag.as_str()));
+    assert_eq!(metric(&fresh, "velox_bucket_fills_total").await, 1.0);
+    let read = read_bytes(&fresh).await;
+    assert!(
+        read >= miss.body.len() as f64 && read < miss.body.len() as f64 + 2.0 * 4096.0,
+        "{read} bytes read"
+    );
+
+    let tail = get(&url, &[("range", "bytes=-100"), ("if-range", &etag)]).await;
+    assert_eq!(tail.status, 206);
+    assert_eq!(&tail.body[..], &miss.body[miss.body.len() - 100..]);
+    assert_eq!(read_bytes(&fresh).await, read, "read from the local tier");
 
     let unknown = format!("/_velox/v1/artifacts/{}", "0".repeat(64));
     get(&fresh.url(&unknown), &[])
         .await
         .assert_error(404, "not_found");
 
-    // Through the build API too: a Range on a bucket-only hit is a ranged GET, no fill.
+    // Through the build API too: a Range on a bucket-only hit waits for the verified fill.
     let other = c.replica();
     let part = post_json(
         &builds(&other),
@@ -240,9 +188,15 @@ async fn a_fresh_replica_serves_ranges_from_the_bucket() {
     assert_eq!(part.status, 206);
     assert_eq!(part.header("x-cache-status"), Some("HIT"));
     assert_eq!(&part.body[..], &miss.body[5..10]);
-    let read = read_bytes(&other).await;
-    assert!(read < 64.0 * 1024.0, "{read} bytes read for a 5-byte range");
-    assert_eq!(metric(&other, "velox_bucket_fills_total").await, 0.0);
+    assert_eq!(metric(&other, "velox_bucket_fills_total").await, 1.0);
+    let again = post_json(
+        &builds(&other),
+        &build_request("linux", "amd64"),
+        &[("range", "bytes=10-19")],
+    )
+    .await;
+    assert_eq!(&again.body[..], &miss.body[10..20]);
+    assert_eq!(again.header("x-cache-status"), Some("HIT"));
     assert_eq!(c.velox.calls(), 1);
 }
 

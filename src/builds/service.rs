@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{Metrics, RetryReason, StoreErrorReason};
 use crate::store::shared::{AfterInsert, Artifact, Claim, Fill, LocalOnly, SharedError};
-use crate::store::{BlobSource, EntryRecord, IngestError, Limits, SharedStore, Store};
+use crate::store::{BlobSource, EntryRecord, IngestError, Limits, Manifest, SharedStore, Store};
 
 /// A cause shared by every waiter of a build (the outcome is cloned to each).
 pub type SharedCause = Arc<dyn std::error::Error + Send + Sync>;
@@ -237,6 +237,17 @@ impl BuildService {
 
     pub fn shared(&self) -> &Arc<dyn SharedStore> {
         &self.shared
+    }
+
+    /// A fill of the local tier with `manifest`'s blob, as `key`'s entry (the artifact route's
+    /// bucket-only blobs, whose entry the bucket named).
+    pub fn fill(&self, key: CacheKey, manifest: Manifest) -> Fill {
+        Fill {
+            key,
+            manifest,
+            store: Arc::clone(&self.store),
+            after: self.after_insert(),
+        }
     }
 
     /// Enforces the cache limits after `key` entered the local tier (it is never a victim).

@@ -213,7 +213,14 @@ pub fn respond(
         }
     };
     let conditional = matches!(*req.method(), Method::GET | Method::HEAD);
-    let plan = plan(req, &pre.etag, pre.modified, blob.size, conditional);
+    let plan = match plan(req, &pre.etag, pre.modified, blob.size, conditional) {
+        // Bytes only the bucket holds are sent only once checked: a range needs a verified copy
+        // in the local tier first, so without a way to fill it the whole body goes, hashed.
+        Plan::Partial { .. } if matches!(&blob.source, BlobSource::Remote(r) if !r.serves_ranges()) => {
+            Plan::Full
+        }
+        plan => plan,
+    };
 
     let status = match plan {
         Plan::NotModified => StatusCode::NOT_MODIFIED,

@@ -242,11 +242,14 @@ async fn get_artifact(
     let blob = match local {
         Some(blob) => blob,
         None => {
-            let remote = shared
+            let mut remote = shared
                 .open(digest)
                 .await
                 .map_err(bucket_failed)?
                 .ok_or_else(not_found)?;
+            if let Some((key, manifest)) = remote.origin.take() {
+                remote.fill = Some(state.builds.fill(key, manifest));
+            }
             Blob {
                 digest,
                 size: remote.size,

@@ -98,33 +98,61 @@ pub struct Fill {
     pub after: AfterInsert,
 }
 
-/// A blob that only the shared store holds, ready to stream.
+/// A blob that only the shared store holds, ready to stream. Every byte of it is checked
+/// against its digest before a client gets it: whole answers hash as they stream and are cut
+/// before their last chunk when wrong; ranges are served from the local tier after a verified
+/// fill, so they need a `fill`.
 pub struct RemoteBlob {
     pub digest: Digest,
     pub size: u64,
     pub modified: SystemTime,
     pub file_name: String,
     pub(super) reader: Arc<dyn RemoteReader>,
-    /// Set on a cache hit: a whole-body download also fills the local tier.
+    /// Set on a cache hit: a whole-body download also fills the local tier, and a range waits
+    /// for that fill.
     pub fill: Option<Fill>,
+    /// For a blob found by digest alone: the entry it was stored for, when the shared store
+    /// names one whose manifest names this blob (the caller turns it into a `fill`).
+    pub origin: Option<(CacheKey, Manifest)>,
 }
 
 impl RemoteBlob {
-    /// `length` bytes from `start`, streamed from the shared store (a ranged GET); the whole blob,
-    /// when a fill is attached, also goes into the local tier on the way.
+    /// Whether a range of this blob can be served: only from a verified copy in the local tier,
+    /// so only when the blob can be filled into it. Without, a `Range` is answered with the
+    /// whole (hashed) body, as RFC 9110 §14.2 allows.
+    pub fn serves_ranges(&self) -> bool {
+        self.fill.is_some()
+    }
+
+    /// `length` bytes from `start`. The whole blob streams from the shared store, hashed on the
+    /// way (and fills the local tier when a fill is attached); a range is read from the local
+    /// tier once the fill has put a verified copy there.
     pub fn stream(self, start: u64, length: u64) -> ByteStream {
         let whole = start == 0 && length == self.size;
         match self.fill {
             Some(fill) if whole => self.reader.read_filling(self.digest, self.size, fill),
-            _ => self.reader.read(self.digest, start, length),
+            None if whole => self.reader.read(self.digest, self.size),
+            Some(fill) => self.reader.read_range(start, length, fill),
+            None => {
+                // `serves_ranges` said no: the caller should have asked for the whole.
+                let (tx, rx) = mpsc::channel(1);
+                let _ = tx.try_send(Err(io::Error::other(
+                    "a range of a blob that is only in the bucket needs a fill",
+                )));
+                ByteStream(rx)
+            }
         }
     }
 }
 
 /// The reading half of a shared store, as [`RemoteBlob`] needs it.
 pub(super) trait RemoteReader: Send + Sync {
-    fn read(&self, digest: Digest, start: u64, length: u64) -> ByteStream;
+    /// The whole blob, hashed as it streams.
+    fn read(&self, digest: Digest, size: u64) -> ByteStream;
+    /// The whole blob, hashed as it streams, also filling the local tier.
     fn read_filling(&self, digest: Digest, size: u64, fill: Fill) -> ByteStream;
+    /// A range, from the local tier once `fill` (or the fill under way) has put it there.
+    fn read_range(&self, start: u64, length: u64, fill: Fill) -> ByteStream;
 }
 
 /// Where the bytes of a blob come from.

@@ -10,6 +10,8 @@
 //! updates, never had two winners. One difference from S3: `If-Match` on a missing key creates it
 //! (S3 answers 404); the tests do not depend on either.
 
+#![allow(dead_code)]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -64,6 +66,57 @@ fn raw(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Option<
     let status = out.split_whitespace().nth(1)?.parse().ok()?;
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((status, body))
+}
+
+/// One HTTP/1.1 request with a body, without a client library; the status and the body bytes.
+fn raw_bytes(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let mut rest = out[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        rest = dechunk(&rest)?;
+    }
+    Some((status, rest))
+}
+
+/// The body of a chunked message.
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = String::from_utf8_lossy(&body[..line_end]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(body.get(..size)?);
+        body = body.get(size + 2..)?;
+    }
 }
 
 /// moto answers unsigned reads with 403 but does not check signatures: any SigV4-shaped header
@@ -158,6 +211,34 @@ impl Moto {
                 Some((key.to_owned(), size.parse().ok()?))
             })
             .collect()
+    }
+
+    /// The bytes of one object, read through the S3 API as any client would.
+    pub fn get_object(&self, key: &str) -> Option<Vec<u8>> {
+        let (status, body) = raw_bytes(
+            self.port,
+            "GET",
+            &format!("/{}/{key}", self.bucket),
+            &[("Authorization", ANY_AUTH)],
+            &[],
+        )?;
+        (status == 200).then_some(body)
+    }
+
+    /// Writes one object through the S3 API, as anyone with write access to the bucket could
+    /// (an attacker, a buggy replica), with the headers given (`x-amz-meta-*`, for example).
+    pub fn put_object(&self, key: &str, bytes: &[u8], headers: &[(&str, &str)]) {
+        let mut all = vec![("Authorization", ANY_AUTH)];
+        all.extend_from_slice(headers);
+        let (status, body) = raw_bytes(
+            self.port,
+            "PUT",
+            &format!("/{}/{key}", self.bucket),
+            &all,
+            bytes,
+        )
+        .expect("moto answers a put");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
 
     /// Deletes one object, as a lifecycle rule would.

@@ -13,6 +13,7 @@ pub enum BucketOp {
     BlobHead,
     BlobGet,
     BlobPut,
+    BlobDelete,
     LockPut,
     LockGet,
     LockDelete,
@@ -20,13 +21,14 @@ pub enum BucketOp {
 }
 
 impl BucketOp {
-    pub const ALL: [BucketOp; 10] = [
+    pub const ALL: [BucketOp; 11] = [
         BucketOp::ManifestGet,
         BucketOp::ManifestPut,
         BucketOp::ManifestDelete,
         BucketOp::BlobHead,
         BucketOp::BlobGet,
         BucketOp::BlobPut,
+        BucketOp::BlobDelete,
         BucketOp::LockPut,
         BucketOp::LockGet,
         BucketOp::LockDelete,
@@ -41,6 +43,7 @@ impl BucketOp {
             BucketOp::BlobHead => "blob_head",
             BucketOp::BlobGet => "blob_get",
             BucketOp::BlobPut => "blob_put",
+            BucketOp::BlobDelete => "blob_delete",
             BucketOp::LockPut => "lock_put",
             BucketOp::LockGet => "lock_get",
             BucketOp::LockDelete => "lock_delete",
@@ -55,8 +58,8 @@ impl BucketOp {
 
 #[derive(Default)]
 pub struct BucketCounters {
-    requests: [AtomicU64; 10],
-    errors: [AtomicU64; 10],
+    requests: [AtomicU64; BucketOp::ALL.len()],
+    errors: [AtomicU64; BucketOp::ALL.len()],
     pub read_bytes: AtomicU64,
     pub written_bytes: AtomicU64,
     /// Blobs uploaded in parts.
@@ -90,7 +93,10 @@ impl BucketCounters {
 
     /// The Prometheus text of these counters.
     pub fn render(&self, out: &mut String) {
-        let labelled = |out: &mut String, name: &str, help: &str, values: &[AtomicU64; 10]| {
+        let labelled = |out: &mut String,
+                        name: &str,
+                        help: &str,
+                        values: &[AtomicU64; BucketOp::ALL.len()]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (op, v) in BucketOp::ALL.iter().zip(values) {
                 let _ = writeln!(out, "{name}{{op=\"{}\"}} {}", op.as_str(), v.load(Relaxed));

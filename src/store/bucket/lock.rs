@@ -15,6 +15,7 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::checked::{read_capped, Capped};
 use super::{Bucket, BucketOp};
 use crate::ids::CacheKey;
 use crate::store::shared::{BuildLock, Claim, SharedError};
@@ -22,6 +23,9 @@ use crate::store::shared::{BuildLock, Claim, SharedError};
 /// The first pause between two looks at another replica's build; it grows to `MAX_POLL`.
 const FIRST_POLL: Duration = Duration::from_millis(100);
 const MAX_POLL: Duration = Duration::from_secs(2);
+
+/// A lock object is a few hundred bytes; anything larger is not one.
+const MAX_LOCK_BYTES: usize = 4096;
 
 /// The body of a lock object.
 #[derive(Debug, Serialize, Deserialize)]
@@ -151,7 +155,12 @@ impl Bucket {
             .counted(BucketOp::LockGet, async {
                 let got = self.0.s3.get_opts(&path, GetOptions::default()).await?;
                 let etag = got.meta.e_tag.clone();
-                Ok::<_, object_store::Error>((got.bytes().await?, etag))
+                match read_capped(got, MAX_LOCK_BYTES).await {
+                    Ok(bytes) => Ok((Some(bytes), etag)),
+                    // Not a lock this code wrote: held by nobody known, so it expires.
+                    Err(Capped::TooLarge(_)) => Ok((None, etag)),
+                    Err(Capped::Store(e)) => Err(e),
+                }
             })
             .await?
         {
@@ -161,7 +170,7 @@ impl Bucket {
         };
         let (bytes, etag) = got;
         Ok(Seen::Held {
-            record: serde_json::from_slice(&bytes).ok(),
+            record: bytes.and_then(|b| serde_json::from_slice(&b).ok()),
             etag,
         })
     }
@@ -196,6 +205,37 @@ impl Bucket {
         }))
     }
 
+    /// Whether a lock read from the bucket no longer holds. A lock is input like any object
+    /// there: its expiry counts for at most one lease after its acquisition (a clock far ahead,
+    /// or a hand-written lock, cannot hold a key for years), and a lock that this replica has
+    /// seen unchanged for a whole lease is expired whatever it says, since a live holder renews
+    /// (and so rewrites) it every third of a lease.
+    fn expired(
+        &self,
+        record: Option<&LockRecord>,
+        etag: Option<&str>,
+        unchanged: &mut Option<(String, Instant)>,
+    ) -> bool {
+        let lease = self.0.lease;
+        let stale = match (etag, unchanged.as_ref()) {
+            (Some(e), Some((seen, since))) if e == seen => since.elapsed() >= lease,
+            (Some(e), _) => {
+                *unchanged = Some((e.to_owned(), Instant::now()));
+                false
+            }
+            (None, _) => false,
+        };
+        let Some(r) = record else {
+            return true;
+        };
+        let now = crate::util::now_ms();
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let until = r
+            .expires_ms
+            .min(r.acquired_ms.min(now).saturating_add(lease_ms));
+        stale || until <= now
+    }
+
     /// The protocol of the module doc. Runs until it settles; the caller's deadline (the build's)
     /// cancels it.
     pub(super) async fn claim_build(
@@ -209,6 +249,8 @@ impl Bucket {
         // created after that build took its lock.
         let mut joined: Option<u64> = None;
         let mut counted_wait = false;
+        // The version of the lock last seen, and since when (this replica's clock).
+        let mut unchanged: Option<(String, Instant)> = None;
         loop {
             if !force || joined.is_some() {
                 if let Some(m) = self.usable_manifest(key).await? {
@@ -231,8 +273,7 @@ impl Bucket {
                 // Released a moment ago: look again after a short pause.
                 Seen::Gone => {}
                 Seen::Held { record, etag } => {
-                    let now = crate::util::now_ms();
-                    let expired = record.as_ref().is_none_or(|r| r.expires_ms <= now);
+                    let expired = self.expired(record.as_ref(), etag.as_deref(), &mut unchanged);
                     if expired {
                         let holder = record.map(|r| r.replica).unwrap_or_default();
                         if let Some(etag) = self.write_lock(&key, etag).await? {

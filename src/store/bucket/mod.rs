@@ -14,12 +14,14 @@
 //! Here: the client, its runtime, the layout and the manifests. `transfer.rs` moves blobs,
 //! `lock.rs` keeps one build per key, `seam.rs` is the `SharedStore` the build layer sees.
 
+mod checked;
 mod counters;
 mod lock;
+mod repair;
 mod seam;
 mod transfer;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
@@ -31,19 +33,20 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{
     Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt,
-    PutMode, PutOptions, PutPayload, RetryConfig,
+    PutMode, PutOptions, PutPayload, RetryConfig, UpdateVersion,
 };
 
 use super::shared::{SharedError, SharedHealth};
 use super::Manifest;
 use crate::config::Config;
 use crate::ids::{CacheKey, Digest};
+use checked::{Capped, Found};
 pub use counters::{BucketCounters, BucketOp};
 
 /// The longest a request that carries no blob may take.
 const OP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Manifests are small; anything larger is not one.
-const MAX_MANIFEST_BYTES: usize = 2 * 1024 * 1024;
+const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
 
 /// Owns the bucket's runtime; shuts it down without blocking, so that it may be dropped from
 /// inside another runtime (the server's state is dropped in async code).
@@ -67,7 +70,7 @@ pub(super) struct Inner {
     /// 0 unknown, 1 answered, 2 failed: what the last request saw.
     health: AtomicU8,
     /// Keys whose blob is being downloaded into the local tier (one download per key).
-    filling: Mutex<HashSet<CacheKey>>,
+    filling: Mutex<HashMap<CacheKey, tokio::sync::watch::Receiver<Option<bool>>>>,
     handle: tokio::runtime::Handle,
     _runtime: Runtime,
 }
@@ -163,7 +166,7 @@ impl Bucket {
             replica: replica_id(),
             lease: config.lock_lease(),
             health: AtomicU8::new(0),
-            filling: Mutex::new(HashSet::new()),
+            filling: Mutex::new(HashMap::new()),
             handle: runtime.handle().clone(),
             _runtime: Runtime(Some(runtime)),
         })))
@@ -200,7 +203,7 @@ impl Bucket {
         self.0.handle.block_on(task)
     }
 
-    fn path(&self, rest: String) -> Path {
+    pub(super) fn path(&self, rest: String) -> Path {
         Path::from(format!("{}{rest}", self.0.prefix))
     }
 
@@ -258,46 +261,59 @@ impl Bucket {
         }
     }
 
+    /// The manifest of `key` as the bucket holds it, read with a size cap and checked as input
+    /// (`checked.rs`), with the ETag it was read at.
     pub(super) async fn get_manifest(
         &self,
         key: CacheKey,
-    ) -> Result<Option<Manifest>, SharedError> {
+    ) -> Result<Option<(Found, Option<String>)>, SharedError> {
         let path = self.manifest_path(&key);
         let got = match self
             .counted(BucketOp::ManifestGet, async {
-                self.0
-                    .s3
-                    .get_opts(&path, GetOptions::default())
-                    .await?
-                    .bytes()
-                    .await
+                let got = self.0.s3.get_opts(&path, GetOptions::default()).await?;
+                let etag = got.meta.e_tag.clone();
+                match checked::read_capped(got, MAX_MANIFEST_BYTES).await {
+                    Ok(bytes) => Ok(Ok((bytes, etag))),
+                    Err(Capped::TooLarge(cap)) => Ok(Err(cap)),
+                    Err(Capped::Store(e)) => Err(e),
+                }
             })
             .await?
         {
-            Ok(bytes) => bytes,
+            Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(SharedError::Bucket(Box::new(e))),
         };
-        self.0.counters.read(got.len());
-        let decoded = (got.len() <= MAX_MANIFEST_BYTES)
-            .then(|| serde_json::from_slice::<Manifest>(&got).ok())
-            .flatten()
-            .filter(|m| m.names().is_ok_and(|(k, _, _)| k == key));
-        if decoded.is_none() {
+        let found = match got {
+            Ok((bytes, etag)) => {
+                self.0.counters.read(bytes.len());
+                (checked::check_manifest(&bytes, key), etag)
+            }
+            Err(cap) => (Found::Damaged(format!("larger than {cap} bytes")), None),
+        };
+        match &found.0 {
+            Found::Usable(_) => {}
+            Found::Newer(v) => log::warn!(
+                "the manifest of {key} in the bucket is of version {v}, newer than this build \
+                 reads; leaving it alone"
+            ),
             // Rebuilt as if absent; the new manifest then replaces it.
-            log::error!("the manifest of {key} in the bucket is damaged; ignoring it");
+            Found::Damaged(why) => {
+                log::error!("the manifest of {key} in the bucket is damaged ({why}); ignoring it")
+            }
         }
-        Ok(decoded)
+        Ok(Some(found))
     }
 
-    /// The manifest of `key` when the blob it names is in the bucket too. Lifecycle rules may
-    /// expire a blob before a manifest that names it (a re-upload of existing bytes does not make
-    /// the blob younger): such a manifest counts as absent, and the next build replaces it.
+    /// The manifest of `key` when the blob it names is in the bucket too, of the size it says.
+    /// Lifecycle rules may expire a blob before a manifest that names it (a re-upload of existing
+    /// bytes does not make the blob younger), and a damaged blob is quarantined (`repair.rs`):
+    /// such a manifest counts as absent, and the next build replaces it.
     pub(super) async fn usable_manifest(
         &self,
         key: CacheKey,
     ) -> Result<Option<Manifest>, SharedError> {
-        let Some(manifest) = self.get_manifest(key).await? else {
+        let Some((Found::Usable(manifest), _)) = self.get_manifest(key).await? else {
             return Ok(None);
         };
         let Ok((_, digest, size)) = manifest.names() else {
@@ -316,23 +332,64 @@ impl Bucket {
         }
     }
 
-    /// Writes the manifest; `replace` overwrites one already there. Without it, an existing
-    /// manifest wins and is returned.
+    /// Writes the manifest; `replace` overwrites a usable one already there. Without it, an
+    /// existing usable manifest wins and is returned. A damaged one is replaced (on the ETag it
+    /// was read at, so that a manifest another replica writes meanwhile is not lost); one of a
+    /// newer version is never overwritten: the entry then lives in this replica's tier alone.
     async fn put_manifest(
         &self,
         key: CacheKey,
         manifest: Manifest,
         replace: bool,
     ) -> Result<Option<Manifest>, SharedError> {
-        let bytes = serde_json::to_vec_pretty(&manifest).map_err(io_err)?;
+        // Three rounds at most: each lost race means another replica wrote meanwhile. A
+        // replacement looks first (a newer manifest stays), then writes on what it saw.
+        let mut mode = if replace { None } else { Some(PutMode::Create) };
+        for _ in 0..3 {
+            if let Some(mode) = mode.take() {
+                if self.write_manifest(key, &manifest, mode).await?.is_ok() {
+                    return Ok(None);
+                }
+            }
+            // Created already, or changed since it was read: look at what is there.
+            let Some((found, etag)) = self.get_manifest(key).await? else {
+                mode = Some(PutMode::Create);
+                continue;
+            };
+            match found {
+                Found::Newer(_) => return Ok(None),
+                Found::Usable(theirs) if !replace && self.blob_matches(&theirs).await? => {
+                    return Ok(Some(theirs))
+                }
+                // Damaged, naming a blob that is gone, or ours replaces it anyway.
+                Found::Usable(_) | Found::Damaged(_) => {
+                    mode = Some(match etag {
+                        Some(e_tag) => PutMode::Update(UpdateVersion {
+                            e_tag: Some(e_tag),
+                            version: None,
+                        }),
+                        None => PutMode::Overwrite,
+                    });
+                }
+            }
+        }
+        Err(SharedError::Damaged(format!(
+            "the manifest of {key} kept changing while it was written"
+        )))
+    }
+
+    /// One conditional write of a manifest; `Err(())` when the condition failed.
+    async fn write_manifest(
+        &self,
+        key: CacheKey,
+        manifest: &Manifest,
+        mode: PutMode,
+    ) -> Result<Result<(), ()>, SharedError> {
+        let bytes = serde_json::to_vec_pretty(manifest).map_err(io_err)?;
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::ContentType, "application/json".into());
         let opts = PutOptions {
-            mode: if replace {
-                PutMode::Overwrite
-            } else {
-                PutMode::Create
-            },
+            mode,
             attributes,
             ..Default::default()
         };
@@ -347,17 +404,27 @@ impl Bucket {
         {
             Ok(_) => {
                 self.0.counters.written(n);
-                Ok(None)
+                Ok(Ok(()))
             }
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                match self.usable_manifest(key).await? {
-                    Some(theirs) => Ok(Some(theirs)),
-                    // Damaged, or naming a blob that is gone: ours replaces it.
-                    None => Box::pin(self.put_manifest(key, manifest, true)).await,
-                }
-            }
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::NotFound { .. },
+            ) => Ok(Err(())),
             Err(e) => Err(SharedError::Bucket(Box::new(e))),
         }
+    }
+
+    /// Whether the blob `manifest` names is in the bucket, of its size.
+    async fn blob_matches(&self, manifest: &Manifest) -> Result<bool, SharedError> {
+        let Ok((_, digest, size)) = manifest.names() else {
+            return Ok(false);
+        };
+        let path = self.blob_path(&digest);
+        Ok(matches!(
+            self.counted(BucketOp::BlobHead, self.0.s3.head(&path)).await?,
+            Ok(meta) if meta.size == size
+        ))
     }
 
     async fn probe(&self) -> SharedHealth {

@@ -8,6 +8,8 @@ use object_store::signer::{Method, Signer};
 use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt};
 use tokio::time::Instant;
 
+use super::checked::{Found, MAX_BLOB_BYTES};
+use super::transfer::KEY_METADATA;
 use super::{Bucket, BucketOp};
 use crate::ids::{CacheKey, Digest};
 use crate::store::shared::{
@@ -17,6 +19,30 @@ use crate::store::{EntryRecord, Manifest, Store};
 
 /// How long a presigned artifact URL stays valid.
 pub const PRESIGN_TTL: Duration = Duration::from_secs(3600);
+
+/// `t`, or now when `t` is in the future (a bucket's clock, or a hand-made date).
+fn clamp_past(t: SystemTime) -> SystemTime {
+    t.min(SystemTime::now())
+}
+
+impl Bucket {
+    /// The entry a blob found by digest was stored for: `key`'s manifest, when it is usable and
+    /// names this very blob (the object's metadata is only a hint: anyone may have written it).
+    async fn origin(
+        &self,
+        key: CacheKey,
+        digest: Digest,
+        size: u64,
+    ) -> Result<Option<(CacheKey, Manifest)>, SharedError> {
+        let Some((Found::Usable(manifest), _)) = self.get_manifest(key).await? else {
+            return Ok(None);
+        };
+        Ok(match manifest.names() {
+            Ok((_, d, n)) if d == digest && n == size => Some((key, manifest)),
+            _ => None,
+        })
+    }
+}
 
 impl SharedStore for Bucket {
     fn find(&self, key: CacheKey) -> BoxFuture<'static, Result<Option<Manifest>, SharedError>> {
@@ -43,7 +69,7 @@ impl SharedStore for Bucket {
         let (key, replace) = (a.key, a.replace);
         let started = std::time::Instant::now();
         let theirs = self.block_on(async move {
-            this.put_blob(path, digest, size, file_name).await?;
+            this.put_blob(path, digest, size, file_name, key).await?;
             this.put_manifest(key, manifest.clone(), replace)
                 .await
                 .map(|theirs| (theirs, manifest))
@@ -100,6 +126,7 @@ impl SharedStore for Bucket {
             file_name: manifest.file_name.clone(),
             reader: Arc::new(self.clone()),
             fill: None,
+            origin: None,
         })
     }
 
@@ -119,25 +146,38 @@ impl SharedStore for Bucket {
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
                 Err(e) => return Err(SharedError::Bucket(Box::new(e))),
             };
+            let size = got.meta.size;
+            if size == 0 || size > MAX_BLOB_BYTES {
+                log::error!("the bucket's blob {digest} has {size} bytes; not serving it");
+                return Ok(None);
+            }
+            // What the object says of itself is input: the name is cleaned, the date clamped.
             let file_name = got
                 .attributes
                 .get(&Attribute::ContentDisposition)
                 .and_then(|v| {
                     let v: &str = v.as_ref();
-                    v.split("filename=\"")
-                        .nth(1)?
-                        .split('"')
-                        .next()
-                        .map(str::to_owned)
+                    v.split("filename=\"").nth(1)?.split('"').next()
                 })
+                .map(crate::util::clean_file_name)
                 .unwrap_or_else(|| "roadrunner".into());
+            let modified = clamp_past(SystemTime::from(got.meta.last_modified));
+            let origin = match got
+                .attributes
+                .get(&Attribute::Metadata(KEY_METADATA.into()))
+                .and_then(|v| CacheKey::from_hex(v.as_ref()))
+            {
+                Some(key) => this.origin(key, digest, size).await?,
+                None => None,
+            };
             Ok(Some(RemoteBlob {
                 digest,
-                size: got.meta.size,
-                modified: SystemTime::from(got.meta.last_modified),
+                size,
+                modified,
                 file_name,
                 reader: Arc::new(this.clone()),
                 fill: None,
+                origin,
             }))
         })
     }

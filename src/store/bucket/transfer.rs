@@ -8,13 +8,14 @@ use std::sync::Arc;
 use actix_web::web::Bytes;
 use futures_util::StreamExt;
 use object_store::{
-    Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode,
-    PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
+    Attribute, Attributes, GetOptions, ObjectStore, PutMode, PutMultipartOptions, PutOptions,
+    PutPayload, WriteMultipart,
 };
-use tokio::sync::mpsc;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{mpsc, watch};
 
 use super::{io_err, Bucket, BucketOp};
-use crate::ids::Digest;
+use crate::ids::{CacheKey, Digest};
 use crate::store::shared::{ByteStream, Fill, RemoteReader, SharedError};
 use crate::store::{EntryRecord, Staged, Staging};
 
@@ -26,31 +27,27 @@ const PARALLEL_PARTS: usize = 2;
 const CHANNEL_CHUNKS: usize = 4;
 /// Local writes of a download are batched to this size.
 const WRITE_BATCH: usize = 1024 * 1024;
+/// The user metadata of a blob object that names the key it was built for.
+pub(super) const KEY_METADATA: &str = "velox-key";
+/// Chunks of a range read from the local tier after a fill.
+const RANGE_CHUNK: usize = 256 * 1024;
 
 impl Bucket {
-    /// Uploads a staged blob unless the bucket has it: one PUT with `If-None-Match: *` up to
-    /// `PART_SIZE`, a multipart upload above (object_store sends no precondition on a multipart
-    /// completion, so two replicas racing on one digest may both write it: the same bytes).
+    /// Uploads a staged (hashed, verified) blob: one PUT up to `PART_SIZE`, a multipart upload
+    /// above. An object already at the digest's name is replaced, never trusted for its size: it
+    /// may be damaged, and keeping it would hand the damage to every replica (the bucket's copy
+    /// of the local ingest rule). Two replicas racing on one digest both write the same bytes.
+    /// The object names `key` in its metadata (`velox-key`), so that a request for the digest
+    /// alone can find the entry to fill the local tier with.
     pub(super) async fn put_blob(
         &self,
         staged_path: std::path::PathBuf,
         digest: Digest,
         size: u64,
         file_name: String,
+        key: CacheKey,
     ) -> Result<(), SharedError> {
         let path = self.blob_path(&digest);
-        match self
-            .counted(BucketOp::BlobHead, self.0.s3.head(&path))
-            .await?
-        {
-            Ok(meta) if meta.size == size => return Ok(()),
-            Ok(meta) => log::warn!(
-                "the bucket's blob {} has {} bytes, not {size}: replacing it",
-                digest.to_hex(),
-                meta.size
-            ),
-            Err(_) => {}
-        }
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::ContentType, "application/octet-stream".into());
         attributes.insert(
@@ -60,6 +57,10 @@ impl Bucket {
         attributes.insert(
             Attribute::CacheControl,
             "public, max-age=31536000, immutable".into(),
+        );
+        attributes.insert(
+            Attribute::Metadata(KEY_METADATA.into()),
+            key.to_hex().into(),
         );
         let file = Arc::new(std::fs::File::open(&staged_path)?);
         let read = |offset: u64, len: usize| {
@@ -78,7 +79,7 @@ impl Bucket {
         if size <= PART_SIZE as u64 {
             let bytes = read(0, size as usize).await?;
             let opts = PutOptions {
-                mode: PutMode::Create,
+                mode: PutMode::Overwrite,
                 attributes,
                 ..Default::default()
             };
@@ -93,8 +94,6 @@ impl Bucket {
                     self.0.counters.written(size as usize);
                     Ok(())
                 }
-                // The same digest is the same bytes: someone else's upload is as good.
-                Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
                 Err(e) => Err(SharedError::Bucket(Box::new(e))),
             };
         }
@@ -150,31 +149,41 @@ impl Bucket {
         }
     }
 
-    /// Streams `length` bytes from `start` of a blob into `tx` (a ranged GET). With `stage`, the
-    /// same bytes go into the local tier, and the last chunk is held back until the whole blob is
-    /// known to hash to its name: a client never receives a complete wrong body.
+    /// Streams the whole blob into `tx` (when there is a client) and into `stage` (when it fills
+    /// the local tier), hashing it on the way. Every byte is checked before the last one leaves:
+    /// one chunk is always held back until the whole blob is known to hash to its name, so that a
+    /// client never receives a complete wrong body, and a staged copy that does not hash to its
+    /// name is never adopted. An object of another size is refused before any byte is sent. A
+    /// blob found wrong is condemned (`repair.rs`).
     pub(super) async fn pump(
         &self,
         digest: Digest,
-        start: u64,
-        length: u64,
+        size: u64,
         tx: Option<mpsc::Sender<Result<Bytes, io::Error>>>,
         mut stage: Option<Staging>,
     ) -> Result<Option<Staged>, SharedError> {
         let path = self.blob_path(&digest);
-        let opts = GetOptions {
-            range: Some(GetRange::Bounded(start..start + length)),
-            ..Default::default()
-        };
         let c = &self.0.counters;
-        let mut stream = match self
-            .counted(BucketOp::BlobGet, self.0.s3.get_opts(&path, opts))
+        let got = match self
+            .counted(
+                BucketOp::BlobGet,
+                self.0.s3.get_opts(&path, GetOptions::default()),
+            )
             .await?
         {
-            Ok(r) => r.into_stream(),
+            Ok(r) => r,
             Err(e) => return Err(SharedError::Bucket(Box::new(e))),
         };
+        if got.meta.size != size {
+            let why = format!("has {} bytes, not {size}", got.meta.size);
+            self.condemn(digest, &why).await;
+            return Err(SharedError::Damaged(format!(
+                "the bucket's blob {digest} {why}"
+            )));
+        }
+        let mut stream = got.into_stream();
         let mut tx = tx;
+        let mut hasher = Sha256::new();
         let mut held: Option<Bytes> = None;
         let mut batch: Vec<u8> = Vec::new();
         let mut got = 0u64;
@@ -185,6 +194,10 @@ impl Bucket {
             })?;
             c.read(chunk.len());
             got += chunk.len() as u64;
+            if got > size {
+                break;
+            }
+            hasher.update(&chunk);
             if let Some(s) = stage.as_mut() {
                 batch.extend_from_slice(&chunk);
                 if batch.len() >= WRITE_BATCH {
@@ -195,17 +208,8 @@ impl Bucket {
                     batch.clear();
                 }
             }
-            // With a fill, one chunk is held back (see above); without, none is.
-            let mut out = Vec::with_capacity(2);
-            if stage.is_some() {
-                out.extend(held.replace(chunk));
-            } else {
-                out.extend(held.take());
-                out.push(chunk);
-            }
-            for bytes in out {
-                let Some(sender) = tx.as_ref() else { break };
-                if sender.send(Ok(bytes)).await.is_err() {
+            if let (Some(sender), Some(previous)) = (tx.as_ref(), held.replace(chunk)) {
+                if sender.send(Ok(previous)).await.is_err() {
                     // The client left; a fill goes on without it.
                     tx = None;
                 }
@@ -214,22 +218,30 @@ impl Bucket {
                 return Ok(None);
             }
         }
-        if got != length {
+        if got != size {
             return Err(SharedError::Damaged(format!(
-                "blob {digest}: {got} bytes of {length} arrived"
+                "blob {digest}: {got} bytes of {size} arrived"
+            )));
+        }
+        let hashed = Digest(hasher.finalize().into());
+        if hashed != digest {
+            self.condemn(digest, &format!("hashes to {hashed}")).await;
+            return Err(SharedError::Damaged(format!(
+                "the bucket's blob {digest} hashes to {hashed}"
             )));
         }
         let staged = match stage {
             Some(mut s) => {
                 let done = tokio::task::block_in_place(|| s.write(&batch).and_then(|_| s.finish()));
                 match done {
-                    Ok(staged) if staged.digest == digest && staged.size == length => Some(staged),
+                    Ok(staged) if staged.digest == digest && staged.size == size => Some(staged),
+                    // What was hashed on the way is right; the copy on disk is not.
                     Ok(staged) => {
-                        c.corrupt.fetch_add(1, Relaxed);
-                        return Err(SharedError::Damaged(format!(
-                            "the bucket's blob {digest} hashes to {}",
+                        log::error!(
+                            "the local copy of {digest} hashes to {}: not kept",
                             staged.digest
-                        )));
+                        );
+                        None
                     }
                     Err(e) => {
                         log::warn!("filling the local tier with {digest} failed: {e}");
@@ -255,7 +267,7 @@ impl Bucket {
         let (_, digest, size) = fill.manifest.names().map_err(SharedError::Damaged)?;
         let store = Arc::clone(&fill.store);
         let staging = tokio::task::block_in_place(|| store.staging())?;
-        let staged = self.pump(digest, 0, size, tx, Some(staging)).await?;
+        let staged = self.pump(digest, size, tx, Some(staging)).await?;
         let staged = staged.ok_or_else(|| {
             SharedError::Io(io::Error::other("the local tier could not take the blob"))
         })?;
@@ -276,15 +288,126 @@ impl Bucket {
         log::info!("filled the local tier with {key} from the bucket");
         Ok(entry)
     }
+
+    /// Takes the lead of the fill of `key`, or the place of a waiter on the fill under way.
+    fn join_fill(&self, key: CacheKey) -> Result<FillLead, watch::Receiver<Option<bool>>> {
+        let Ok(mut filling) = self.0.filling.lock() else {
+            // A poisoned map only loses the coalescing: this fill leads alone.
+            let (done, _) = watch::channel(None);
+            return Ok(FillLead {
+                bucket: None,
+                key,
+                done,
+            });
+        };
+        if let Some(rx) = filling.get(&key) {
+            return Err(rx.clone());
+        }
+        let (done, rx) = watch::channel(None);
+        filling.insert(key, rx);
+        Ok(FillLead {
+            bucket: Some(self.clone()),
+            key,
+            done,
+        })
+    }
+
+    /// Makes sure the local tier holds the blob of `fill` (verified): filled here, or by the
+    /// fill of the same key under way.
+    async fn settle(&self, fill: Fill) -> Result<(), SharedError> {
+        let (_, digest, size) = fill.manifest.names().map_err(SharedError::Damaged)?;
+        let store = Arc::clone(&fill.store);
+        if tokio::task::block_in_place(|| store.open_blob(&digest, size)).is_some() {
+            return Ok(());
+        }
+        match self.join_fill(fill.key) {
+            Ok(lead) => {
+                let result = self.fill(fill, None).await;
+                lead.finish(result.is_ok());
+                result.map(|_| ())
+            }
+            Err(mut rx) => loop {
+                if let Some(ok) = *rx.borrow_and_update() {
+                    return if ok {
+                        Ok(())
+                    } else {
+                        Err(SharedError::Damaged(format!(
+                            "the fill of {digest} this request waited for failed"
+                        )))
+                    };
+                }
+                if rx.changed().await.is_err() {
+                    return Err(SharedError::Damaged(format!(
+                        "the fill of {digest} this request waited for ended"
+                    )));
+                }
+            },
+        }
+    }
+}
+
+/// The lead of one key's fill: tells the waiters how it ended, and leaves the map, when dropped
+/// (a fill that was cut off counts as failed).
+struct FillLead {
+    bucket: Option<Bucket>,
+    key: CacheKey,
+    done: watch::Sender<Option<bool>>,
+}
+
+impl FillLead {
+    fn finish(&self, ok: bool) {
+        self.done.send_replace(Some(ok));
+    }
+}
+
+impl Drop for FillLead {
+    fn drop(&mut self) {
+        if self.done.borrow().is_none() {
+            self.done.send_replace(Some(false));
+        }
+        if let Some(b) = &self.bucket {
+            if let Ok(mut f) = b.0.filling.lock() {
+                f.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Sends `length` bytes of the local file from `start` into `tx`, a chunk at a time.
+async fn send_file_range(
+    file: Arc<std::fs::File>,
+    start: u64,
+    length: u64,
+    tx: &mpsc::Sender<Result<Bytes, io::Error>>,
+) -> io::Result<()> {
+    let mut offset = start;
+    let end = start + length;
+    while offset < end {
+        let len = (end - offset).min(RANGE_CHUNK as u64) as usize;
+        let file = Arc::clone(&file);
+        let chunk = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset)
+                .map(|_| Bytes::from(buf))
+        })
+        .await
+        .map_err(io_err)??;
+        offset += len as u64;
+        if tx.send(Ok(chunk)).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 impl RemoteReader for Bucket {
-    fn read(&self, digest: Digest, start: u64, length: u64) -> ByteStream {
+    fn read(&self, digest: Digest, size: u64) -> ByteStream {
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let this = self.clone();
         self.spawn(async move {
             let err_tx = tx.clone();
-            if let Err(e) = this.pump(digest, start, length, Some(tx), None).await {
+            if let Err(e) = this.pump(digest, size, Some(tx), None).await {
                 log::warn!("streaming {digest} from the bucket failed: {e}");
                 let _ = err_tx.send(Err(io_err(e))).await;
             }
@@ -293,21 +416,45 @@ impl RemoteReader for Bucket {
     }
 
     fn read_filling(&self, digest: Digest, size: u64, fill: Fill) -> ByteStream {
-        let first = self.0.filling.lock().is_ok_and(|mut f| f.insert(fill.key));
-        if !first {
-            return self.read(digest, 0, size);
-        }
+        let lead = match self.join_fill(fill.key) {
+            Ok(lead) => lead,
+            // Another request fills the tier: this one hashes its own stream.
+            Err(_) => return self.read(digest, size),
+        };
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let this = self.clone();
         self.spawn(async move {
-            let key = fill.key;
             let err_tx = tx.clone();
-            if let Err(e) = this.fill(fill, Some(tx)).await {
+            let result = this.fill(fill, Some(tx)).await;
+            lead.finish(result.is_ok());
+            drop(lead);
+            if let Err(e) = result {
                 log::warn!("streaming {digest} from the bucket into the local tier failed: {e}");
                 let _ = err_tx.send(Err(io_err(e))).await;
             }
-            if let Ok(mut f) = this.0.filling.lock() {
-                f.remove(&key);
+        });
+        ByteStream(rx)
+    }
+
+    fn read_range(&self, start: u64, length: u64, fill: Fill) -> ByteStream {
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let this = self.clone();
+        self.spawn(async move {
+            let store = Arc::clone(&fill.store);
+            let named = fill.manifest.names();
+            let result = async {
+                let (_, digest, size) = named.map_err(io::Error::other)?;
+                this.settle(fill).await.map_err(io_err)?;
+                let (file, _) = tokio::task::block_in_place(|| store.open_blob(&digest, size))
+                    .ok_or_else(|| {
+                        io::Error::other(format!("blob {digest} left the local tier"))
+                    })?;
+                send_file_range(file, start, length, &tx).await
+            }
+            .await;
+            if let Err(e) = result {
+                log::warn!("serving a range of a bucket blob failed: {e}");
+                let _ = tx.send(Err(e)).await;
             }
         });
         ByteStream(rx)
