@@ -8,7 +8,7 @@ use object_store::signer::{Method, Signer};
 use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt};
 use tokio::time::Instant;
 
-use super::{Bucket, BucketOp};
+use super::{bucket_err, Bucket, BucketOp};
 use crate::ids::{CacheKey, Digest};
 use crate::store::shared::{
     Artifact, Claim, Fill, RemoteBlob, SharedError, SharedHealth, SharedStore,
@@ -117,7 +117,7 @@ impl SharedStore for Bucket {
             {
                 Ok(got) => got,
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(SharedError::Bucket(Box::new(e))),
+                Err(e) => return Err(bucket_err(e)),
             };
             let file_name = got
                 .attributes
@@ -152,7 +152,7 @@ impl SharedStore for Bucket {
                     this.0.s3.signed_url(Method::GET, &path, PRESIGN_TTL),
                 )
                 .await?
-                .map_err(|e| SharedError::Bucket(Box::new(e)))?;
+                .map_err(bucket_err)?;
             Ok(Some(signed.to_string()))
         })
     }
@@ -167,11 +167,11 @@ impl SharedStore for Bucket {
             {
                 Ok(_) => {}
                 Err(object_store::Error::NotFound { .. }) => return Ok(false),
-                Err(e) => return Err(SharedError::Bucket(Box::new(e))),
+                Err(e) => return Err(bucket_err(e)),
             }
             this.counted(BucketOp::ManifestDelete, this.0.s3.delete(&path))
                 .await?
-                .map_err(|e| SharedError::Bucket(Box::new(e)))?;
+                .map_err(bucket_err)?;
             Ok(true)
         })
     }

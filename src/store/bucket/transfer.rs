@@ -13,7 +13,7 @@ use object_store::{
 };
 use tokio::sync::mpsc;
 
-use super::{io_err, Bucket, BucketOp};
+use super::{bucket_err, io_err, Bucket, BucketOp};
 use crate::ids::Digest;
 use crate::store::shared::{ByteStream, Fill, RemoteReader, SharedError};
 use crate::store::{EntryRecord, Staged, Staging};
@@ -95,7 +95,7 @@ impl Bucket {
                 }
                 // The same digest is the same bytes: someone else's upload is as good.
                 Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-                Err(e) => Err(SharedError::Bucket(Box::new(e))),
+                Err(e) => Err(bucket_err(e)),
             };
         }
         let c = &self.0.counters;
@@ -113,7 +113,7 @@ impl Bucket {
             .await?
         {
             Ok(u) => u,
-            Err(e) => return Err(SharedError::Bucket(Box::new(e))),
+            Err(e) => return Err(bucket_err(e)),
         };
         c.multipart.fetch_add(1, Relaxed);
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
@@ -124,7 +124,7 @@ impl Bucket {
                 writer
                     .wait_for_capacity(PARALLEL_PARTS)
                     .await
-                    .map_err(|e| SharedError::Bucket(Box::new(e)))?;
+                    .map_err(bucket_err)?;
                 writer.put(read(offset, len).await?);
                 offset += len as u64;
             }
@@ -145,7 +145,7 @@ impl Bucket {
             Err(e) => {
                 c.error(BucketOp::BlobPut);
                 self.0.health.store(2, Relaxed);
-                Err(SharedError::Bucket(Box::new(e)))
+                Err(bucket_err(e))
             }
         }
     }
@@ -172,7 +172,7 @@ impl Bucket {
             .await?
         {
             Ok(r) => r.into_stream(),
-            Err(e) => return Err(SharedError::Bucket(Box::new(e))),
+            Err(e) => return Err(bucket_err(e)),
         };
         let mut tx = tx;
         let mut held: Option<Bytes> = None;
@@ -181,7 +181,7 @@ impl Bucket {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
                 c.error(BucketOp::BlobGet);
-                SharedError::Bucket(Box::new(e))
+                bucket_err(e)
             })?;
             c.read(chunk.len());
             got += chunk.len() as u64;
