@@ -356,6 +356,15 @@ impl Config {
             if t.is_empty() {
                 return fail("api_token", "must not be empty when set");
             }
+            // Clients send it in `Authorization: Bearer <token>`; a space, a control character
+            // (often a newline left over from a secret file) or non-ASCII would never match.
+            if !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return fail(
+                    "api_token",
+                    "must be visible ASCII characters only: it holds a space, a control character \
+                     (a trailing newline?) or a non-ASCII character",
+                );
+            }
         }
         let r = &self.retry;
         if r.max_attempts == 0 {
@@ -406,8 +415,9 @@ impl Config {
         if let Some(u) = &self.upstream {
             if upstream_is_listen(u, self.listen) {
                 let why = format!(
-                    "`{u}` is velox-cache's own `listen` address ({}): every request would come \
+                    "`{}` is velox-cache's own `listen` address ({}): every request would come \
                      back to velox-cache; point it at the PHP app",
+                    crate::redact::url(u),
                     self.listen
                 );
                 return fail("upstream", &why);
@@ -433,12 +443,19 @@ impl Config {
         self.path_map.as_deref().and_then(PathMap::parse)
     }
 
-    /// The configuration as TOML, with the token masked.
+    /// The configuration as TOML, with the token masked, and the user names and passwords (and
+    /// secret query values) in its URLs too (`crate::redact`).
     pub fn to_masked_toml(&self) -> String {
+        use crate::redact;
         let mut shown = self.clone();
         if shown.api_token.is_some() {
             shown.api_token = Some("********".into());
         }
+        shown.server_url = redact::url(&shown.server_url);
+        shown.upstream = shown.upstream.as_deref().map(redact::url);
+        // A GOPROXY list holds several URLs.
+        shown.resolve.goproxy = shown.resolve.goproxy.as_deref().map(redact::text);
+        shown.storage.s3.endpoint = shown.storage.s3.endpoint.as_deref().map(redact::url);
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }

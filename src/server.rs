@@ -174,7 +174,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     log::info!(
         "serving; data dir {}, Velox at {}",
         config.data_dir.display(),
-        config.server_url
+        crate::redact::url(&config.server_url)
     );
     log::info!(
         "open-file limit {open_files}; the public listener holds at most {max_conns} connections \

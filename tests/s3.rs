@@ -150,7 +150,10 @@ async fn a_fresh_replica_serves_ranges_from_a_verified_fill() {
         Some("attachment; filename=\"roadrunner-linux-amd64\"")
     );
     let manifest_bytes = read_bytes(&fresh).await;
-    assert!(manifest_bytes < 4096.0, "HEAD read the blob: {manifest_bytes}");
+    assert!(
+        manifest_bytes < 4096.0,
+        "HEAD read the blob: {manifest_bytes}"
+    );
 
     let part = get(&url, &[("range", "bytes=1000-1999")]).await;
     assert_eq!(part.status, 206);

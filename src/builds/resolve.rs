@@ -304,36 +304,40 @@ impl Resolver {
         let mut last = String::from("no proxy answered");
         for base in &self.proxies {
             let url = format!("{base}/{path}");
+            // What messages show: GOPROXY may hold a user name and password.
+            let shown = crate::redact::url(&url);
             let call = async {
                 let mut resp = client
                     .get(&url)
                     .timeout(self.timeout)
                     .send()
                     .await
-                    .map_err(|e| format!("{url}: {e}"))?;
+                    .map_err(|e| format!("{shown}: {e}"))?;
                 let status = resp.status();
                 let body = resp
                     .body()
                     .limit(MAX_INFO_BYTES)
                     .await
-                    .map_err(|e| format!("{url}: {e}"))?;
+                    .map_err(|e| format!("{shown}: {e}"))?;
                 if !status.is_success() {
-                    return Err(format!("{url} answered {status}"));
+                    return Err(format!("{shown} answered {status}"));
                 }
                 let info: Info = serde_json::from_slice(&body)
-                    .map_err(|e| format!("{url} answered no version: {e}"))?;
+                    .map_err(|e| format!("{shown} answered no version: {e}"))?;
                 if info.version.is_empty() || info.version.len() > 512 {
-                    return Err(format!("{url} answered an unusable version"));
+                    return Err(format!("{shown} answered an unusable version"));
                 }
                 if info.version.chars().any(char::is_control) {
-                    return Err(format!("{url} answered a version with control characters"));
+                    return Err(format!(
+                        "{shown} answered a version with control characters"
+                    ));
                 }
                 Ok(info.version)
             };
             match tokio::time::timeout(self.timeout, call).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => last = e,
-                Err(_) => last = format!("{url} did not answer within {:?}", self.timeout),
+                Err(_) => last = format!("{shown} did not answer within {:?}", self.timeout),
             }
         }
         Err(last)

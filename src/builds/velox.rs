@@ -352,22 +352,23 @@ impl VeloxClient {
                 total: body.len() as u64,
                 sent: Rc::clone(&sent),
             });
-        let mut resp = match cut_unless_sent(exchange, &sent, self.request_timeout).await {
-            None => {
-                return Attempt::Retry(
+        let mut resp =
+            match cut_unless_sent(exchange, &sent, self.request_timeout).await {
+                None => return Attempt::Retry(
                     RetryReason::Unreachable,
                     "connecting to Velox and sending the request took longer than request_timeout"
                         .into(),
-                )
-            }
-            Some(Err(awc::error::SendRequestError::Timeout)) => {
-                return Attempt::Fatal(VeloxError::Timeout)
-            }
-            Some(Err(e)) => {
-                return Attempt::Retry(RetryReason::Unreachable, format!("cannot reach Velox: {e}"))
-            }
-            Some(Ok(resp)) => resp,
-        };
+                ),
+                Some(Err(awc::error::SendRequestError::Timeout)) => {
+                    return Attempt::Fatal(VeloxError::Timeout)
+                }
+                Some(Err(e)) => {
+                    // awc's messages quote no URL today; `server_url` may hold a password.
+                    let why = crate::redact::text(&format!("cannot reach Velox: {e}"));
+                    return Attempt::Retry(RetryReason::Unreachable, why);
+                }
+                Some(Ok(resp)) => resp,
+            };
         let status = resp.status().as_u16();
         let read = tokio::time::timeout_at(deadline, resp.body().limit(MAX_ANSWER_BYTES)).await;
         match read {
@@ -385,7 +386,7 @@ impl VeloxClient {
             }
             Ok(Err(e)) => Attempt::Retry(
                 RetryReason::Unreachable,
-                format!("cannot read Velox's answer: {e}"),
+                crate::redact::text(&format!("cannot read Velox's answer: {e}")),
             ),
         }
     }

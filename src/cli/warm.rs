@@ -168,7 +168,7 @@ async fn follow(client: &awc::Client, status_url: &str, give_up: Instant) -> Res
             // A server restarting or a moment of network trouble is no verdict on the build.
             Err(e) if unreachable < 5 => {
                 unreachable += 1;
-                log::debug!("polling {status_url}: {e}");
+                log::debug!("polling {}: {e}", crate::redact::url(status_url));
                 continue;
             }
             Err(e) => return Err(format!("cannot reach the server: {e}")),
@@ -238,7 +238,10 @@ async fn probe(client: &awc::Client, base: &str) -> Result<(), String> {
         .send()
         .await
         .map(drop)
-        .map_err(|e| format!("cannot reach the server at {url}: {e}"))
+        .map_err(|e| {
+            let url = crate::redact::url(&url);
+            format!("cannot reach the server at {url}: {e}")
+        })
 }
 
 pub fn run(config: &Config, file: &Path, url: &str, concurrency: usize) -> ExitCode {
@@ -249,7 +252,8 @@ pub fn run(config: &Config, file: &Path, url: &str, concurrency: usize) -> ExitC
         .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
     if !well_formed {
         eprintln!(
-            "velox-cache: --url must be an http:// or https:// URL, such as http://127.0.0.1:8080 (got {url:?})"
+            "velox-cache: --url must be an http:// or https:// URL, such as http://127.0.0.1:8080 (got {:?})",
+            crate::redact::url(url)
         );
         return ExitCode::from(2);
     }

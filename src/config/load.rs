@@ -304,7 +304,7 @@ fn describe_kind(kind: &Kind) -> String {
             "expected an IP address and port, such as 0.0.0.0:8080 (host names are not accepted)"
                 .into()
         }
-        Kind::Message(m) => m.replace('`', ""),
+        Kind::Message(m) => without_excerpt(m).replace('`', ""),
         Kind::InvalidType(actual, exp) | Kind::InvalidValue(actual, exp) => {
             format!("expected {}, found {}", expected(exp), actual_text(actual))
         }
@@ -314,6 +314,21 @@ fn describe_kind(kind: &Kind) -> String {
         Kind::DuplicateField(f) => format!("{f} is given twice"),
         other => other.to_string().replace('`', ""),
     }
+}
+
+/// A TOML parse error without the excerpt of the file it quotes (`1 | api_token = "..."`): the
+/// line may hold a secret, and the line and column are enough to find it.
+fn without_excerpt(m: &str) -> String {
+    let excerpt = |l: &str| {
+        let l = l
+            .trim_start()
+            .trim_start_matches(|c: char| c.is_ascii_digit());
+        l.trim_start().starts_with('|')
+    };
+    m.lines()
+        .filter(|l| !excerpt(l))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn expected(exp: &str) -> String {

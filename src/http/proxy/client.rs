@@ -40,6 +40,8 @@ pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Upload>,
     /// `upstream` without a trailing slash; the request's path and query are appended.
     base: String,
+    /// `base` as the log shows it: `upstream` may hold a user name and password.
+    shown: String,
     pub timeout: Duration,
 }
 
@@ -79,6 +81,7 @@ impl Upstream {
             .build(https);
         Some(Upstream {
             client,
+            shown: crate::redact::url(&base),
             base,
             timeout: config.upstream_timeout,
         })
@@ -111,7 +114,7 @@ impl Upstream {
             req = req.header(name.as_str(), value.as_bytes());
         }
         let req = req.body(body).map_err(|e| {
-            log::warn!("cannot forward to {uri}: {e}");
+            log::warn!("cannot forward to {}: {e}", crate::redact::url(&uri));
             ApiError::invalid_request("the request cannot be forwarded")
         })?;
         progress.touch();
@@ -123,7 +126,7 @@ impl Upstream {
                 ))
             }
             Some(Err(e)) => {
-                log::warn!("upstream {}: {}", self.base, error_chain(&e));
+                log::warn!("upstream {}: {}", self.shown, error_chain(&e));
                 return Err(self.unavailable(
                     "the upstream application cannot be reached or broke off its answer".into(),
                 ));
@@ -176,7 +179,7 @@ impl Upstream {
         match tokio::time::timeout(self.timeout, read).await {
             Ok(Ok(body)) => Ok(body),
             Ok(Err(e)) => {
-                log::warn!("reading from upstream {}: {}", self.base, error_chain(&e));
+                log::warn!("reading from upstream {}: {}", self.shown, error_chain(&e));
                 Err(self.unavailable("the upstream application broke off its answer".into()))
             }
             Err(_) => Err(self.unavailable(format!(
@@ -196,7 +199,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         out.push_str(&c.to_string());
         cause = c.source();
     }
-    out
+    crate::redact::text(&out)
 }
 
 /// Awaits `fut` until it has made no progress for `timeout` (see [`Upstream::send`]).

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::checked::{read_capped, Capped};
-use super::{Bucket, BucketOp};
+use super::{bucket_err, Bucket, BucketOp};
 use crate::ids::CacheKey;
 use crate::store::shared::{BuildLock, Claim, SharedError};
 
@@ -69,7 +69,9 @@ impl Drop for HeldLock {
                 .await
             {
                 Ok(Ok(())) => log::debug!("released the build lock of {key}"),
-                Ok(Err(e)) => log::warn!("cannot release the build lock of {key}: {e}"),
+                Ok(Err(e)) => {
+                    log::warn!("cannot release the build lock of {key}: {}", bucket_err(e))
+                }
                 Err(e) => log::warn!("cannot release the build lock of {key}: {e}"),
             }
         });
@@ -117,7 +119,7 @@ impl Bucket {
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. })
             | Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(SharedError::Bucket(Box::new(e))),
+            Err(e) => Err(bucket_err(e)),
         }
     }
 
@@ -166,7 +168,7 @@ impl Bucket {
         {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(Seen::Gone),
-            Err(e) => return Err(SharedError::Bucket(Box::new(e))),
+            Err(e) => return Err(bucket_err(e)),
         };
         let (bytes, etag) = got;
         Ok(Seen::Held {

@@ -89,8 +89,15 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// Masks any URL in the message: object_store's errors quote the request's, user information
+/// from `storage.s3.endpoint` included.
 fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
+    io::Error::other(crate::redact::text(&e.to_string()))
+}
+
+/// The error of a failed bucket request, with its URLs masked (see [`io_err`]).
+pub(super) fn bucket_err(e: object_store::Error) -> SharedError {
+    SharedError::Bucket(Box::new(crate::redact::Redacted::of(&e)))
 }
 
 fn replica_id() -> String {
@@ -140,16 +147,17 @@ impl Bucket {
         if let Some(endpoint) = &s3cfg.endpoint {
             builder = builder.with_endpoint(endpoint);
         }
-        let s3 = builder
-            .build()
-            .map_err(|e| format!("storage.s3: cannot set up the bucket client: {e}"))?;
+        let s3 = builder.build().map_err(|e| {
+            let e = crate::redact::Redacted::of(&e);
+            format!("storage.s3: cannot set up the bucket client: {e}")
+        })?;
         log::info!(
             "storage: bucket {bucket:?} in {}{}, prefix {:?}",
             s3cfg.effective_region(),
             s3cfg
                 .endpoint
                 .as_deref()
-                .map(|e| format!(" at {e}"))
+                .map(|e| format!(" at {}", crate::redact::url(e)))
                 .unwrap_or_default(),
             s3cfg.key_prefix()
         );
@@ -255,8 +263,9 @@ impl Bucket {
             Err(e) => {
                 c.error(op);
                 self.0.health.store(2, Relaxed);
+                let e = bucket_err(e);
                 log::warn!("bucket {}: {e}", op.as_str());
-                Err(SharedError::Bucket(Box::new(e)))
+                Err(e)
             }
         }
     }
@@ -282,7 +291,7 @@ impl Bucket {
         {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(SharedError::Bucket(Box::new(e))),
+            Err(e) => return Err(bucket_err(e)),
         };
         let found = match got {
             Ok((bytes, etag)) => {
@@ -411,7 +420,7 @@ impl Bucket {
                 | object_store::Error::Precondition { .. }
                 | object_store::Error::NotFound { .. },
             ) => Ok(Err(())),
-            Err(e) => Err(SharedError::Bucket(Box::new(e))),
+            Err(e) => Err(bucket_err(e)),
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use object_store::ObjectStoreExt;
 
-use super::{Bucket, BucketOp};
+use super::{bucket_err, Bucket, BucketOp};
 use crate::ids::Digest;
 
 impl Bucket {
@@ -29,7 +29,10 @@ impl Bucket {
             Ok(Ok(())) => {}
             // Already moved by another request (or replica) that found the same damage.
             Ok(Err(object_store::Error::NotFound { .. })) => return,
-            Ok(Err(e)) => log::warn!("cannot keep a copy of the damaged blob {digest}: {e}"),
+            Ok(Err(e)) => log::warn!(
+                "cannot keep a copy of the damaged blob {digest}: {}",
+                bucket_err(e)
+            ),
             Err(e) => log::warn!("cannot keep a copy of the damaged blob {digest}: {e}"),
         }
         match self
@@ -37,7 +40,7 @@ impl Bucket {
             .await
         {
             Ok(Ok(())) | Ok(Err(object_store::Error::NotFound { .. })) => {}
-            Ok(Err(e)) => log::error!("cannot delete the damaged blob {digest}: {e}"),
+            Ok(Err(e)) => log::error!("cannot delete the damaged blob {digest}: {}", bucket_err(e)),
             Err(e) => log::error!("cannot delete the damaged blob {digest}: {e}"),
         }
     }

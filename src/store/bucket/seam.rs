@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::checked::{Found, MAX_BLOB_BYTES};
 use super::transfer::KEY_METADATA;
-use super::{Bucket, BucketOp};
+use super::{bucket_err, Bucket, BucketOp};
 use crate::ids::{CacheKey, Digest};
 use crate::store::shared::{
     Artifact, Claim, Fill, RemoteBlob, SharedError, SharedHealth, SharedStore,
@@ -144,7 +144,7 @@ impl SharedStore for Bucket {
             {
                 Ok(got) => got,
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(SharedError::Bucket(Box::new(e))),
+                Err(e) => return Err(bucket_err(e)),
             };
             let size = got.meta.size;
             if size == 0 || size > MAX_BLOB_BYTES {
@@ -192,7 +192,7 @@ impl SharedStore for Bucket {
                     this.0.s3.signed_url(Method::GET, &path, PRESIGN_TTL),
                 )
                 .await?
-                .map_err(|e| SharedError::Bucket(Box::new(e)))?;
+                .map_err(bucket_err)?;
             Ok(Some(signed.to_string()))
         })
     }
@@ -207,11 +207,11 @@ impl SharedStore for Bucket {
             {
                 Ok(_) => {}
                 Err(object_store::Error::NotFound { .. }) => return Ok(false),
-                Err(e) => return Err(SharedError::Bucket(Box::new(e))),
+                Err(e) => return Err(bucket_err(e)),
             }
             this.counted(BucketOp::ManifestDelete, this.0.s3.delete(&path))
                 .await?
-                .map_err(|e| SharedError::Bucket(Box::new(e)))?;
+                .map_err(bucket_err)?;
             Ok(true)
         })
     }

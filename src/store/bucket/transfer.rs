@@ -14,7 +14,7 @@ use object_store::{
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, watch};
 
-use super::{io_err, Bucket, BucketOp};
+use super::{bucket_err, io_err, Bucket, BucketOp};
 use crate::ids::{CacheKey, Digest};
 use crate::store::shared::{ByteStream, Fill, RemoteReader, SharedError};
 use crate::store::{EntryRecord, Staged, Staging};
@@ -94,7 +94,7 @@ impl Bucket {
                     self.0.counters.written(size as usize);
                     Ok(())
                 }
-                Err(e) => Err(SharedError::Bucket(Box::new(e))),
+                Err(e) => Err(bucket_err(e)),
             };
         }
         let c = &self.0.counters;
@@ -112,7 +112,7 @@ impl Bucket {
             .await?
         {
             Ok(u) => u,
-            Err(e) => return Err(SharedError::Bucket(Box::new(e))),
+            Err(e) => return Err(bucket_err(e)),
         };
         c.multipart.fetch_add(1, Relaxed);
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
@@ -123,7 +123,7 @@ impl Bucket {
                 writer
                     .wait_for_capacity(PARALLEL_PARTS)
                     .await
-                    .map_err(|e| SharedError::Bucket(Box::new(e)))?;
+                    .map_err(bucket_err)?;
                 writer.put(read(offset, len).await?);
                 offset += len as u64;
             }
@@ -144,7 +144,7 @@ impl Bucket {
             Err(e) => {
                 c.error(BucketOp::BlobPut);
                 self.0.health.store(2, Relaxed);
-                Err(SharedError::Bucket(Box::new(e)))
+                Err(bucket_err(e))
             }
         }
     }
@@ -172,7 +172,7 @@ impl Bucket {
             .await?
         {
             Ok(r) => r,
-            Err(e) => return Err(SharedError::Bucket(Box::new(e))),
+            Err(e) => return Err(bucket_err(e)),
         };
         if got.meta.size != size {
             let why = format!("has {} bytes, not {size}", got.meta.size);
@@ -190,7 +190,7 @@ impl Bucket {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
                 c.error(BucketOp::BlobGet);
-                SharedError::Bucket(Box::new(e))
+                bucket_err(e)
             })?;
             c.read(chunk.len());
             got += chunk.len() as u64;
