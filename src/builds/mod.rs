@@ -1,9 +1,10 @@
 //! Build requests: the model and its cache key (`request`), the Velox Connect client (`velox`),
-//! the checks on the artifact Velox names (`artifact`), and the service that coalesces identical
+//! the checks on the artifact Velox names (`artifact`), Go's module path rules (`modpath`), and the service that coalesces identical
 //! builds and limits concurrency (`service`).
 
 pub mod artifact;
 pub mod floating;
+pub mod modpath;
 pub mod request;
 pub mod resolve;
 pub mod service;
