@@ -555,6 +555,14 @@ async fn a_full_queue_refuses_before_any_lookup() {
     let warm = post_json(&h.builds_url(), &floating_request(HTTP, "latest"), &[]).await;
     assert_eq!(warm.header("x-cache-status"), Some("MISS"));
     assert_eq!(proxy.asked().len(), 1);
+    // The warm-up build gives its place back just after answering.
+    let stats = h.server().admin_url("/v1/cache/stats");
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            get(&stats, &[]).await.json()["builds_in_flight"] == 0
+        })
+        .await
+    );
 
     h.velox.hold(true);
     let url = h.builds_url();
