@@ -105,6 +105,12 @@ pub struct ResolveConfig {
     /// How long one proxy may take to answer before the tag is left unresolved.
     #[serde(with = "duration")]
     pub timeout: Duration,
+    /// How long all the lookups of one request may take together; tags still unresolved then
+    /// stay as asked.
+    #[serde(with = "duration")]
+    pub deadline: Duration,
+    /// Most lookups of one request under way at once.
+    pub concurrency: usize,
     /// Module patterns never sent to the proxy, in GOPRIVATE's form; default: `GOPRIVATE`.
     #[serde(
         deserialize_with = "lenient_opt_string",
@@ -119,6 +125,8 @@ impl Default for ResolveConfig {
             goproxy: None,
             ttl: Duration::from_secs(300),
             timeout: Duration::from_secs(3),
+            deadline: Duration::from_secs(10),
+            concurrency: 8,
             private: std::env::var("GOPRIVATE")
                 .ok()
                 .filter(|v| !v.trim().is_empty()),
@@ -403,6 +411,12 @@ impl Config {
         }
         if self.resolve.timeout.is_zero() {
             return fail("resolve.timeout", "must be more than 0");
+        }
+        if self.resolve.deadline.is_zero() {
+            return fail("resolve.deadline", "must be more than 0");
+        }
+        if !(1..=64).contains(&self.resolve.concurrency) {
+            return fail("resolve.concurrency", "must be a number from 1 to 64");
         }
         if let Some(p) = &self.resolve.private {
             if let Err(why) = crate::builds::resolve::parse_private(p) {
@@ -805,6 +819,18 @@ mod tests {
         }
         s3.prefix = "a/b".into();
         assert_eq!(s3.key_prefix(), "a/b/");
+    }
+
+    #[test]
+    fn resolution_bounds_are_checked() {
+        let refused = |edit: fn(&mut ResolveConfig)| {
+            let mut c = Config::default();
+            edit(&mut c.resolve);
+            c.validate().expect_err("refused").0
+        };
+        assert!(refused(|r| r.deadline = Duration::ZERO).contains("`resolve.deadline`"));
+        assert!(refused(|r| r.concurrency = 0).contains("`resolve.concurrency`"));
+        assert!(refused(|r| r.concurrency = 65).contains("`resolve.concurrency`"));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Build requests: the model and its cache key (`request`), the Velox Connect client (`velox`),
-//! the checks on the artifact Velox names (`artifact`), and the service that coalesces identical
+//! the checks on the artifact Velox names (`artifact`), Go's module path rules (`modpath`), and the service that coalesces identical
 //! builds and limits concurrency (`service`).
 
 pub mod artifact;
 pub mod floating;
+pub mod modpath;
 pub mod request;
 pub mod resolve;
 pub mod service;
@@ -14,7 +15,7 @@ pub mod velox;
 pub use crate::ids::CacheKey;
 pub use request::{BuildRequest, MAX_BODY_BYTES};
 pub use service::{
-    BuildError, BuildService, BuildState, BuildWatch, CacheStatus, KeyState, Served, Started,
-    VeloxHealth,
+    Admission, BuildError, BuildService, BuildState, BuildWatch, CacheStatus, KeyState, Served,
+    Started, VeloxHealth,
 };
 pub use velox::VeloxClient;

@@ -277,6 +277,13 @@ impl BuildRequest {
         }
         for (i, p) in self.plugins.iter().enumerate() {
             non_empty(&format!("plugins[{i}].module_name"), &p.module_name)?;
+            // Before any Go module proxy or Velox sees it: the path becomes part of URLs.
+            super::modpath::check_module_path(&p.module_name).map_err(|why| {
+                format!(
+                    "`plugins[{i}].module_name` ({:?}) is not a Go module path: {why}",
+                    p.module_name
+                )
+            })?;
             non_empty(&format!("plugins[{i}].tag"), &p.tag)?;
         }
         for (i, r) in self.replaces.iter().enumerate() {
@@ -545,9 +552,9 @@ mod tests {
     #[test]
     fn field_boundaries_cannot_be_shifted() {
         let mut a = base();
-        a["plugins"] = json!([{"module_name": "ab", "tag": "c"}]);
+        a["plugins"] = json!([{"module_name": "example.com/ab", "tag": "c"}]);
         let mut b = base();
-        b["plugins"] = json!([{"module_name": "a", "tag": "bc"}]);
+        b["plugins"] = json!([{"module_name": "example.com/a", "tag": "bc"}]);
         assert_ne!(key(&a), key(&b));
     }
 
@@ -618,11 +625,15 @@ mod tests {
             ),
             ("type", Box::new(|v| v["race"] = json!("yes"))),
             (
+                "module path",
+                Box::new(|v| v["plugins"][1]["module_name"] = json!("github.com/a/../b")),
+            ),
+            (
                 "too many",
                 Box::new(|v| {
                     v["plugins"] = Value::Array(
                         (0..300)
-                            .map(|i| json!({"module_name": format!("m{i}"), "tag": "v1"}))
+                            .map(|i| json!({"module_name": format!("example.com/m{i}"), "tag": "v1"}))
                             .collect(),
                     )
                 }),
@@ -646,6 +657,17 @@ mod tests {
         }
         assert!(BuildRequest::parse(b"[1]").is_err());
         assert!(BuildRequest::parse(b"{").is_err());
+    }
+
+    #[test]
+    fn a_bad_module_path_names_the_plugin() {
+        let mut v = base();
+        v["plugins"][1]["module_name"] = json!("github.com/x//y");
+        let err = parse(&v).expect_err("invalid");
+        assert_eq!(
+            err.message,
+            "`plugins[1].module_name` (\"github.com/x//y\") is not a Go module path: double slash"
+        );
     }
 
     #[test]

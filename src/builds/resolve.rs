@@ -7,15 +7,22 @@
 //!
 //! Resolutions are remembered for `resolve.ttl` and coalesced across workers like builds. A proxy
 //! that is down, slow (`resolve.timeout`) or answers an error never fails the build: the tag stays
-//! as asked and the floating-TTL rule applies. Modules matching `resolve.private` (GOPRIVATE's
-//! glob form) are never sent to the proxy.
+//! as asked and the floating-TTL rule applies; the failure is remembered for [`FAILURE_MEMORY`]
+//! (at most `resolve.ttl`), so the next requests do not ask again at once. Modules matching
+//! `resolve.private` (GOPRIVATE's glob form) are never sent to the proxy.
+//!
+//! One request's lookups run at most `resolve.concurrency` at a time, and all of them together
+//! within `resolve.deadline`: tags still unresolved then stay as asked. So a request of 256
+//! floating plugins against a proxy that hangs costs at most `resolve.deadline`, and at most
+//! `resolve.concurrency` × (⌊deadline / timeout⌋ + 1) calls per proxy in the list.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -33,8 +40,16 @@ pub struct ResolveCounters {
     pub error: AtomicU64,
 }
 
+/// How long a failed lookup is remembered (never longer than `resolve.ttl`): requests in that
+/// window leave the tag as asked without asking the proxy again.
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(30);
+
+/// The most bytes of `X-Build-Resolved`; past it the header ends in `+N more` (the status JSON
+/// has the full list).
+pub const MAX_HEADER_BYTES: usize = 2048;
+
 /// One plugin tag that was resolved: `<module>@<asked>=<version>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Resolution {
     pub module: String,
     pub asked: String,
@@ -51,7 +66,11 @@ pub struct Resolver {
     private: Vec<glob::Pattern>,
     ttl: Duration,
     timeout: Duration,
+    deadline: Duration,
+    concurrency: usize,
     remembered: Mutex<HashMap<ModuleTag, (Instant, String)>>,
+    /// Lookups that failed lately, with when.
+    failed: Mutex<HashMap<ModuleTag, Instant>>,
     inflight: Mutex<HashMap<ModuleTag, watch::Receiver<Lookup>>>,
     metrics: Arc<Metrics>,
 }
@@ -163,21 +182,40 @@ impl Resolver {
             private,
             ttl: config.ttl,
             timeout: config.timeout,
+            deadline: config.deadline,
+            concurrency: config.concurrency.max(1),
             remembered: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
             metrics,
         }))
     }
 
+    /// Whether resolving `request` would ask a proxy anything: some floating, non-private tag
+    /// is neither remembered nor a failure remembered. A request that would not is resolved
+    /// from memory alone, without being admitted first.
+    pub fn needs_network(&self, request: &BuildRequest) -> bool {
+        request.plugins.iter().any(|p| {
+            if is_pinned(&p.tag) || is_private(&self.private, &p.module_name) {
+                return false;
+            }
+            let key = (p.module_name.clone(), p.tag.clone());
+            self.remembered(&key).is_none() && self.failed_lately(&key).is_none()
+        })
+    }
+
     /// Resolves every floating plugin tag of `request` in place, and returns what it changed.
-    /// Pinned tags are not looked at; failures leave the tag as asked (and are counted).
+    /// Pinned tags are not looked at; failures leave the tag as asked (and are counted). At most
+    /// `resolve.concurrency` lookups run at once, and those not done by `resolve.deadline` are
+    /// abandoned.
     pub async fn resolve(
         &self,
         client: &awc::Client,
         request: &mut BuildRequest,
     ) -> Vec<Resolution> {
-        let mut out = Vec::new();
-        for plugin in request.plugins.iter_mut() {
+        let deadline = Instant::now() + self.deadline;
+        let mut todo = Vec::new();
+        for (i, plugin) in request.plugins.iter().enumerate() {
             if is_pinned(&plugin.tag) {
                 continue;
             }
@@ -185,26 +223,61 @@ impl Resolver {
                 self.metrics.resolve.private.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let asked = plugin.tag.clone();
-            match self.lookup(client, &plugin.module_name, &asked).await {
-                Ok(version) => {
-                    if version != asked {
-                        out.push(Resolution {
-                            module: plugin.module_name.clone(),
-                            asked,
-                            version: version.clone(),
-                        });
-                        plugin.tag = version;
-                    }
-                }
-                Err(why) => {
-                    self.metrics.resolve.error.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "cannot resolve {}@{asked} with the Go module proxy ({why}); the floating TTL applies",
-                        plugin.module_name
-                    );
-                }
+            todo.push((i, plugin.module_name.clone(), plugin.tag.clone()));
+        }
+        let asked = todo.len();
+        let mut found: Vec<Option<Result<String, String>>> = vec![None; request.plugins.len()];
+        let mut finished = 0;
+        {
+            let mut lookups = futures_util::stream::iter(todo)
+                .map(
+                    |(i, module, tag)| async move { (i, self.lookup(client, &module, &tag).await) },
+                )
+                .buffer_unordered(self.concurrency);
+            // Dropping the stream at the deadline drops the lookups under way with it.
+            while let Ok(Some((i, outcome))) =
+                tokio::time::timeout_at(deadline, lookups.next()).await
+            {
+                found[i] = Some(outcome);
+                finished += 1;
             }
+        }
+        let mut out = Vec::new();
+        let (mut failed, mut first_failure) = (0usize, None);
+        for (plugin, outcome) in request.plugins.iter_mut().zip(found) {
+            match outcome {
+                Some(Ok(version)) if version != plugin.tag => {
+                    out.push(Resolution {
+                        module: plugin.module_name.clone(),
+                        asked: std::mem::replace(&mut plugin.tag, version.clone()),
+                        version,
+                    });
+                }
+                Some(Err(why)) => {
+                    failed += 1;
+                    first_failure.get_or_insert_with(|| {
+                        format!("{}@{}: {why}", plugin.module_name, plugin.tag)
+                    });
+                }
+                // Unfinished, or resolved to the tag as asked.
+                Some(Ok(_)) | None => {}
+            }
+        }
+        let unfinished = asked - finished;
+        let errors = failed + unfinished;
+        if errors > 0 {
+            self.metrics
+                .resolve
+                .error
+                .fetch_add(errors as u64, Ordering::Relaxed);
+            log::warn!(
+                "{errors} of {asked} floating tag(s) not resolved with the Go module proxy \
+                 ({failed} failed, {unfinished} not done within {:?}{}); the floating TTL applies",
+                self.deadline,
+                first_failure
+                    .map(|f| format!("; first failure: {f}"))
+                    .unwrap_or_default()
+            );
         }
         out
     }
@@ -219,6 +292,9 @@ impl Resolver {
         if self.ttl.is_zero() {
             return;
         }
+        if let Ok(mut failed) = self.failed.lock() {
+            failed.remove(&key);
+        }
         if let Ok(mut map) = self.remembered.lock() {
             if map.len() >= MAX_REMEMBERED {
                 let ttl = self.ttl;
@@ -231,7 +307,36 @@ impl Resolver {
         }
     }
 
-    /// One tag's version: remembered, joined to a lookup under way, or fetched now.
+    /// How long failures are remembered: [`FAILURE_MEMORY`], never longer than a success.
+    fn failure_memory(&self) -> Duration {
+        FAILURE_MEMORY.min(self.ttl)
+    }
+
+    /// When `key`'s last lookup failed, if that is still remembered.
+    fn failed_lately(&self, key: &ModuleTag) -> Option<Instant> {
+        let map = self.failed.lock().ok()?;
+        let at = *map.get(key)?;
+        (at.elapsed() < self.failure_memory()).then_some(at)
+    }
+
+    fn remember_failure(&self, key: ModuleTag) {
+        let memory = self.failure_memory();
+        if memory.is_zero() {
+            return;
+        }
+        if let Ok(mut map) = self.failed.lock() {
+            if map.len() >= MAX_REMEMBERED {
+                map.retain(|_, at| at.elapsed() < memory);
+                if map.len() >= MAX_REMEMBERED {
+                    map.clear();
+                }
+            }
+            map.insert(key, Instant::now());
+        }
+    }
+
+    /// One tag's version: remembered, a failure remembered, joined to a lookup under way, or
+    /// fetched now.
     async fn lookup(
         &self,
         client: &awc::Client,
@@ -239,58 +344,67 @@ impl Resolver {
         tag: &str,
     ) -> Result<String, String> {
         let key = (module.to_owned(), tag.to_owned());
-        if let Some(v) = self.remembered(&key) {
-            self.metrics.resolve.cached.fetch_add(1, Ordering::Relaxed);
-            return Ok(v);
-        }
-        let (mut rx, leader) = {
-            let mut inflight = self
-                .inflight
-                .lock()
-                .map_err(|_| "the resolver's lock is poisoned".to_string())?;
-            match inflight.get(&key) {
-                Some(rx) => (rx.clone(), None),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    inflight.insert(key.clone(), rx.clone());
-                    (rx, Some(tx))
+        loop {
+            if let Some(v) = self.remembered(&key) {
+                self.metrics.resolve.cached.fetch_add(1, Ordering::Relaxed);
+                return Ok(v);
+            }
+            if let Some(at) = self.failed_lately(&key) {
+                return Err(format!(
+                    "the lookup failed {}s ago; not asked again for {}s",
+                    at.elapsed().as_secs(),
+                    self.failure_memory().saturating_sub(at.elapsed()).as_secs()
+                ));
+            }
+            let (mut rx, leader) = {
+                let mut inflight = self
+                    .inflight
+                    .lock()
+                    .map_err(|_| "the resolver's lock is poisoned".to_string())?;
+                match inflight.get(&key) {
+                    Some(rx) => (rx.clone(), None),
+                    None => {
+                        let (tx, rx) = watch::channel(None);
+                        inflight.insert(key.clone(), rx.clone());
+                        (rx, Some(tx))
+                    }
                 }
-            }
-        };
-        if let Some(tx) = leader {
-            // Whether the fetch ends or this request goes away mid-fetch, the key leaves the
-            // in-flight map, so a later lookup starts afresh instead of joining a dead one.
-            let _slot = Inflight {
-                resolver: self,
-                key: &key,
             };
-            let outcome = self.fetch(client, module, tag).await;
-            if let Ok(v) = &outcome {
-                self.remember(key.clone(), v.clone());
+            if let Some(tx) = leader {
+                // Whether the fetch ends or this request goes away mid-fetch (its deadline), the
+                // key leaves the in-flight map, so a later lookup starts afresh instead of
+                // joining a dead one.
+                let _slot = Inflight {
+                    resolver: self,
+                    key: &key,
+                };
+                let outcome = self.fetch(client, module, tag).await;
+                match &outcome {
+                    Ok(v) => {
+                        self.remember(key.clone(), v.clone());
+                        self.metrics
+                            .resolve
+                            .resolved
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => self.remember_failure(key.clone()),
+                }
+                let _ = tx.send(Some(outcome.clone()));
+                return outcome;
             }
-            let _ = tx.send(Some(outcome.clone()));
-            if outcome.is_ok() {
-                self.metrics
-                    .resolve
-                    .resolved
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            return outcome;
-        }
-        // A follower: the leader's outcome, or its absence if the leader went away.
-        let waited = rx
-            .wait_for(Option::is_some)
-            .await
-            .map(|outcome| outcome.clone());
-        match waited {
-            Ok(outcome) => {
+            // A follower: the leader's outcome. A leader that went away (its request's deadline
+            // passed) left none: this lookup tries again, under its own deadline.
+            let waited = rx
+                .wait_for(Option::is_some)
+                .await
+                .map(|outcome| outcome.clone());
+            if let Ok(outcome) = waited {
                 let outcome = outcome.unwrap_or_else(|| Err("no outcome".into()));
                 if outcome.is_ok() {
                     self.metrics.resolve.cached.fetch_add(1, Ordering::Relaxed);
                 }
-                outcome
+                return outcome;
             }
-            Err(_) => Err("the lookup this one waited on was abandoned".into()),
         }
     }
 
@@ -344,18 +458,40 @@ impl Resolver {
     }
 }
 
-/// `X-Build-Resolved: <module>@<asked>=<resolved>, ...`
+/// `X-Build-Resolved: <module>@<asked>=<resolved>, ...`, at most [`MAX_HEADER_BYTES`]: past it,
+/// as many whole entries as fit and then `+N more` as the last entry (the status JSON lists all).
 pub fn header_value(resolutions: &[Resolution]) -> Option<String> {
     if resolutions.is_empty() {
         return None;
     }
-    Some(
-        resolutions
-            .iter()
-            .map(|r| format!("{}@{}={}", r.module, r.asked, r.version))
-            .collect::<Vec<_>>()
-            .join(", "),
-    )
+    let entries: Vec<String> = resolutions
+        .iter()
+        .map(|r| format!("{}@{}={}", r.module, r.asked, r.version))
+        .collect();
+    let full = entries.join(", ");
+    if full.len() <= MAX_HEADER_BYTES {
+        return Some(full);
+    }
+    // Room kept for the marker: ", +NNNNN more".
+    const MARKER_ROOM: usize = 16;
+    let mut out = String::new();
+    let mut kept = 0;
+    for entry in &entries {
+        let sep = if out.is_empty() { 0 } else { 2 };
+        if out.len() + sep + entry.len() > MAX_HEADER_BYTES - MARKER_ROOM {
+            break;
+        }
+        if sep > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(entry);
+        kept += 1;
+    }
+    if !out.is_empty() {
+        out.push_str(", ");
+    }
+    out.push_str(&format!("+{} more", entries.len() - kept));
+    Some(out)
 }
 
 #[cfg(test)]
@@ -412,5 +548,31 @@ mod tests {
             Some("github.com/a/b@latest=v1.2.3, github.com/c/d@master=v0.0.0-20250101000000-abcdefabcdef")
         );
         assert_eq!(header_value(&[]), None);
+    }
+
+    #[test]
+    fn the_resolved_header_is_capped_and_says_how_many_are_left_out() {
+        let r: Vec<Resolution> = (0..256)
+            .map(|i| Resolution {
+                module: format!("github.com/roadrunner-server/plugin{i:03}/v5"),
+                asked: "latest".into(),
+                version: "v5.2.7".into(),
+            })
+            .collect();
+        let v = header_value(&r).expect("a header");
+        assert!(v.len() <= MAX_HEADER_BYTES, "{}", v.len());
+        let parts: Vec<&str> = v.split(", ").collect();
+        let (last, kept) = parts.split_last().expect("entries");
+        assert_eq!(*last, format!("+{} more", 256 - kept.len()));
+        assert!(kept.len() > 10, "as many as fit: {}", kept.len());
+        for (i, entry) in kept.iter().enumerate() {
+            assert_eq!(
+                *entry,
+                format!("github.com/roadrunner-server/plugin{i:03}/v5@latest=v5.2.7")
+            );
+        }
+        // Just under the cap: whole, no marker.
+        let fits: Vec<Resolution> = r[..kept.len()].to_vec();
+        assert!(!header_value(&fits).expect("a header").contains("more"));
     }
 }

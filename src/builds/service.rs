@@ -16,8 +16,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use super::artifact::{open_artifact, PathError};
-use super::status::FailureReports;
+use super::resolve::Resolution;
 pub use super::status::{BuildState, BuildWatch, KeyState, Progress};
+use super::status::{FailureReports, ResolvedReports};
 use super::unstored::Unstored;
 use super::velox::{VeloxClient, VeloxError};
 use super::{BuildRequest, CacheKey};
@@ -166,6 +167,8 @@ pub struct BuildService {
     failures: Mutex<HashMap<CacheKey, (Instant, BuildError)>>,
     /// The last failure of each key, for the status route only (never consulted by builds).
     reported: FailureReports,
+    /// The floating tags resolved for each key lately, for the status route.
+    resolved: ResolvedReports,
     slots: Arc<Semaphore>,
     admitted: AtomicUsize,
     velox_health: AtomicU8,
@@ -187,6 +190,23 @@ impl Drop for Admitted<'_> {
             inflight.remove(&self.key);
         }
         self.service.admitted.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One place among the admitted builds, taken before a request's floating tags are resolved, so
+/// that a full queue refuses the request before any Go module proxy is asked
+/// (docs/build-requests.md, "Floating references"). It becomes the build's if the request
+/// starts one, and is given back when dropped otherwise (a hit, a build joined, a failure).
+pub struct Admission {
+    service: Arc<BuildService>,
+    held: bool,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.held {
+            self.service.admitted.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -216,6 +236,7 @@ impl BuildService {
             inflight: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             reported: FailureReports::default(),
+            resolved: ResolvedReports::default(),
             admitted: AtomicUsize::new(0),
             velox_health: AtomicU8::new(0),
             short_of: Arc::new(AtomicU64::new(0)),
@@ -308,7 +329,31 @@ impl BuildService {
         })))
     }
 
-    /// Builds running or waiting for a slot.
+    /// Takes one place among the admitted builds (`max_concurrent_builds + max_queued_builds`),
+    /// or refuses with [`BuildError::Overloaded`].
+    pub fn admit(self: &Arc<Self>) -> Result<Admission, BuildError> {
+        let limit = self.config.max_concurrent_builds + self.config.max_queued_builds;
+        if self.admitted.fetch_add(1, Ordering::SeqCst) >= limit {
+            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            return Err(BuildError::Overloaded);
+        }
+        Ok(Admission {
+            service: Arc::clone(self),
+            held: true,
+        })
+    }
+
+    /// Keeps the floating tags a request for `key` resolved, for the status route.
+    pub fn note_resolved(&self, key: CacheKey, resolved: &[Resolution]) {
+        self.resolved.note(key, resolved);
+    }
+
+    /// The floating tags resolved for `key` lately (the last request's), if any.
+    pub fn resolved(&self, key: &CacheKey) -> Option<Arc<[Resolution]>> {
+        self.resolved.get(key)
+    }
+
+    /// Builds running or waiting for a slot, and requests admitted while their tags resolve.
     pub fn in_flight(&self) -> usize {
         self.admitted.load(Ordering::SeqCst)
     }
@@ -340,25 +385,29 @@ impl BuildService {
     }
 
     /// Serves `request` from the cache or has it built, once per key however many ask.
+    /// `admission`, when the request was admitted before its key was known, is the build's place.
     pub async fn resolve(
         self: &Arc<Self>,
         request: BuildRequest,
         key: CacheKey,
         velox: &VeloxClient,
+        admission: Option<Admission>,
     ) -> Result<Served, BuildError> {
-        match self.start(request, key, velox).await? {
+        match self.start(request, key, velox, admission).await? {
             Started::Hit(served) => Ok(*served),
             Started::Building(watch) => self.wait(key, watch).await,
         }
     }
 
     /// The cache-hit decision, then the build of `key` joined or started, without waiting for
-    /// it. The build goes on whether anyone waits or not.
+    /// it. The build goes on whether anyone waits or not. A build started here takes
+    /// `admission`'s place when there is one (see [`BuildService::admit`]).
     pub async fn start(
         self: &Arc<Self>,
         request: BuildRequest,
         key: CacheKey,
         velox: &VeloxClient,
+        admission: Option<Admission>,
     ) -> Result<Started, BuildError> {
         let mut request = request;
         // An entry built from floating references is a hit only for `cache.floating_ttl`; past
@@ -402,10 +451,17 @@ impl BuildService {
                         return Err(err);
                     }
                 }
-                let limit = self.config.max_concurrent_builds + self.config.max_queued_builds;
-                if self.admitted.fetch_add(1, Ordering::SeqCst) >= limit {
-                    self.admitted.fetch_sub(1, Ordering::SeqCst);
-                    return Err(BuildError::Overloaded);
+                match admission {
+                    // Already counted: from now on the build's `Admitted` gives it back.
+                    Some(mut admission) => admission.held = false,
+                    None => {
+                        let limit =
+                            self.config.max_concurrent_builds + self.config.max_queued_builds;
+                        if self.admitted.fetch_add(1, Ordering::SeqCst) >= limit {
+                            self.admitted.fetch_sub(1, Ordering::SeqCst);
+                            return Err(BuildError::Overloaded);
+                        }
+                    }
                 }
                 let (tx, rx) = watch::channel(None);
                 let (progress_tx, progress_rx) = watch::channel(Progress::Queued);

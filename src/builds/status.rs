@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::resolve::Resolution;
 use super::service::{BuildError, Outcome};
 use super::CacheKey;
 use crate::store::EntryRecord;
@@ -182,9 +183,112 @@ impl FailureReports {
     }
 }
 
+/// How long the resolutions behind a key are kept for the status route.
+pub const RESOLVED_REPORT_TTL: Duration = Duration::from_secs(900);
+/// Most bytes of resolutions kept for the status route (a request's list is at most 256 entries
+/// of three strings of at most 512 bytes); past it the oldest lists go first.
+const MAX_RESOLVED_BYTES: usize = 8 * 1024 * 1024;
+
+type ResolvedList = Arc<[Resolution]>;
+/// Each key's list with when it was noted, and the bytes of all lists together.
+type ResolvedMap = (HashMap<CacheKey, (Instant, ResolvedList)>, usize);
+
+/// The floating tags resolved for each key lately (the last request's list wins), for the
+/// status route's `resolved`: the full list that `X-Build-Resolved` may cut short.
+#[derive(Default)]
+pub(super) struct ResolvedReports {
+    map: Mutex<ResolvedMap>,
+}
+
+fn list_bytes(list: &[Resolution]) -> usize {
+    list.iter()
+        .map(|r| r.module.len() + r.asked.len() + r.version.len() + 96)
+        .sum()
+}
+
+impl ResolvedReports {
+    pub(super) fn note(&self, key: CacheKey, list: &[Resolution]) {
+        if list.is_empty() {
+            return;
+        }
+        let Ok(mut guard) = self.map.lock() else {
+            return;
+        };
+        let (map, bytes) = &mut *guard;
+        let size = list_bytes(list);
+        if let Some((_, old)) = map.remove(&key) {
+            *bytes -= list_bytes(&old);
+        }
+        if *bytes + size > MAX_RESOLVED_BYTES {
+            map.retain(|_, (at, l)| {
+                let keep = at.elapsed() < RESOLVED_REPORT_TTL;
+                if !keep {
+                    *bytes -= list_bytes(l);
+                }
+                keep
+            });
+        }
+        while *bytes + size > MAX_RESOLVED_BYTES {
+            let Some(oldest) = map.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| *k) else {
+                break;
+            };
+            if let Some((_, l)) = map.remove(&oldest) {
+                *bytes -= list_bytes(&l);
+            }
+        }
+        map.insert(key, (Instant::now(), Arc::from(list)));
+        *bytes += size;
+    }
+
+    pub(super) fn get(&self, key: &CacheKey) -> Option<ResolvedList> {
+        let guard = self.map.lock().ok()?;
+        let (at, list) = guard.0.get(key)?;
+        (at.elapsed() < RESOLVED_REPORT_TTL).then(|| Arc::clone(list))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolved_lists_are_kept_within_their_byte_budget() {
+        let reports = ResolvedReports::default();
+        let list = |n: usize| -> Vec<Resolution> {
+            (0..n)
+                .map(|i| Resolution {
+                    module: format!("example.com/{i}/{}", "m".repeat(400)),
+                    asked: "latest".into(),
+                    version: "v1.0.0".into(),
+                })
+                .collect()
+        };
+        let key = |n: u64| {
+            let mut k = [0u8; 32];
+            k[..8].copy_from_slice(&n.to_le_bytes());
+            CacheKey(k)
+        };
+        reports.note(key(0), &[]);
+        assert!(reports.get(&key(0)).is_none(), "nothing to report");
+        reports.note(key(0), &list(2));
+        reports.note(key(0), &list(3));
+        assert_eq!(
+            reports.get(&key(0)).expect("kept").len(),
+            3,
+            "the last wins"
+        );
+        for n in 1..200 {
+            reports.note(key(n), &list(256));
+        }
+        let (map, bytes) = &*reports.map.lock().expect("lock");
+        assert!(*bytes <= MAX_RESOLVED_BYTES, "{bytes}");
+        assert_eq!(
+            *bytes,
+            map.values().map(|(_, l)| list_bytes(l)).sum::<usize>()
+        );
+        assert!(map.contains_key(&key(199)), "the newest is kept");
+        assert!(!map.contains_key(&key(0)), "the oldest went first");
+    }
 
     #[test]
     fn a_failure_is_reported_until_a_success_and_the_reports_stay_bounded() {

@@ -16,6 +16,7 @@ use futures_util::Stream;
 use serde::Serialize;
 
 use super::AppState;
+use crate::builds::resolve::Resolution;
 use crate::builds::{BuildState, BuildWatch, CacheKey, KeyState};
 use crate::config::Config;
 use crate::error::ApiError;
@@ -49,6 +50,9 @@ struct StatusBody<'a> {
     error: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<String>,
+    /// The floating tags resolved for the key, in full (`X-Build-Resolved` may be cut short).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resolved: Option<&'a [Resolution]>,
 }
 
 /// The status JSON of `key` in `state`.
@@ -56,6 +60,7 @@ fn status_json(
     key: &CacheKey,
     state: &BuildState,
     request_id: Option<&str>,
+    resolved: Option<&[Resolution]>,
     config: &Config,
 ) -> Vec<u8> {
     let mut body = StatusBody {
@@ -69,6 +74,7 @@ fn status_json(
         digest: None,
         error: None,
         message: None,
+        resolved: resolved.filter(|r| !r.is_empty()),
     };
     match state {
         BuildState::Queued { elapsed } => {
@@ -177,7 +183,14 @@ pub fn accepted(
         resp.insert_header(("x-build-request-id", id));
     }
     let build_id = watch.request_id().or(request_id);
-    resp.body(status_json(&key, &watch.state(), build_id, &state.config))
+    let resolved = state.builds.resolved(&key);
+    resp.body(status_json(
+        &key,
+        &watch.state(),
+        build_id,
+        resolved.as_deref(),
+        &state.config,
+    ))
 }
 
 /// Whether `Accept` asks for an event stream rather than JSON.
@@ -242,6 +255,7 @@ pub async fn get_status(
         KeyState::Ready(entry) => (BuildState::Ready(entry), None, None),
         KeyState::Failed(e, id) => (BuildState::Failed(e), id.as_deref().map(Box::from), None),
     };
+    let resolved = state.builds.resolved(&key);
     let mut resp = HttpResponse::Ok();
     resp.insert_header((header::CACHE_CONTROL, "no-store"))
         .append_header((header::VARY, "Accept"));
@@ -250,7 +264,14 @@ pub async fn get_status(
         let mut stream = resp
             .insert_header((header::CONTENT_TYPE, "text/event-stream"))
             .insert_header(("x-accel-buffering", "no"))
-            .streaming(events(key, now, request_id, watch, state.config.clone()));
+            .streaming(events(
+                key,
+                now,
+                request_id,
+                resolved,
+                watch,
+                state.config.clone(),
+            ));
         if req.version() < Version::HTTP_11 {
             // HTTP/1.0 has no chunked encoding: the stream ends with the connection.
             stream.head_mut().no_chunking(true);
@@ -263,6 +284,7 @@ pub async fn get_status(
                 &key,
                 &now,
                 request_id.as_deref(),
+                resolved.as_deref(),
                 &state.config,
             ))
     };
@@ -275,6 +297,7 @@ fn events(
     key: CacheKey,
     first: BuildState,
     request_id: Option<Box<str>>,
+    resolved: Option<std::sync::Arc<[Resolution]>>,
     watch: Option<BuildWatch>,
     config: std::sync::Arc<Config>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
@@ -282,6 +305,7 @@ fn events(
         key: CacheKey,
         pending: Option<BuildState>,
         request_id: Option<Box<str>>,
+        resolved: Option<std::sync::Arc<[Resolution]>>,
         watch: Option<BuildWatch>,
         last: Option<(u8, u32)>,
         done: bool,
@@ -291,6 +315,7 @@ fn events(
         key,
         pending: Some(first),
         request_id,
+        resolved,
         watch,
         last: None,
         done: false,
@@ -320,7 +345,13 @@ fn events(
             }
             w.last = Some(phase);
             w.done = next.is_final();
-            let json = status_json(&w.key, &next, w.request_id.as_deref(), &w.config);
+            let json = status_json(
+                &w.key,
+                &next,
+                w.request_id.as_deref(),
+                w.resolved.as_deref(),
+                &w.config,
+            );
             let mut event = Vec::with_capacity(json.len() + 8);
             event.extend_from_slice(b"data: ");
             event.extend_from_slice(&json);
@@ -364,7 +395,8 @@ mod tests {
         let config = Config::default();
         let key = CacheKey([7; 32]);
         let json = |state: &BuildState| -> serde_json::Value {
-            serde_json::from_slice(&status_json(&key, state, Some("id"), &config)).expect("json")
+            serde_json::from_slice(&status_json(&key, state, Some("id"), None, &config))
+                .expect("json")
         };
         let building = json(&BuildState::Building {
             elapsed: Duration::from_millis(1500),
@@ -379,5 +411,28 @@ mod tests {
         assert_eq!(failed["status"], "failed");
         assert_eq!(failed["error"], "overloaded");
         assert!(failed.get("elapsed_ms").is_none() && failed.get("digest").is_none());
+        assert!(failed.get("resolved").is_none());
+        let list = [Resolution {
+            module: "github.com/a/b".into(),
+            asked: "latest".into(),
+            version: "v1.2.3".into(),
+        }];
+        let queued = BuildState::Queued {
+            elapsed: Duration::ZERO,
+        };
+        let with = serde_json::from_slice::<serde_json::Value>(&status_json(
+            &key,
+            &queued,
+            None,
+            Some(&list),
+            &config,
+        ))
+        .expect("json");
+        assert_eq!(
+            with["resolved"],
+            serde_json::json!([{"module": "github.com/a/b", "asked": "latest", "version": "v1.2.3"}])
+        );
+        let empty = status_json(&key, &queued, None, Some(&[]), &config);
+        assert!(!String::from_utf8_lossy(&empty).contains("resolved"));
     }
 }

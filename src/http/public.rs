@@ -134,17 +134,28 @@ pub async fn serve_build(
     extra: Vec<(HeaderName, HeaderValue)>,
 ) -> Result<HttpResponse, ApiError> {
     let mut build = build;
+    // Admission comes before resolution: a full queue refuses the request before any Go module
+    // proxy is asked. Tags answered from memory alone cost nothing and need no admission, so a
+    // floating request whose binary is cached stays a hit when the queue is full.
+    let mut admission = None;
     let resolved = match (&state.resolver, req.app_data::<web::Data<GoProxyClient>>()) {
         (Some(resolver), Some(client)) if build.is_floating() => {
+            if resolver.needs_network(&build) {
+                admission = Some(state.builds.admit().map_err(|e| {
+                    e.to_api_error(&state.config)
+                        .with_request_id(build.request_id())
+                })?);
+            }
             resolver.resolve(&client.0, &mut build).await
         }
         _ => Vec::new(),
     };
     let key = build.cache_key();
+    state.builds.note_resolved(key, &resolved);
     let request_id = build.request_id().map(str::to_owned);
     let file_name = build.file_name();
     let served = if builds_status::wants_async(req) {
-        match state.builds.start(build, key, velox).await {
+        match state.builds.start(build, key, velox, admission).await {
             Ok(Started::Hit(served)) => Ok(*served),
             Ok(Started::Building(watch)) => {
                 let id = request_id.as_deref();
@@ -153,7 +164,7 @@ pub async fn serve_build(
             Err(e) => Err(e),
         }
     } else {
-        state.builds.resolve(build, key, velox).await
+        state.builds.resolve(build, key, velox, admission).await
     }
     .map_err(|e| {
         e.to_api_error(&state.config)

@@ -9,7 +9,8 @@
 //!   so a request naming an upper-case letter directly is not found;
 //! - an unknown module or version answers 404 (or 410) with a plain-text reason.
 //!
-//! Switches: move a module's `@latest`, answer 500, or hang; counters of what was asked.
+//! Switches: move a module's `@latest`, answer 500, hang, or answer slowly; counters of what was
+//! asked and of how many requests were under way at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,8 @@ pub enum Mode {
     Fail,
     /// Every request waits far longer than any client should.
     Hang,
+    /// Every request waits this long, then answers as `Normal` would.
+    Slow(Duration),
 }
 
 #[derive(Default)]
@@ -39,6 +42,29 @@ struct State {
     modules: HashMap<String, Module>,
     /// Every path asked, decoded.
     asked: Vec<String>,
+    /// Requests under way now, and the most there ever were at once.
+    active: usize,
+    max_active: usize,
+}
+
+/// Counts a request as under way until dropped (a client that gives up drops the handler).
+struct Active(Arc<Mutex<State>>);
+
+impl Active {
+    fn enter(state: &Arc<Mutex<State>>) -> Active {
+        let mut s = state.lock().expect("lock");
+        s.active += 1;
+        s.max_active = s.max_active.max(s.active);
+        Active(Arc::clone(state))
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.lock() {
+            s.active -= 1;
+        }
+    }
 }
 
 pub struct GoProxy {
@@ -88,6 +114,7 @@ async fn handle(req: HttpRequest, state: web::Data<Arc<Mutex<State>>>) -> HttpRe
     // The raw path, percent-decoded once (as a Go proxy's HTTP server would see it).
     let raw = req.uri().path().trim_start_matches('/').to_owned();
     let path = percent_decode(&raw);
+    let _active = Active::enter(&state);
     let mode = {
         let mut s = state.lock().expect("lock");
         s.asked.push(path.clone());
@@ -95,6 +122,7 @@ async fn handle(req: HttpRequest, state: web::Data<Arc<Mutex<State>>>) -> HttpRe
     };
     match mode {
         Mode::Normal => {}
+        Mode::Slow(delay) => tokio::time::sleep(delay).await,
         Mode::Fail => return HttpResponse::InternalServerError().body("proxy failure"),
         Mode::Hang => {
             tokio::time::sleep(Duration::from_secs(120)).await;
@@ -165,6 +193,8 @@ impl GoProxy {
             mode: Mode::Normal,
             modules: HashMap::new(),
             asked: Vec::new(),
+            active: 0,
+            max_active: 0,
         }));
         let shared = Arc::clone(&state);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -221,6 +251,11 @@ impl GoProxy {
     /// Every path asked so far, case-encoding kept as sent.
     pub fn asked(&self) -> Vec<String> {
         self.state.lock().expect("lock").asked.clone()
+    }
+
+    /// The most requests that were under way at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.state.lock().expect("lock").max_active
     }
 
     /// How many requests named `module` (as sent, encoded).
