@@ -142,6 +142,11 @@ impl Background {
                 log::error!("the start-up pass did not run to its end");
             }
         }));
+        // A no-op (one atomic load) unless sled refused a write (docs/storage.md, "Disk full").
+        let s = Arc::clone(&store);
+        tasks.push(every(rx.clone(), Duration::from_secs(1), move || {
+            s.heal_index()
+        }));
         if !access_every.is_zero() {
             let s = Arc::clone(&store);
             tasks.push(every(rx.clone(), access_every, move || {

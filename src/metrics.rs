@@ -110,6 +110,8 @@ pub struct Gauges {
     pub min_free_bytes: u64,
     /// Whether Velox answered its last call (true before the first call).
     pub velox_up: bool,
+    /// Reopens of the index that succeeded and that failed (docs/storage.md, "Disk full").
+    pub index_reopens: (u64, u64),
 }
 
 impl Default for Metrics {
@@ -204,6 +206,14 @@ impl Metrics {
             "velox_velox_up",
             "1 unless Velox's last call found it unreachable.",
             u64::from(g.velox_up),
+        );
+        let (ok, error) = g.index_reopens;
+        let _ = writeln!(
+            out,
+            "# HELP velox_cache_index_reopens_total Reopens of the index after it refused writes, by result.\n\
+             # TYPE velox_cache_index_reopens_total counter\n\
+             velox_cache_index_reopens_total{{result=\"ok\"}} {ok}\n\
+             velox_cache_index_reopens_total{{result=\"error\"}} {error}"
         );
     }
 

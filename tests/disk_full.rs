@@ -292,6 +292,274 @@ async fn min_free_gb_is_a_floor_kept_by_evicting() {
     assert_eq!((status, v["storage"].as_str()), (200, Some("low")), "{v}");
 }
 
+/// Fills `disk` to the last byte with a file at `path`: large blocks, then smaller ones, so that
+/// not even a page is left.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("filler");
+    for size in [64 * 1024, 4096, 512, 1] {
+        let block = vec![0u8; size];
+        while f.write_all(&block).is_ok() {}
+    }
+    let _ = f.sync_all();
+}
+
+/// Probes `/readyz` until sled itself has refused a write: its log's last page had room for a
+/// few probes after the data dir had none. `None` when it never did.
+async fn until_the_index_fails(server: &Server) -> Option<serde_json::Value> {
+    for _ in 0..2000 {
+        let (status, v) = readyz(server).await;
+        if status == 503 && v["storage_error"] == "the metadata database does not take writes" {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// What the reopen is for, pinned on sled itself: once a write to its log failed for lack of
+/// space, an open `Db` refuses every later write even after the space is back, and a `Db` opened
+/// anew takes them, with what was flushed before.
+#[test]
+fn sled_refuses_writes_after_a_full_disk_until_reopened() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let Some(disk) = small_disk(
+        tmp.path(),
+        "4m",
+        "sled_refuses_writes_after_a_full_disk_until_reopened",
+    ) else {
+        return;
+    };
+    let meta = disk.path.join("meta");
+    let db = sled::Config::new().path(&meta).open().expect("open");
+    db.insert(b"before", b"kept").expect("insert");
+    db.flush().expect("flush");
+    let filler = disk.path.join("filler");
+    fill(&filler);
+    let mut refused = None;
+    for i in 0u32..100_000 {
+        if let Err(e) = db
+            .insert(i.to_be_bytes(), &[0u8; 64][..])
+            .and_then(|_| db.flush())
+        {
+            refused = Some(e);
+            break;
+        }
+    }
+    let refused = refused.expect("sled never refused a write on a full disk");
+    eprintln!("sled on a full disk: {refused}");
+    std::fs::remove_file(&filler).expect("remove filler");
+    assert!(disk.free() > 1024 * 1024);
+    let again = db.insert(b"after", b"x").and_then(|_| db.flush());
+    assert!(again.is_err(), "sled took a write again without a reopen");
+    drop(db);
+    let db = reopened(&meta);
+    db.insert(b"after", b"x").expect("insert after the reopen");
+    db.flush().expect("flush after the reopen");
+    assert_eq!(
+        db.get(b"before").expect("get").as_deref(),
+        Some(&b"kept"[..])
+    );
+}
+
+/// sled's lock on its files outlives a dropped `Db` for a moment (its threads let go last).
+fn reopened(path: &Path) -> sled::Db {
+    for _ in 0..250 {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return db,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("cannot reopen sled: {e}"),
+        }
+    }
+    panic!("sled's lock was never let go");
+}
+
+#[actix_web::test]
+async fn the_index_takes_writes_again_when_the_disk_frees_up_without_a_restart() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let Some(disk) = small_disk(
+        tmp.path(),
+        "16m",
+        "the_index_takes_writes_again_when_the_disk_frees_up_without_a_restart",
+    ) else {
+        return;
+    };
+    let artifacts = tmp.path().join("velox-out");
+    let velox = FakeVelox::start(&artifacts);
+    velox.set_size(1024 * 1024);
+    let opts = Options::new(&disk.path, &velox.url, &artifacts)
+        .env("VELOX_CACHE_CACHE__MIN_FREE_GB", "0")
+        .env("VELOX_CACHE_CACHE__ACCESS_UPDATE_INTERVAL", "100ms");
+    let server = Server::start(&opts);
+    let url = server.url("/_velox/v1/builds");
+    let pid = server.pid();
+
+    // One binary stored while there is room.
+    let first = post_json(&url, &distinct_request(1), &[]).await;
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    assert!(first.header("content-location").is_some());
+    let hit = post_json(&url, &distinct_request(1), &[]).await;
+    assert_eq!(hit.header("x-cache-status"), Some("HIT"));
+
+    // The disk fills until sled's own log is refused.
+    let filler = disk.path.join("filler");
+    fill(&filler);
+    let failed = until_the_index_fails(&server).await;
+    let failed =
+        failed.unwrap_or_else(|| panic!("sled never refused a write:\n{}", server.log_text()));
+    assert_eq!(failed["storage"], "full", "{failed}");
+    assert_eq!(failed["index"], "failed", "{failed}");
+    assert_eq!(failed["ready"], false, "{failed}");
+
+    // Builds cannot be stored, but a cached binary is still served.
+    let r = post_json(&url, &distinct_request(2), &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-cache-status"), Some("MISS"));
+    assert_eq!(r.header("content-location"), None, "nothing was stored");
+    for _ in 0..3 {
+        let hit = post_json(&url, &distinct_request(1), &[]).await;
+        assert_eq!(hit.status, 200);
+        assert_eq!(hit.header("x-cache-status"), Some("HIT"));
+        assert_eq!(hit.body.len(), 1024 * 1024);
+    }
+    // Still not recovered while the disk is full: nothing to reopen onto.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, v) = readyz(&server).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["index"], "failed", "{v}");
+    assert_eq!(get(&server.admin_url("/healthz"), &[]).await.status, 200);
+
+    // Space comes back: the index is reopened by the running process.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let mut last = serde_json::Value::Null;
+    let back = eventually(Duration::from_secs(20), async || {
+        let (status, v) = readyz(&server).await;
+        last = v;
+        status == 200
+    })
+    .await;
+    assert!(back, "{last}\n{}", server.log_text());
+    assert_eq!(last["storage"], "ok", "{last}");
+    assert_eq!(last["index"], "ok", "{last}");
+    assert_eq!(
+        metric(&server, "velox_cache_index_reopens_total{result=\"ok\"}").await,
+        1.0
+    );
+
+    // A new build is stored again, and hit.
+    let stored = post_json(&url, &distinct_request(3), &[]).await;
+    assert_eq!(
+        stored.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&stored.body)
+    );
+    assert_eq!(stored.header("x-cache-status"), Some("MISS"));
+    assert!(stored.header("content-location").is_some(), "stored");
+    let key = stored.header("x-velox-cache-key").expect("key").to_owned();
+    let hit = post_json(&url, &distinct_request(3), &[]).await;
+    assert_eq!(hit.header("x-cache-status"), Some("HIT"));
+    let list = get(&server.admin_url("/v1/cache"), &[]).await.json();
+    assert!(list.to_string().contains(&key), "{list}");
+    // The entry stored before the disk filled is still there and served.
+    let hit = post_json(&url, &distinct_request(1), &[]).await;
+    assert_eq!(hit.header("x-cache-status"), Some("HIT"));
+    assert_eq!(server.pid(), pid);
+    assert_eq!(get(&server.admin_url("/healthz"), &[]).await.status, 200);
+}
+
+#[actix_web::test]
+async fn an_index_that_cannot_be_reopened_fails_healthz() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let Some(disk) = small_disk(
+        tmp.path(),
+        "16m",
+        "an_index_that_cannot_be_reopened_fails_healthz",
+    ) else {
+        return;
+    };
+    let artifacts = tmp.path().join("velox-out");
+    let velox = FakeVelox::start(&artifacts);
+    velox.set_size(64 * 1024);
+    let opts =
+        Options::new(&disk.path, &velox.url, &artifacts).env("VELOX_CACHE_CACHE__MIN_FREE_GB", "0");
+    let server = Server::start(&opts);
+    let url = server.url("/_velox/v1/builds");
+    let stored = post_json(&url, &distinct_request(1), &[]).await;
+    assert!(stored.header("content-location").is_some());
+
+    let filler = disk.path.join("filler");
+    fill(&filler);
+    let failed = until_the_index_fails(&server).await;
+    assert!(
+        failed.is_some(),
+        "sled never refused a write:\n{}",
+        server.log_text()
+    );
+    // While the process runs, its index folder is taken away and a file put in its place: no
+    // index can be opened there.
+    let meta = disk.path.join("meta");
+    let moved = disk.path.join("meta.moved");
+    std::fs::rename(&meta, &moved).expect("move the index away");
+    std::fs::write(&meta, b"").expect("a file where the index was");
+    std::fs::remove_file(&filler).expect("remove filler");
+
+    // Space is back but every reopen fails: after the attempts, /healthz fails with the JSON
+    // error shape, so that an orchestrator restarts the process.
+    let mut last = None;
+    let unhealthy = eventually(Duration::from_secs(20), async || {
+        let r = get(&server.admin_url("/healthz"), &[]).await;
+        let failing = r.status == 503;
+        last = Some(r);
+        failing
+    })
+    .await;
+    let r = last.expect("asked");
+    assert!(unhealthy, "{r:?}\n{}", server.log_text());
+    let v = r.assert_error(503, "storage_unavailable");
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains("restart")),
+        "{v}"
+    );
+    let (status, v) = readyz(&server).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["index"], "unrecoverable", "{v}");
+    assert_eq!(v["ready"], false, "{v}");
+    assert!(metric(&server, "velox_cache_index_reopens_total{result=\"error\"}").await >= 3.0);
+    assert_eq!(
+        metric(&server, "velox_cache_index_reopens_total{result=\"ok\"}").await,
+        0.0
+    );
+    let log = server.log_text();
+    assert!(log.contains("cannot reopen the index"), "{log}");
+    // With no index there is nothing to serve from: requests get a clear error, not a rebuild.
+    let builds = velox.builds();
+    post_json(&url, &distinct_request(1), &[])
+        .await
+        .assert_error(503, "storage_unavailable");
+    assert_eq!(velox.builds(), builds);
+
+    // The attempts go on: with the index back in place, one succeeds and the process is healthy
+    // again, with its entry.
+    std::fs::remove_file(&meta).expect("remove the file");
+    std::fs::rename(&moved, &meta).expect("put the index back");
+    let healthy = eventually(Duration::from_secs(20), async || {
+        get(&server.admin_url("/healthz"), &[]).await.status == 200
+    })
+    .await;
+    assert!(healthy, "{}", server.log_text());
+    let (status, v) = readyz(&server).await;
+    assert_eq!((status, v["index"].as_str()), (200, Some("ok")), "{v}");
+    let hit = post_json(&url, &distinct_request(1), &[]).await;
+    assert_eq!(hit.header("x-cache-status"), Some("HIT"));
+}
+
 trait TerminateOk {
     fn terminate_ok(&mut self) -> bool;
 }

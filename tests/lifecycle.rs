@@ -143,6 +143,7 @@ async fn admin_health_readiness_metrics() {
     let r = get(&s.admin_url("/readyz"), &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["ready"], true);
+    assert_eq!(r.json()["index"], "ok");
     assert_eq!(r.json()["velox_last_call"], "not_called_yet");
     post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
     post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
@@ -172,6 +173,9 @@ async fn admin_health_readiness_metrics() {
     let r = get(&s.admin_url("/readyz"), &[]).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["ready"], false);
+    // The index still takes writes: nothing to reopen, and the process stays live.
+    assert_eq!(r.json()["index"], "ok");
+    assert_eq!(get(&s.admin_url("/healthz"), &[]).await.status, 200);
     assert!(!r.json()["storage"]
         .as_str()
         .unwrap_or("")

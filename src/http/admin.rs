@@ -7,10 +7,10 @@ use serde_json::json;
 
 use super::AppState;
 use crate::builds::VeloxHealth;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::shared::SharedHealth;
-use crate::store::{DiskSpace, Limits};
+use crate::store::{DiskSpace, IndexState, Limits, FULL_BELOW, REOPEN_ATTEMPTS};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(readable("/healthz", healthz))
@@ -38,13 +38,19 @@ where
         .route(web::head().to(handler))
 }
 
-/// `GET /healthz`: 200 while the process serves.
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+/// `GET /healthz`: 200 while the process serves; 503 (`storage_unavailable`) once the index
+/// refused writes and could not be reopened (docs/storage.md, "Disk full"): only a restart helps.
+async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.store.index_state() == IndexState::Unrecoverable {
+        return Err(ApiError::new(
+            ErrorCode::StorageUnavailable,
+            format!(
+                "the metadata database refused writes and {REOPEN_ATTEMPTS} attempts in a row to reopen it failed; restart the process"
+            ),
+        ));
+    }
+    Ok(HttpResponse::Ok().json(json!({"status": "ok"})))
 }
-
-/// Below this much free space a refused write is the disk being full, not something else.
-const FULL_BELOW: u64 = 1024 * 1024;
 
 /// The storage state `/readyz` reports (docs/storage.md, "Disk full").
 fn storage_state(
@@ -89,6 +95,7 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut body = json!({
         "ready": ready,
         "storage": storage,
+        "index": state.store.index_state().as_str(),
         "velox_last_call": velox,
         "disk_free_bytes": disk.map(|d| d.free),
         "min_free_bytes": min_free,
@@ -121,6 +128,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             disk: state.store.disk_space(),
             min_free_bytes: Limits::from(&state.config.cache).min_free_bytes,
             velox_up: state.builds.velox_health() != VeloxHealth::Unreachable,
+            index_reopens: state.store.index_reopens(),
         },
     );
     HttpResponse::Ok()

@@ -18,7 +18,7 @@ use sled::transaction::{
 };
 use sled::Transactional;
 
-use super::{BlobRecord, EntryRecord, RecordError, Store, StoreError};
+use super::{BlobRecord, EntryRecord, Index, RecordError, Store, StoreError};
 use crate::config::EvictionPolicy;
 use crate::ids::{CacheKey, Digest};
 
@@ -102,7 +102,7 @@ fn release_blob(bl: &TransactionalTree, digest: &Digest) -> Result<Option<u64>, 
     }
 }
 
-impl Store {
+impl Index {
     /// Every tree of the index.
     pub(super) fn trees(&self) -> [&sled::Tree; 6] {
         [
@@ -129,7 +129,9 @@ impl Store {
         let [entries, blobs, lru, lfu, fifo, counters] = self.trees();
         (entries, blobs, lru, lfu, fifo, counters)
     }
+}
 
+impl Store {
     /// Inserts (or replaces) the entry for `key` pointing at the blob `entry.digest`, in one
     /// transaction over the entry, the blob references, the eviction trees and the counters.
     /// Returns the digest of a blob that no entry uses any more, if the replaced entry left one;
@@ -142,52 +144,52 @@ impl Store {
         flush: bool,
     ) -> Result<Option<Digest>, StoreError> {
         let entry_bytes = entry.encode()?;
-        let orphan = self
-            .all_trees()
-            .transaction(|(en, bl, lru, lfu, fifo, ct)| {
-                let mut entries = counter(ct, COUNTER_ENTRIES)?;
-                let mut bytes = counter(ct, COUNTER_BYTES)?;
-                let mut orphan = None;
-                // The new blob's reference comes first, so that replacing an entry with the same
-                // bytes never drops the blob to zero references.
-                let blob = match bl.get(entry.digest)? {
-                    Some(b) => {
-                        let mut b = BlobRecord::decode(&b).map_err(abort)?;
-                        b.refs += 1;
-                        b
-                    }
-                    None => {
-                        bytes += entry.size;
-                        BlobRecord {
-                            refs: 1,
-                            size: entry.size,
-                            stored_ms,
-                            file_name: entry.file_name.clone(),
-                        }
-                    }
-                };
-                bl.insert(entry.digest.as_bytes(), blob.encode().map_err(abort)?)?;
-                if let Some(old) = en.insert(&key.0, entry_bytes.as_slice())? {
-                    let old = EntryRecord::decode(&old).map_err(abort)?;
-                    lru.remove(lru_key(&old, key))?;
-                    lfu.remove(lfu_key(&old, key))?;
-                    fifo.remove(fifo_key(&old, key))?;
-                    if let Some(size) = release_blob(bl, &old.digest)? {
-                        bytes = bytes.saturating_sub(size);
-                        orphan = Some(old.digest);
-                    }
-                } else {
-                    entries += 1;
+        let ix = self.ix()?;
+        let committed = ix.all_trees().transaction(|(en, bl, lru, lfu, fifo, ct)| {
+            let mut entries = counter(ct, COUNTER_ENTRIES)?;
+            let mut bytes = counter(ct, COUNTER_BYTES)?;
+            let mut orphan = None;
+            // The new blob's reference comes first, so that replacing an entry with the same
+            // bytes never drops the blob to zero references.
+            let blob = match bl.get(entry.digest)? {
+                Some(b) => {
+                    let mut b = BlobRecord::decode(&b).map_err(abort)?;
+                    b.refs += 1;
+                    b
                 }
-                lru.insert(lru_key(entry, key), &[])?;
-                lfu.insert(lfu_key(entry, key), &[])?;
-                fifo.insert(fifo_key(entry, key), &[])?;
-                ct.insert(COUNTER_ENTRIES, &entries.to_be_bytes())?;
-                ct.insert(COUNTER_BYTES, &bytes.to_be_bytes())?;
-                Ok(orphan)
-            })?;
+                None => {
+                    bytes += entry.size;
+                    BlobRecord {
+                        refs: 1,
+                        size: entry.size,
+                        stored_ms,
+                        file_name: entry.file_name.clone(),
+                    }
+                }
+            };
+            bl.insert(entry.digest.as_bytes(), blob.encode().map_err(abort)?)?;
+            if let Some(old) = en.insert(&key.0, entry_bytes.as_slice())? {
+                let old = EntryRecord::decode(&old).map_err(abort)?;
+                lru.remove(lru_key(&old, key))?;
+                lfu.remove(lfu_key(&old, key))?;
+                fifo.remove(fifo_key(&old, key))?;
+                if let Some(size) = release_blob(bl, &old.digest)? {
+                    bytes = bytes.saturating_sub(size);
+                    orphan = Some(old.digest);
+                }
+            } else {
+                entries += 1;
+            }
+            lru.insert(lru_key(entry, key), &[])?;
+            lfu.insert(lfu_key(entry, key), &[])?;
+            fifo.insert(fifo_key(entry, key), &[])?;
+            ct.insert(COUNTER_ENTRIES, &entries.to_be_bytes())?;
+            ct.insert(COUNTER_BYTES, &bytes.to_be_bytes())?;
+            Ok(orphan)
+        });
+        let orphan = self.noted(committed)?;
         if flush {
-            self.db.flush()?;
+            self.noted(ix.db.flush())?;
         }
         Ok(orphan)
     }
@@ -195,31 +197,31 @@ impl Store {
     /// Removes the entry for `key` from every tree in one transaction and flushes. Returns the
     /// removed entry and, when it held the last reference to its blob, that blob's digest.
     pub(super) fn uncommit_entry(&self, key: &CacheKey) -> Result<Option<Removed>, StoreError> {
-        let removed = self
-            .all_trees()
-            .transaction(|(en, bl, lru, lfu, fifo, ct)| {
-                let Some(old) = en.remove(&key.0)? else {
-                    return Ok(None);
-                };
-                let old = EntryRecord::decode(&old).map_err(abort)?;
-                lru.remove(lru_key(&old, key))?;
-                lfu.remove(lfu_key(&old, key))?;
-                fifo.remove(fifo_key(&old, key))?;
-                let mut bytes = counter(ct, COUNTER_BYTES)?;
-                let orphan = match release_blob(bl, &old.digest)? {
-                    Some(size) => {
-                        bytes = bytes.saturating_sub(size);
-                        Some(old.digest)
-                    }
-                    None => None,
-                };
-                let entries = counter(ct, COUNTER_ENTRIES)?.saturating_sub(1);
-                ct.insert(COUNTER_ENTRIES, &entries.to_be_bytes())?;
-                ct.insert(COUNTER_BYTES, &bytes.to_be_bytes())?;
-                Ok(Some((old, orphan)))
-            })?;
+        let ix = self.ix()?;
+        let removed = ix.all_trees().transaction(|(en, bl, lru, lfu, fifo, ct)| {
+            let Some(old) = en.remove(&key.0)? else {
+                return Ok(None);
+            };
+            let old = EntryRecord::decode(&old).map_err(abort)?;
+            lru.remove(lru_key(&old, key))?;
+            lfu.remove(lfu_key(&old, key))?;
+            fifo.remove(fifo_key(&old, key))?;
+            let mut bytes = counter(ct, COUNTER_BYTES)?;
+            let orphan = match release_blob(bl, &old.digest)? {
+                Some(size) => {
+                    bytes = bytes.saturating_sub(size);
+                    Some(old.digest)
+                }
+                None => None,
+            };
+            let entries = counter(ct, COUNTER_ENTRIES)?.saturating_sub(1);
+            ct.insert(COUNTER_ENTRIES, &entries.to_be_bytes())?;
+            ct.insert(COUNTER_BYTES, &bytes.to_be_bytes())?;
+            Ok(Some((old, orphan)))
+        });
+        let removed = self.noted(removed)?;
         if removed.is_some() {
-            self.db.flush()?;
+            self.noted(ix.db.flush())?;
         }
         Ok(removed)
     }
@@ -234,7 +236,8 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        (&self.entries, &self.lru, &self.lfu).transaction(|(en, lru, lfu)| {
+        let ix = self.ix()?;
+        let written = (&ix.entries, &ix.lru, &ix.lfu).transaction(|(en, lru, lfu)| {
             for (key, hits) in batch {
                 let Some(bytes) = en.get(key.0)? else {
                     continue;
@@ -250,8 +253,8 @@ impl Store {
                 en.insert(&key.0, new.encode().map_err(abort)?)?;
             }
             Ok(())
-        })?;
-        Ok(())
+        });
+        self.noted(written)
     }
 
     /// Indexes many entries whose blobs are already in place, flushing once at the end (imports
@@ -261,8 +264,7 @@ impl Store {
         for (key, entry) in items {
             self.commit_entry(key, entry, now, false)?;
         }
-        self.db.flush()?;
-        Ok(())
+        self.flush()
     }
 
     /// The next victim under `policy`, skipping `protect`: the first item of the policy's tree.
@@ -271,10 +273,11 @@ impl Store {
         policy: EvictionPolicy,
         protect: Option<&CacheKey>,
     ) -> Result<Option<CacheKey>, StoreError> {
+        let ix = self.ix()?;
         let tree = match policy {
-            EvictionPolicy::Lru => &self.lru,
-            EvictionPolicy::Lfu => &self.lfu,
-            EvictionPolicy::Fifo => &self.fifo,
+            EvictionPolicy::Lru => &ix.lru,
+            EvictionPolicy::Lfu => &ix.lfu,
+            EvictionPolicy::Fifo => &ix.fifo,
         };
         // At most two items are read: the first, and the second when the first is protected.
         for item in tree.iter().keys().take(2) {
@@ -293,7 +296,7 @@ impl Store {
         &self,
         protect: Option<&CacheKey>,
     ) -> Result<Option<(CacheKey, u64)>, StoreError> {
-        for item in self.fifo.iter().keys().take(2) {
+        for item in self.ix()?.fifo.iter().keys().take(2) {
             let item = item?;
             if let Some(key) = key_of(&item) {
                 if Some(&key) != protect {
@@ -310,12 +313,13 @@ impl Store {
         after: Option<&CacheKey>,
         limit: usize,
     ) -> Result<Vec<(CacheKey, EntryRecord)>, StoreError> {
+        let ix = self.ix()?;
         let iter = match after {
-            Some(k) => self.entries.range((
+            Some(k) => ix.entries.range((
                 std::ops::Bound::Excluded(k.0.to_vec()),
                 std::ops::Bound::Unbounded,
             )),
-            None => self.entries.iter(),
+            None => ix.entries.iter(),
         };
         let mut out = Vec::new();
         for item in iter.take(limit) {

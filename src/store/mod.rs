@@ -18,6 +18,7 @@ mod ingest;
 mod maintain;
 pub mod record;
 mod recover;
+mod reopen;
 mod scrub;
 pub mod shared;
 mod tier;
@@ -25,7 +26,7 @@ mod tier;
 use std::fs::{self, File, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ pub use ingest::{IngestError, Manifest};
 pub use maintain::{disk_space, DiskSpace, EvictionReason, Limits};
 pub use record::{BlobRecord, EntryRecord, RecordError};
 pub use recover::{Problems, ReconcileReport};
+pub use reopen::{IndexState, FULL_BELOW, REOPEN_ATTEMPTS};
 pub use scrub::{is_revoked, revocation_generation, ScrubReport, Throttle};
 
 pub use bucket::{Bucket, BucketCounters, BucketOp};
@@ -65,6 +67,9 @@ pub enum StoreError {
     Record(#[from] RecordError),
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
+    /// The index was closed to be reopened, and the reopen failed (docs/storage.md, "Disk full").
+    #[error("the index is closed: reopening it failed")]
+    Closed,
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -83,8 +88,8 @@ pub struct Totals {
     pub bytes: u64,
 }
 
-pub struct Store {
-    root: PathBuf,
+/// The sled database and its trees, replaced whole when the index is reopened ([`reopen`]).
+pub(super) struct Index {
     db: sled::Db,
     entries: sled::Tree,
     blobs: sled::Tree,
@@ -92,6 +97,29 @@ pub struct Store {
     lfu: sled::Tree,
     fifo: sled::Tree,
     counters: sled::Tree,
+}
+
+impl Index {
+    fn new(db: sled::Db) -> Result<Index, StoreError> {
+        Ok(Index {
+            entries: db.open_tree("entries")?,
+            blobs: db.open_tree("blobs")?,
+            lru: db.open_tree("lru")?,
+            lfu: db.open_tree("lfu")?,
+            fifo: db.open_tree("fifo")?,
+            counters: db.open_tree("counters")?,
+            db,
+        })
+    }
+}
+
+pub struct Store {
+    root: PathBuf,
+    /// The index, behind a lock taken for writing only to reopen it; `None` after a reopen that
+    /// failed. Everyone else holds the lock just long enough to clone the `Arc` ([`Store::ix`]).
+    index: RwLock<Option<Arc<Index>>>,
+    /// Whether sled refused a write, and how reopening it went ([`reopen`]).
+    health: reopen::IndexHealth,
     /// Serialises the steps that place or remove blob files together with their index updates,
     /// so that a blob is never deleted between being placed and being referenced.
     write_lock: Mutex<()>,
@@ -144,40 +172,29 @@ impl Store {
                 log::warn!("cannot remove the leftover {}: {e}", path.display());
             }
         }
-        let meta = root.join("meta");
-        let db = match open_index_waiting(&meta) {
-            Ok(db) => db,
-            Err(e) if !is_damage(&e) => return Err(e),
-            Err(e) => {
-                // The cache survives its index: set the damaged one aside, start a new one, and
-                // let the background pass re-index the manifests.
-                let aside = root.join(format!("meta.corrupt-{}", crate::util::now_ms()));
-                log::error!(
-                    "the index in {} cannot be opened ({e}); moving it to {} and rebuilding from the manifests",
-                    meta.display(),
-                    aside.display()
-                );
-                if meta.exists() {
-                    fs::rename(&meta, &aside).map_err(dir_err(root))?;
-                }
-                open_index(&meta)?
-            }
-        };
+        let db = open_meta(root)?;
         Ok(Store {
             root: root.to_path_buf(),
-            entries: db.open_tree("entries")?,
-            blobs: db.open_tree("blobs")?,
-            lru: db.open_tree("lru")?,
-            lfu: db.open_tree("lfu")?,
-            fifo: db.open_tree("fifo")?,
-            counters: db.open_tree("counters")?,
-            db,
+            index: RwLock::new(Some(Arc::new(Index::new(db)?))),
+            health: reopen::IndexHealth::default(),
             write_lock: Mutex::new(()),
             handles: handles::Handles::default(),
             pending: Mutex::new(HashMap::new()),
             corrupt_hook: OnceLock::new(),
             _lock: lock,
         })
+    }
+
+    /// The index as it is now. The lock is held only to clone the `Arc`: a caller must not hold
+    /// the returned handle while it calls back into the store, nor for long (a reopen waits for
+    /// every handle to be let go).
+    pub(super) fn ix(&self) -> Result<Arc<Index>, StoreError> {
+        self.index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(Arc::clone)
+            .ok_or(StoreError::Closed)
     }
 
     /// Takes the write lock (see the field).
@@ -210,7 +227,7 @@ impl Store {
 
     /// The entry for `key`, if any.
     pub fn lookup(&self, key: &CacheKey) -> Result<Option<EntryRecord>, StoreError> {
-        match self.entries.get(key.0)? {
+        match self.ix()?.entries.get(key.0)? {
             Some(bytes) => Ok(Some(EntryRecord::decode(&bytes)?)),
             None => Ok(None),
         }
@@ -218,7 +235,7 @@ impl Store {
 
     /// The blob record for `digest`, if any entry uses it.
     pub fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, StoreError> {
-        match self.blobs.get(digest)? {
+        match self.ix()?.blobs.get(digest)? {
             Some(bytes) => Ok(Some(BlobRecord::decode(&bytes)?)),
             None => Ok(None),
         }
@@ -276,8 +293,9 @@ impl Store {
     }
 
     pub fn totals(&self) -> Result<Totals, StoreError> {
+        let ix = self.ix()?;
         let read = |k: &[u8]| -> Result<u64, StoreError> {
-            Ok(self.counters.get(k)?.map(|v| be_u64(&v)).unwrap_or(0))
+            Ok(ix.counters.get(k)?.map(|v| be_u64(&v)).unwrap_or(0))
         };
         Ok(Totals {
             entries: read(COUNTER_ENTRIES)?,
@@ -287,13 +305,10 @@ impl Store {
 
     /// Readiness: sled takes a durable write and the data dir takes a file.
     pub fn check_ready(&self) -> Result<(), String> {
-        self.counters
-            .insert(b"ready_probe", &crate::util::now_ms().to_be_bytes())
-            .and_then(|_| self.db.flush())
-            .map_err(|e| {
-                log::error!("readiness: sled refused a write: {e}");
-                "the metadata database does not take writes".to_string()
-            })?;
+        self.probe_index().map_err(|e| {
+            log::error!("readiness: sled refused a write: {e}");
+            "the metadata database does not take writes".to_string()
+        })?;
         let probe = self
             .tmp_dir()
             .join(format!("ready-{}", uuid::Uuid::new_v4()));
@@ -306,8 +321,33 @@ impl Store {
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        let flushed = self.ix()?.db.flush();
+        self.noted(flushed)?;
         Ok(())
+    }
+}
+
+/// Opens the index in `<root>/meta` with every check of a start: a damaged one is set aside and
+/// a new one started, for the reconciliation to re-index the manifests.
+fn open_meta(root: &Path) -> Result<sled::Db, StoreError> {
+    let meta = root.join("meta");
+    match open_index_waiting(&meta) {
+        Ok(db) => Ok(db),
+        Err(e) if !is_damage(&e) => Err(e),
+        Err(e) => {
+            // The cache survives its index: set the damaged one aside, start a new one, and
+            // let the background pass re-index the manifests.
+            let aside = root.join(format!("meta.corrupt-{}", crate::util::now_ms()));
+            log::error!(
+                "the index in {} cannot be opened ({e}); moving it to {} and rebuilding from the manifests",
+                meta.display(),
+                aside.display()
+            );
+            if meta.exists() {
+                fs::rename(&meta, &aside).map_err(dir_err(root))?;
+            }
+            open_index(&meta)
+        }
     }
 }
 

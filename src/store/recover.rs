@@ -142,7 +142,7 @@ impl Store {
 
         // Entries whose blob is not whole.
         let mut keys = Vec::new();
-        for item in self.entries.iter() {
+        for item in self.ix()?.entries.iter() {
             let (k, v) = item?;
             if let Some(key) = key_of(&k) {
                 keys.push((key, EntryRecord::decode(&v)?));
@@ -211,7 +211,7 @@ impl Store {
                 report.orphan_manifests += 1;
             }
         }
-        self.db.flush()?;
+        self.flush()?;
 
         // Blobs no entry refers to.
         for path in sharded_files(&self.root.join("blobs/sha256"))? {
@@ -220,11 +220,11 @@ impl Store {
                 log::warn!("{} is not a blob name; leaving it", path.display());
                 continue;
             };
-            if self.blobs.get(digest)?.is_some() {
+            if self.ix()?.blobs.get(digest)?.is_some() {
                 continue;
             }
             let _guard = self.locked()?;
-            if self.blobs.get(digest)?.is_none() {
+            if self.ix()?.blobs.get(digest)?.is_none() {
                 log::info!("deleting the orphan blob {name}");
                 fs::remove_file(&path)?;
                 report.orphan_blobs += 1;
@@ -237,10 +237,11 @@ impl Store {
     pub fn rebuild_index(&self) -> Result<ReconcileReport, StoreError> {
         {
             let _guard = self.locked()?;
-            for tree in self.trees() {
+            let ix = self.ix()?;
+            for tree in ix.trees() {
                 tree.clear()?;
             }
-            self.db.flush()?;
+            ix.db.flush()?;
         }
         self.reconcile()
     }
@@ -248,9 +249,10 @@ impl Store {
     /// Re-hashes every blob and cross-checks entries, blob references, eviction trees, counters
     /// and manifests.
     pub fn verify(&self) -> Result<Problems, StoreError> {
+        let ix = self.ix()?;
         let mut p = Vec::new();
         let mut entries: HashMap<CacheKey, EntryRecord> = HashMap::new();
-        for item in self.entries.iter() {
+        for item in ix.entries.iter() {
             let (k, v) = item?;
             match (key_of(&k), EntryRecord::decode(&v)) {
                 (Some(key), Ok(e)) if k.len() == 32 => {
@@ -262,13 +264,13 @@ impl Store {
         let mut refs: HashMap<Digest, u64> = HashMap::new();
         for (key, e) in &entries {
             *refs.entry(e.digest).or_default() += 1;
-            if self.lru.get(lru_key(e, key))?.is_none() {
+            if ix.lru.get(lru_key(e, key))?.is_none() {
                 p.push(format!("entry {key} is missing from the LRU tree"));
             }
-            if self.lfu.get(lfu_key(e, key))?.is_none() {
+            if ix.lfu.get(lfu_key(e, key))?.is_none() {
                 p.push(format!("entry {key} is missing from the LFU tree"));
             }
-            if self.fifo.get(fifo_key(e, key))?.is_none() {
+            if ix.fifo.get(fifo_key(e, key))?.is_none() {
                 p.push(format!("entry {key} is missing from the FIFO tree"));
             }
             match read_manifest(&self.manifest_path(key)) {
@@ -282,9 +284,9 @@ impl Store {
         }
         type Position = fn(&EntryRecord, &CacheKey) -> Vec<u8>;
         let orders: [(&str, &sled::Tree, Position); 3] = [
-            ("LRU", &self.lru, lru_key),
-            ("LFU", &self.lfu, lfu_key),
-            ("FIFO", &self.fifo, fifo_key),
+            ("LRU", &ix.lru, lru_key),
+            ("LFU", &ix.lfu, lfu_key),
+            ("FIFO", &ix.fifo, fifo_key),
         ];
         for (name, tree, position) in orders {
             for item in tree.iter().keys() {
@@ -301,7 +303,7 @@ impl Store {
             }
         }
         let mut bytes = 0u64;
-        for item in self.blobs.iter() {
+        for item in ix.blobs.iter() {
             let (k, v) = item?;
             let Ok(rec) = BlobRecord::decode(&v) else {
                 p.push(format!("blob record {} does not decode", hex::encode(&k)));
@@ -338,7 +340,7 @@ impl Store {
         for path in sharded_files(&self.root.join("blobs/sha256"))? {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             match Digest::from_hex(name) {
-                Some(d) if self.blobs.get(d)?.is_some() => {}
+                Some(d) if ix.blobs.get(d)?.is_some() => {}
                 _ => p.push(format!("blob file {name} is not referenced")),
             }
         }
@@ -348,7 +350,7 @@ impl Store {
                 p.push(format!("manifest {} has no entry", path.display()));
             }
         }
-        let counters = self
+        let counters = ix
             .counters
             .get(COUNTER_ENTRIES)?
             .map(|v| be_u64(&v))
@@ -359,7 +361,7 @@ impl Store {
                 entries.len()
             ));
         }
-        let counted = self
+        let counted = ix
             .counters
             .get(COUNTER_BYTES)?
             .map(|v| be_u64(&v))

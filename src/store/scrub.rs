@@ -173,14 +173,15 @@ impl Store {
     /// scrubbed counts from now. Kept in the index, so that restarts more frequent than the
     /// interval do not put the scrub off for ever.
     pub fn scrub_wait(&self, interval: Duration) -> Result<Duration, StoreError> {
-        if self.counters.get(SCRUB_CURSOR)?.is_some() {
+        let ix = self.ix()?;
+        if ix.counters.get(SCRUB_CURSOR)?.is_some() {
             return Ok(Duration::ZERO);
         }
         let now = crate::util::now_ms();
-        let done = match self.counters.get(SCRUB_DONE)? {
+        let done = match ix.counters.get(SCRUB_DONE)? {
             Some(v) => super::index::be_u64(&v),
             None => {
-                self.counters.insert(SCRUB_DONE, &now.to_be_bytes())?;
+                ix.counters.insert(SCRUB_DONE, &now.to_be_bytes())?;
                 now
             }
         };
@@ -193,21 +194,31 @@ impl Store {
     /// blocking pool.
     pub fn scrub(&self, throttle: &mut Throttle<'_>) -> Result<ScrubReport, StoreError> {
         let mut report = ScrubReport::default();
-        let from = match self.counters.get(SCRUB_CURSOR)? {
+        let cursor = self.ix()?.counters.get(SCRUB_CURSOR)?;
+        let mut from = match cursor {
             Some(c) if !c.is_empty() => std::ops::Bound::Excluded(c.to_vec()),
             _ => {
                 // An empty cursor marks a pass under way from the start: cut before its first
                 // blob is done, it is still due at once.
-                self.counters.insert(SCRUB_CURSOR, &[])?;
+                self.ix()?.counters.insert(SCRUB_CURSOR, &[])?;
                 std::ops::Bound::Unbounded
             }
         };
-        for item in self.blobs.range((from, std::ops::Bound::Unbounded)) {
+        loop {
             if throttle.stopped() {
                 report.stopped = true;
                 break;
             }
+            // The index is looked up afresh for each blob: a pass holds no handle on it for its
+            // whole length, so that a reopen (docs/storage.md, "Disk full") never waits for it.
+            let next = self
+                .ix()?
+                .blobs
+                .range((from.clone(), std::ops::Bound::Unbounded))
+                .next();
+            let Some(item) = next else { break };
             let (k, v) = item?;
+            from = std::ops::Bound::Excluded(k.to_vec());
             let (Some(digest), Ok(record)) = (Digest::from_slice(&k), BlobRecord::decode(&v))
             else {
                 log::error!("scrub: the blob record {} does not decode", hex::encode(&k));
@@ -231,11 +242,14 @@ impl Store {
                 }
             }
             // Not flushed: after a crash, a few blobs are checked twice.
-            self.counters.insert(SCRUB_CURSOR, digest.as_bytes())?;
+            self.ix()?
+                .counters
+                .insert(SCRUB_CURSOR, digest.as_bytes())?;
         }
         if !report.stopped {
-            self.counters.remove(SCRUB_CURSOR)?;
-            self.counters
+            let ix = self.ix()?;
+            ix.counters.remove(SCRUB_CURSOR)?;
+            ix.counters
                 .insert(SCRUB_DONE, &crate::util::now_ms().to_be_bytes())?;
         }
         Ok(report)
@@ -393,7 +407,7 @@ impl Store {
         let refs = self.blob(digest)?.map(|b| b.refs).unwrap_or(0);
         let mut keys: Vec<CacheKey> = Vec::new();
         if refs > 0 {
-            for item in self.entries.iter() {
+            for item in self.ix()?.entries.iter() {
                 let (k, v) = item?;
                 let Some(key) = key_of(&k) else { continue };
                 if EntryRecord::decode(&v).is_ok_and(|e| e.digest == *digest) {
