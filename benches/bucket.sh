@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The bucket's cost (docs/object-storage.md), against moto's S3 server on loopback: a 64 MiB miss
 # stored in the bucket (and the same miss with the local backend), hits from the local tier and
-# from the bucket (1 KiB ranges), and whole 64 MiB downloads from each. moto is Python: bucket
+# from the bucket (1 KiB ranges, served after a verified fill), and whole 64 MiB downloads from
+# each (hashed as they stream). moto is Python: bucket
 # figures are moto's speed, not S3's; they show what a round trip to the bucket adds.
 #   bash benches/bucket.sh [hits]
 set -euo pipefail
@@ -55,15 +56,39 @@ lat() {
 }
 digest=$(curl -s -H 'Range: bytes=0-0' -D - -o /dev/null --data @"$work/req.json" "http://127.0.0.1:$a_P/_velox/v1/builds" | tr -d '\r' | awk -F'"' 'tolower($1) ~ /^etag/ {print $2}')
 lat "hit, local tier (POST builds, 1 KiB range)" -H 'Range: bytes=0-1023' --data @"$work/req.json" "http://127.0.0.1:$a_P/_velox/v1/builds"
-lat "hit, bucket only (POST builds, 1 KiB range: manifest GET + blob HEAD + ranged GET)" -H 'Range: bytes=0-1023' --data @"$work/req.json" "http://127.0.0.1:$b_P/_velox/v1/builds"
 lat "hit, local tier (GET artifacts, 1 KiB range)" -H 'Range: bytes=0-1023' "http://127.0.0.1:$a_P/_velox/v1/artifacts/$digest"
-lat "hit, bucket only (GET artifacts, 1 KiB range: HEAD + ranged GET)" -H 'Range: bytes=0-1023' "http://127.0.0.1:$b_P/_velox/v1/artifacts/$digest"
+# A range from a replica that lacks the binary is served from a verified copy: the first one
+# fills the replica's tier with the whole blob (hashed), every later one reads its disk. Each
+# sample is a fresh replica.
+for route in builds artifacts; do
+  times=()
+  for i in 1 2 3; do
+    replica "r$route$i" s3
+    pv="r$route${i}_P"
+    if [ "$route" = builds ]; then
+      t=$(curl -s -o /dev/null -w '%{time_total}' -H 'Range: bytes=0-1023' --data @"$work/req.json" "http://127.0.0.1:${!pv}/_velox/v1/builds")
+    else
+      t=$(curl -s -o /dev/null -w '%{time_total}' -H 'Range: bytes=0-1023' "http://127.0.0.1:${!pv}/_velox/v1/artifacts/$digest")
+    fi
+    times+=("$t")
+  done
+  printf '%s\n' "${times[@]}" | awk -v r="$route" '{printf "%s%.0f", (NR>1?", ":""), $1*1000} BEGIN {printf "first 1 KiB range on a replica without the binary (%s: verified 64 MiB fill, then the range), 3 fresh replicas: ", r} END {print " ms"}'
+done
+lat "the same replica's next ranges (POST builds, 1 KiB range, from its tier)" -H 'Range: bytes=0-1023' --data @"$work/req.json" "http://127.0.0.1:${rbuilds3_P}/_velox/v1/builds"
 
 full() { curl -s -o /dev/null -w '%{time_total} %{size_download}' --data @"$work/req.json" "http://127.0.0.1:$1/_velox/v1/builds"; }
 read -r t1 n1 <<<"$(full "$b_P")"
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$b_A/v1/cache/$(grep -o 'filled the local tier with [0-9a-f]*' "$work/b.log" | tail -1 | awk '{print $NF}')" >/dev/null 2>&1 && break; sleep 0.1; done
 read -r t2 n2 <<<"$(full "$b_P")"
 read -r t3 n3 <<<"$(full "$a_P")"
+# Two whole downloads at once on a fresh replica: one fills the tier, the other hashes its own
+# stream (every byte checked either way).
+replica p s3
+full "$p_P" >"$work/par1" & f1=$!
+full "$p_P" >"$work/par2" & f2=$!
+wait "$f1" "$f2"
+read -r tp1 _ <"$work/par1"; read -r tp2 _ <"$work/par2"
+awk -v a="$tp1" -v b="$tp2" 'BEGIN { printf "two whole 64 MiB downloads at once from the bucket on a fresh replica (one fills, one only hashes): %.0f ms and %.0f ms\n", a*1000, b*1000 }'
 awk -v t1="$t1" -v t2="$t2" -v t3="$t3" -v n="$n1" 'BEGIN {
   printf "64 MiB download: from the bucket (first hit on a fresh replica, filling its tier) %.0f ms (%.0f MB/s); from that replica'"'"'s tier afterwards %.0f ms; from the builder'"'"'s tier %.0f ms\n", t1*1000, n/t1/1e6, t2*1000, t3*1000 }'
 curl -s "http://127.0.0.1:$b_A/metrics" | grep -E '^velox_bucket_(read_bytes|fills)_total' | sed 's/^/replica b: /'

@@ -93,7 +93,7 @@ impl SharedStore for Bucket {
                     store: Arc::clone(store),
                     after: Arc::new(|_, _| {}),
                 };
-                self.block_on(async move { this.fill(fill, None).await })
+                self.block_on(async move { this.fill_entry(fill).await })
             }
         }
     }
@@ -113,7 +113,7 @@ impl SharedStore for Bucket {
                 store,
                 after: Arc::new(|_, _| {}),
             };
-            this.fill(fill, None).await
+            this.fill_entry(fill).await
         })
     }
 

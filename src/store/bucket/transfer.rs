@@ -258,19 +258,25 @@ impl Bucket {
     }
 
     /// Downloads the blob of `fill.manifest` into the local tier and indexes it there, streaming
-    /// the bytes to `tx` as they come when there is a client.
+    /// the bytes to `tx` as they come when there is a client. `None` when the local tier could
+    /// not take it (a full disk): a client still got the whole, checked stream.
     pub(super) async fn fill(
         &self,
         fill: Fill,
         tx: Option<mpsc::Sender<Result<Bytes, io::Error>>>,
-    ) -> Result<EntryRecord, SharedError> {
+    ) -> Result<Option<EntryRecord>, SharedError> {
         let (_, digest, size) = fill.manifest.names().map_err(SharedError::Damaged)?;
         let store = Arc::clone(&fill.store);
-        let staging = tokio::task::block_in_place(|| store.staging())?;
-        let staged = self.pump(digest, size, tx, Some(staging)).await?;
-        let staged = staged.ok_or_else(|| {
-            SharedError::Io(io::Error::other("the local tier could not take the blob"))
-        })?;
+        let staging = match tokio::task::block_in_place(|| store.staging()) {
+            Ok(staging) => Some(staging),
+            Err(e) => {
+                log::warn!("the local tier cannot take {digest} ({e}); streaming it unfilled");
+                None
+            }
+        };
+        let Some(staged) = self.pump(digest, size, tx, staging).await? else {
+            return Ok(None);
+        };
         let Fill {
             key,
             manifest,
@@ -286,7 +292,14 @@ impl Bucket {
         .map_err(io_err)??;
         self.0.counters.fills.fetch_add(1, Relaxed);
         log::info!("filled the local tier with {key} from the bucket");
-        Ok(entry)
+        Ok(Some(entry))
+    }
+
+    /// [`Bucket::fill`] for callers that need the entry.
+    pub(super) async fn fill_entry(&self, fill: Fill) -> Result<EntryRecord, SharedError> {
+        self.fill(fill, None).await?.ok_or_else(|| {
+            SharedError::Io(io::Error::other("the local tier could not take the blob"))
+        })
     }
 
     /// Takes the lead of the fill of `key`, or the place of a waiter on the fill under way.
@@ -322,7 +335,7 @@ impl Bucket {
         }
         match self.join_fill(fill.key) {
             Ok(lead) => {
-                let result = self.fill(fill, None).await;
+                let result = self.fill_entry(fill).await;
                 lead.finish(result.is_ok());
                 result.map(|_| ())
             }
@@ -426,7 +439,7 @@ impl RemoteReader for Bucket {
         self.spawn(async move {
             let err_tx = tx.clone();
             let result = this.fill(fill, Some(tx)).await;
-            lead.finish(result.is_ok());
+            lead.finish(matches!(result, Ok(Some(_))));
             drop(lead);
             if let Err(e) = result {
                 log::warn!("streaming {digest} from the bucket into the local tier failed: {e}");
