@@ -362,17 +362,25 @@ fn documented_metrics() -> Vec<(String, String, Vec<String>)> {
         }
         let name = cells[1].trim_matches('`').to_owned();
         let kind = cells[2].to_owned();
+        // `label`: `a`, `b` — or, for several labels, `l1`, `l2`: `a1` `a2`, `b1` `b2`.
         let series = match cells[3].split_once(':') {
-            Some((label, values)) => values
-                .split(',')
-                .map(|v| {
-                    format!(
-                        "{name}{{{}=\"{}\"}}",
-                        label.trim().trim_matches('`'),
-                        v.trim().trim_matches('`')
-                    )
-                })
-                .collect(),
+            Some((labels, values)) => {
+                let labels: Vec<&str> = labels
+                    .split(',')
+                    .map(|l| l.trim().trim_matches('`'))
+                    .collect();
+                values
+                    .split(',')
+                    .map(|item| {
+                        let pairs: Vec<String> = labels
+                            .iter()
+                            .zip(item.split_whitespace())
+                            .map(|(l, v)| format!("{l}=\"{}\"", v.trim_matches('`')))
+                            .collect();
+                        format!("{name}{{{}}}", pairs.join(","))
+                    })
+                    .collect()
+            }
             None => vec![name.clone()],
         };
         out.push((name, kind, series));
