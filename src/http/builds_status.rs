@@ -25,10 +25,10 @@ use serde::Serialize;
 
 use super::AppState;
 use crate::builds::resolve::Resolution;
-use crate::store::shared::{Elsewhere, SharedStore};
 use crate::builds::{BuildState, BuildWatch, CacheKey, KeyState};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::store::shared::{Elsewhere, SharedStore};
 
 /// What the 202 tells the client to wait before it first asks for the status.
 const RETRY_AFTER_SECS: u32 = 2;
@@ -408,7 +408,12 @@ fn events(
             let keepalive = w.config.sse_keepalive;
             let next = match (w.pending.take(), &mut w.source) {
                 (Some(state), _) => state,
-                (None, Source { watch: Some(watch), .. }) => {
+                (
+                    None,
+                    Source {
+                        watch: Some(watch), ..
+                    },
+                ) => {
                     tokio::select! {
                         state = watch.changed() => state,
                         _ = tokio::time::sleep(keepalive) => {
@@ -416,7 +421,13 @@ fn events(
                         }
                     }
                 }
-                (None, Source { remote: Some(remote), .. }) => {
+                (
+                    None,
+                    Source {
+                        remote: Some(remote),
+                        ..
+                    },
+                ) => {
                     tokio::time::sleep(REMOTE_POLL.min(keepalive)).await;
                     match remote.elsewhere(w.key).await.map(remote_state) {
                         Ok(Some(state)) => state,

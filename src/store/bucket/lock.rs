@@ -252,7 +252,8 @@ impl Bucket {
         else {
             return Ok(None);
         };
-        if record.replica == self.0.replica || self.expired(Some(&record), etag.as_deref(), &mut None)
+        if record.replica == self.0.replica
+            || self.expired(Some(&record), etag.as_deref(), &mut None)
         {
             return Ok(None);
         }
