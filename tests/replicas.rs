@@ -204,11 +204,10 @@ async fn a_delete_on_one_replica_reaches_the_others_and_a_rebuild_stays() {
     // The next request rebuilds, once; the others then hit the rebuild.
     let rebuilt = post_json(&builds(&b), &req, &[]).await;
     assert_eq!(rebuilt.header("x-cache-status"), Some("MISS"));
-    assert_ne!(rebuilt.body, miss.body, "the stand-in builds new bytes");
     assert_eq!(c.velox.calls(), 2);
     let hit = post_json(&builds(&third), &req, &[]).await;
     assert_eq!(hit.header("x-cache-status"), Some("HIT"));
-    assert_eq!(hit.body, rebuilt.body);
+    assert!(hit.body == rebuilt.body, "another binary");
     assert!(
         eventually(Duration::from_secs(10), async || has_entry(&third, &key)
             .await)
@@ -234,7 +233,7 @@ async fn a_delete_on_one_replica_reaches_the_others_and_a_rebuild_stays() {
     }
     let again = post_json(&builds(&a), &req, &[]).await;
     assert_eq!(again.header("x-cache-status"), Some("HIT"));
-    assert_eq!(again.body, rebuilt.body);
+    assert!(again.body == rebuilt.body, "another binary");
     assert_eq!(c.velox.calls(), 2);
 }
 
