@@ -522,6 +522,9 @@ pub struct S3Config {
     /// How long a build lock holds; none = `build_timeout` + 30 s.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub lock_lease: Option<Duration>,
+    /// How often a replica looks for keys deleted on another one; none = 10 s.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub tombstone_poll: Option<Duration>,
     // Named only to be refused with a useful message (see `StorageConfig::validate`).
     #[serde(skip_serializing)]
     access_key_id: Option<toml::Value>,
@@ -589,6 +592,12 @@ impl StorageConfig {
         if s3.lock_lease.is_some_and(|l| l < Duration::from_secs(1)) {
             return fail("s3.lock_lease", "must be at least 1s");
         }
+        if s3
+            .tombstone_poll
+            .is_some_and(|p| p < Duration::from_secs(1) || p > Duration::from_secs(3600))
+        {
+            return fail("s3.tombstone_poll", "must be between 1s and 1h");
+        }
         Ok(())
     }
 }
@@ -604,6 +613,11 @@ impl Config {
 }
 
 impl S3Config {
+    /// How often a replica looks for keys deleted on another one (docs/object-storage.md).
+    pub fn tombstone_poll(&self) -> Duration {
+        self.tombstone_poll.unwrap_or(Duration::from_secs(10))
+    }
+
     /// The bucket's region: the configured one, else the AWS environment's, else `us-east-1`.
     pub fn effective_region(&self) -> String {
         self.region

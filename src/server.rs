@@ -98,6 +98,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         StorageBackend::S3 => {
             let bucket = Bucket::open(&config, Arc::clone(&metrics.bucket))
                 .map_err(|why| ServeError::Io(io::Error::other(why)))?;
+            bucket.watch_tombstones(&store, config.storage.s3.tombstone_poll());
             builds.with_shared(Arc::new(bucket))
         }
     });

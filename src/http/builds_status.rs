@@ -4,9 +4,17 @@
 //! ([`super::cors_grants`]).
 //!
 //! A watcher of the event stream holds one [`BuildWatch`] (two `watch` receivers) and wakes only
-//! when the build's state changes or its keep-alive timer fires: no watcher polls.
+//! when the build's state changes or its keep-alive timer fires: no watcher of a local build
+//! polls.
+//!
+//! With a bucket (docs/object-storage.md), a key this replica knows nothing of is asked about
+//! there: another replica's manifest makes it `ready`, another replica's live build lock
+//! `building`. The local answer comes first and alone when it knows; a bucket that does not
+//! answer gives 503 `storage_unavailable`. A watcher of another replica's build looks at the
+//! bucket every [`REMOTE_POLL`].
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{ConnectionType, StatusCode, Version};
@@ -20,9 +28,15 @@ use crate::builds::resolve::Resolution;
 use crate::builds::{BuildState, BuildWatch, CacheKey, KeyState};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::store::shared::{Elsewhere, SharedStore};
 
 /// What the 202 tells the client to wait before it first asks for the status.
 const RETRY_AFTER_SECS: u32 = 2;
+
+/// How often an event stream of another replica's build looks at the bucket.
+const REMOTE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+/// What a client asking about a key is told to wait when the bucket did not answer.
+const BUCKET_RETRY_AFTER_SECS: u32 = 5;
 
 /// The status route's path for `key`.
 pub fn status_path(key: &CacheKey) -> String {
@@ -86,7 +100,8 @@ fn status_json(
         } => {
             body.status = "building";
             body.elapsed_ms = Some(elapsed.as_millis() as u64);
-            body.velox_attempts = Some(*velox_attempts);
+            // 0: another replica's build, whose attempts this one cannot know.
+            body.velox_attempts = Some(*velox_attempts).filter(|n| *n > 0);
         }
         BuildState::Ready(entry) => {
             let digest = entry.digest.to_hex();
@@ -103,6 +118,42 @@ fn status_json(
         }
     }
     serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"status\":\"unknown\"}".to_vec())
+}
+
+/// The last event of a watcher of another replica's build that ended without a binary in the
+/// bucket (it failed there; why is in that replica's log).
+fn vanished_json(key: &CacheKey) -> Vec<u8> {
+    let body = StatusBody {
+        key: key.to_hex(),
+        status: "failed",
+        request_id: None,
+        elapsed_ms: None,
+        velox_attempts: None,
+        artifact_url: None,
+        size: None,
+        digest: None,
+        error: Some("build_failed"),
+        message: Some(
+            "the build on another replica ended without storing a binary; request it again to \
+             build it"
+                .into(),
+        ),
+        resolved: None,
+    };
+    serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"status\":\"failed\"}".to_vec())
+}
+
+/// What the bucket knows of a key this replica does not, as a state: `None` when it knows
+/// nothing usable either.
+fn remote_state(found: Elsewhere) -> Option<BuildState> {
+    match found {
+        Elsewhere::Built(m) => m.entry().ok().map(BuildState::Ready),
+        Elsewhere::Building { elapsed } => Some(BuildState::Building {
+            elapsed,
+            velox_attempts: 0,
+        }),
+        Elsewhere::Unknown => None,
+    }
 }
 
 /// What changes between two events (`elapsed_ms` alone does not make one).
@@ -234,26 +285,43 @@ pub async fn get_status(
         }
         resp
     };
+    let not_found = || {
+        ApiError::not_found("no build has that key: none is cached, under way, or failed lately")
+            .error_response()
+    };
     let known = match state.builds.state(&key) {
-        Ok(Some(known)) => known,
-        Ok(None) => {
-            return with_cors(
-                ApiError::not_found(
-                    "no build has that key: none is cached, under way, or failed lately",
-                )
-                .error_response(),
-            )
-        }
+        Ok(known) => known,
         Err(e) => return with_cors(e.to_api_error(&state.config).error_response()),
     };
+    let mut remote = None;
     let (now, request_id, watch) = match known {
-        KeyState::InFlight(watch) => (
+        Some(KeyState::InFlight(watch)) => (
             watch.state(),
             watch.request_id().map(Box::<str>::from),
             Some(watch),
         ),
-        KeyState::Ready(entry) => (BuildState::Ready(entry), None, None),
-        KeyState::Failed(e, id) => (BuildState::Failed(e), id.as_deref().map(Box::from), None),
+        Some(KeyState::Ready(entry)) => (BuildState::Ready(entry), None, None),
+        Some(KeyState::Failed(e, id)) => {
+            (BuildState::Failed(e), id.as_deref().map(Box::from), None)
+        }
+        None => {
+            let shared = Arc::clone(state.builds.shared());
+            match shared.elsewhere(key).await {
+                Ok(found) => match remote_state(found) {
+                    Some(now) => {
+                        remote = Some(shared);
+                        (now, None, None)
+                    }
+                    None => return with_cors(not_found()),
+                },
+                Err(e) => {
+                    log::warn!("status of {key}: the bucket did not answer: {e}");
+                    let mut err = ApiError::storage_unavailable();
+                    err.retry_after = Some(BUCKET_RETRY_AFTER_SECS);
+                    return with_cors(err.error_response());
+                }
+            }
+        }
     };
     let resolved = state.builds.resolved(&key);
     let mut resp = HttpResponse::Ok();
@@ -269,7 +337,7 @@ pub async fn get_status(
                 now,
                 request_id,
                 resolved,
-                watch,
+                Source { watch, remote },
                 state.config.clone(),
             ));
         if req.version() < Version::HTTP_11 {
@@ -291,59 +359,106 @@ pub async fn get_status(
     with_cors(resp)
 }
 
+/// Where the changes of a watched build come from: this replica's build, or the bucket (another
+/// replica's build, looked at every [`REMOTE_POLL`]); neither for a final state.
+struct Source {
+    watch: Option<BuildWatch>,
+    remote: Option<Arc<dyn SharedStore>>,
+}
+
 /// One watcher's event stream: the state now, then each change, a comment line after every
 /// `sse_keepalive` of silence, and the end after a final state.
 fn events(
     key: CacheKey,
     first: BuildState,
     request_id: Option<Box<str>>,
-    resolved: Option<std::sync::Arc<[Resolution]>>,
-    watch: Option<BuildWatch>,
-    config: std::sync::Arc<Config>,
+    resolved: Option<Arc<[Resolution]>>,
+    source: Source,
+    config: Arc<Config>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     struct Watcher {
         key: CacheKey,
         pending: Option<BuildState>,
         request_id: Option<Box<str>>,
-        resolved: Option<std::sync::Arc<[Resolution]>>,
-        watch: Option<BuildWatch>,
+        resolved: Option<Arc<[Resolution]>>,
+        source: Source,
         last: Option<(u8, u32)>,
+        /// When the last line went out (a remote watcher's keep-alive counts from it).
+        sent: tokio::time::Instant,
         done: bool,
-        config: std::sync::Arc<Config>,
+        config: Arc<Config>,
     }
     let start = Watcher {
         key,
         pending: Some(first),
         request_id,
         resolved,
-        watch,
+        source,
         last: None,
+        sent: tokio::time::Instant::now(),
         done: false,
         config,
     };
+    const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
     futures_util::stream::unfold(start, |mut w| async move {
         if w.done {
             return None;
         }
         loop {
-            let next = match w.pending.take() {
-                Some(state) => state,
-                None => {
-                    let keepalive = w.config.sse_keepalive;
-                    let watch = w.watch.as_mut()?;
+            let keepalive = w.config.sse_keepalive;
+            let next = match (w.pending.take(), &mut w.source) {
+                (Some(state), _) => state,
+                (
+                    None,
+                    Source {
+                        watch: Some(watch), ..
+                    },
+                ) => {
                     tokio::select! {
                         state = watch.changed() => state,
                         _ = tokio::time::sleep(keepalive) => {
-                            return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), w));
+                            return Some((Ok(Bytes::from_static(KEEP_ALIVE)), w));
                         }
                     }
                 }
+                (
+                    None,
+                    Source {
+                        remote: Some(remote),
+                        ..
+                    },
+                ) => {
+                    tokio::time::sleep(REMOTE_POLL.min(keepalive)).await;
+                    match remote.elsewhere(w.key).await.map(remote_state) {
+                        Ok(Some(state)) => state,
+                        Ok(None) => {
+                            w.done = true;
+                            let json = vanished_json(&w.key);
+                            return Some((Ok(event(&json)), w));
+                        }
+                        // Passing, perhaps: the build goes on without this replica's bucket.
+                        Err(e) => {
+                            log::warn!("status of {}: the bucket did not answer: {e}", w.key);
+                            if w.sent.elapsed() >= keepalive {
+                                w.sent = tokio::time::Instant::now();
+                                return Some((Ok(Bytes::from_static(KEEP_ALIVE)), w));
+                            }
+                            continue;
+                        }
+                    }
+                }
+                (None, _) => return None,
             };
             let phase = phase(&next);
             if w.last == Some(phase) {
+                if w.sent.elapsed() >= keepalive {
+                    w.sent = tokio::time::Instant::now();
+                    return Some((Ok(Bytes::from_static(KEEP_ALIVE)), w));
+                }
                 continue;
             }
             w.last = Some(phase);
+            w.sent = tokio::time::Instant::now();
             w.done = next.is_final();
             let json = status_json(
                 &w.key,
@@ -352,13 +467,18 @@ fn events(
                 w.resolved.as_deref(),
                 &w.config,
             );
-            let mut event = Vec::with_capacity(json.len() + 8);
-            event.extend_from_slice(b"data: ");
-            event.extend_from_slice(&json);
-            event.extend_from_slice(b"\n\n");
-            return Some((Ok(Bytes::from(event)), w));
+            return Some((Ok(event(&json)), w));
         }
     })
+}
+
+/// One Server-Sent Event carrying `json`.
+fn event(json: &[u8]) -> Bytes {
+    let mut event = Vec::with_capacity(json.len() + 8);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(json);
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
 }
 
 #[cfg(test)]

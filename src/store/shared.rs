@@ -67,6 +67,18 @@ impl BuildLock {
     }
 }
 
+/// What the shared store knows of a key the local tier and this replica's builds do not (the
+/// status route's question, docs/http-api.md).
+#[derive(Debug)]
+pub enum Elsewhere {
+    /// Another replica built it: its manifest is in the shared store.
+    Built(Manifest),
+    /// Another replica holds a live build lock on it, taken `elapsed` ago.
+    Building { elapsed: std::time::Duration },
+    /// Neither.
+    Unknown,
+}
+
 /// The state `/readyz` reports for the shared store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedHealth {
@@ -221,8 +233,12 @@ pub trait SharedStore: Send + Sync {
     /// object carries its own `Content-Disposition`).
     fn url(&self, digest: Digest) -> BoxFuture<'static, Result<Option<String>, SharedError>>;
 
-    /// Deletes the manifest of `key`; whether there was one.
+    /// Deletes the manifest of `key` and tells the other replicas to drop their local copies
+    /// (a tombstone, docs/object-storage.md); whether there was a manifest.
     fn forget(&self, key: CacheKey) -> BoxFuture<'static, Result<bool, SharedError>>;
+
+    /// What the shared store knows of `key`: built or being built by another replica.
+    fn elsewhere(&self, key: CacheKey) -> BoxFuture<'static, Result<Elsewhere, SharedError>>;
 
     fn health(&self) -> BoxFuture<'static, SharedHealth>;
 }
@@ -276,6 +292,10 @@ impl SharedStore for LocalOnly {
 
     fn forget(&self, _key: CacheKey) -> BoxFuture<'static, Result<bool, SharedError>> {
         Box::pin(async { Ok(false) })
+    }
+
+    fn elsewhere(&self, _key: CacheKey) -> BoxFuture<'static, Result<Elsewhere, SharedError>> {
+        Box::pin(async { Ok(Elsewhere::Unknown) })
     }
 
     fn health(&self) -> BoxFuture<'static, SharedHealth> {

@@ -18,10 +18,12 @@ pub enum BucketOp {
     LockGet,
     LockDelete,
     Presign,
+    TombstonePut,
+    TombstoneList,
 }
 
 impl BucketOp {
-    pub const ALL: [BucketOp; 11] = [
+    pub const ALL: [BucketOp; 13] = [
         BucketOp::ManifestGet,
         BucketOp::ManifestPut,
         BucketOp::ManifestDelete,
@@ -33,6 +35,8 @@ impl BucketOp {
         BucketOp::LockGet,
         BucketOp::LockDelete,
         BucketOp::Presign,
+        BucketOp::TombstonePut,
+        BucketOp::TombstoneList,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +52,8 @@ impl BucketOp {
             BucketOp::LockGet => "lock_get",
             BucketOp::LockDelete => "lock_delete",
             BucketOp::Presign => "presign",
+            BucketOp::TombstonePut => "tombstone_put",
+            BucketOp::TombstoneList => "tombstone_list",
         }
     }
 
@@ -72,6 +78,8 @@ pub struct BucketCounters {
     pub fills: AtomicU64,
     /// Blobs in the bucket that did not hash to their name.
     pub corrupt: AtomicU64,
+    /// Local entries removed because another replica deleted their key (a tombstone).
+    pub tombstones_applied: AtomicU64,
 }
 
 impl BucketCounters {
@@ -149,6 +157,11 @@ impl BucketCounters {
                 "velox_bucket_corrupt_total",
                 "Blobs in the bucket that did not hash to their name.",
                 &self.corrupt,
+            ),
+            (
+                "velox_bucket_tombstones_applied_total",
+                "Local entries removed because a replica deleted their key.",
+                &self.tombstones_applied,
             ),
         ] {
             let _ = writeln!(

@@ -238,6 +238,31 @@ impl Bucket {
         stale || until <= now
     }
 
+    /// How long ago another replica took the build lock of `key`, when it holds a live one (the
+    /// status route's question). A lock past its expiry, or that says nothing readable, is no
+    /// build under way; a lock in this replica's own name is not another replica's build.
+    pub(super) async fn build_elsewhere(
+        &self,
+        key: CacheKey,
+    ) -> Result<Option<Duration>, SharedError> {
+        let Seen::Held {
+            record: Some(record),
+            etag,
+        } = self.read_lock(&key).await?
+        else {
+            return Ok(None);
+        };
+        if record.replica == self.0.replica
+            || self.expired(Some(&record), etag.as_deref(), &mut None)
+        {
+            return Ok(None);
+        }
+        let now = crate::util::now_ms();
+        Ok(Some(Duration::from_millis(
+            now.saturating_sub(record.acquired_ms.min(now)),
+        )))
+    }
+
     /// The protocol of the module doc. Runs until it settles; the caller's deadline (the build's)
     /// cancels it.
     pub(super) async fn claim_build(

@@ -4,6 +4,7 @@
 //! <prefix>blobs/sha256/ab/<digest>      the binaries, as in the data dir
 //! <prefix>manifests/ab/<key>.json       one manifest per entry
 //! <prefix>locks/<key>                   a build under way (lock.rs)
+//! <prefix>tombstones/<key>              a key deleted on some replica (tombstone.rs)
 //! ```
 //!
 //! Every request runs on the bucket's own small multi-threaded runtime: object_store's client
@@ -12,13 +13,14 @@
 //! Downloads reach the HTTP layer through bounded channels (`ByteStream`).
 //!
 //! Here: the client, its runtime, the layout and the manifests. `transfer.rs` moves blobs,
-//! `lock.rs` keeps one build per key, `seam.rs` is the `SharedStore` the build layer sees.
+//! `lock.rs` keeps one build per key, `tombstone.rs` carries deletes to every replica, `seam.rs` is the `SharedStore` the build layer sees.
 
 mod checked;
 mod counters;
 mod lock;
 mod repair;
 mod seam;
+mod tombstone;
 mod transfer;
 
 use std::collections::HashMap;

@@ -13,7 +13,7 @@ use super::transfer::KEY_METADATA;
 use super::{bucket_err, Bucket, BucketOp};
 use crate::ids::{CacheKey, Digest};
 use crate::store::shared::{
-    Artifact, Claim, Fill, RemoteBlob, SharedError, SharedHealth, SharedStore,
+    Artifact, Claim, Elsewhere, Fill, RemoteBlob, SharedError, SharedHealth, SharedStore,
 };
 use crate::store::{EntryRecord, Manifest, Store};
 
@@ -200,6 +200,9 @@ impl SharedStore for Bucket {
     fn forget(&self, key: CacheKey) -> BoxFuture<'static, Result<bool, SharedError>> {
         let this = self.clone();
         self.run(async move {
+            // The tombstone first: once the manifest is gone nothing else tells the replicas
+            // that still hold the key. A failure here changes nothing (the caller says 503).
+            this.put_tombstone(key).await?;
             let path = this.manifest_path(&key);
             match this
                 .counted(BucketOp::ManifestGet, this.0.s3.head(&path))
@@ -213,6 +216,21 @@ impl SharedStore for Bucket {
                 .await?
                 .map_err(bucket_err)?;
             Ok(true)
+        })
+    }
+
+    fn elsewhere(&self, key: CacheKey) -> BoxFuture<'static, Result<Elsewhere, SharedError>> {
+        let this = self.clone();
+        self.run(async move {
+            // The lock first: a build writes its manifest before it releases its lock, so a
+            // build that ends between the two looks is seen as built, never as unknown.
+            if let Some(elapsed) = this.build_elsewhere(key).await? {
+                return Ok(Elsewhere::Building { elapsed });
+            }
+            Ok(match this.usable_manifest(key).await? {
+                Some(m) => Elsewhere::Built(m),
+                None => Elsewhere::Unknown,
+            })
         })
     }
 
