@@ -7,6 +7,7 @@
 //! VELOX_BENCH_ENTRIES=100000 cargo bench --bench metadata
 //! VELOX_BENCH_SKIP_SCAN=1 cargo bench --bench metadata   # without the directory-scan baseline
 //! VELOX_BENCH_POLICY_ORDER=fifo,lfu,lru cargo bench --bench metadata   # policies in that order
+//! VELOX_BENCH_SNAPSHOT_WRITES=0 cargo bench --bench metadata   # no snapshot while populating
 //! ```
 
 use std::time::{Duration, Instant};
@@ -58,17 +59,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("metadata benchmark, {n} entries, in {}", root.display());
 
     let store = Store::open(&root)?;
+    // As the server does once a second (docs/storage.md, "Snapshots while running"); at this
+    // pace about once per chunk. `VELOX_BENCH_SNAPSHOT_WRITES=0` turns it off (the crash-open
+    // figure then replays every write).
+    let snapshot_after = std::env::var("VELOX_BENCH_SNAPSHOT_WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(velox_cache::store::SNAPSHOT_AFTER_WRITES);
+    store.set_snapshot_after(snapshot_after);
+    let mut snapshots = Vec::new();
     let started = Instant::now();
     let chunk: Vec<u64> = (0..n).collect();
     for part in chunk.chunks(10_000) {
         let items: Vec<_> = part.iter().map(|&i| (key(i), entry(i, base))).collect();
         store.bulk_index(&items)?;
+        let t = Instant::now();
+        if store.snapshot_if_due() {
+            snapshots.push(t.elapsed());
+        }
     }
     println!(
         "populate: {:?} ({:.0} inserts/s)",
         started.elapsed(),
         n as f64 / started.elapsed().as_secs_f64()
     );
+    println!(
+        "writes since the last snapshot taken while running: {} (threshold {snapshot_after})",
+        store.writes_since_snapshot()
+    );
+    if !snapshots.is_empty() {
+        report(
+            "snapshot while running (the index closed and reopened; requests wait this long)",
+            snapshots,
+        );
+    }
     let on_disk: u64 = walk_size(&root.join("meta"));
     println!("sled size on disk: {:.1} MiB", on_disk as f64 / 1048576.0);
     drop(store);
@@ -113,7 +137,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     drop(Store::open(&crashed)?);
     println!(
-        "first open after a crash (the million writes replayed): {:?}",
+        "first open after a crash (replays the writes since the last snapshot): {:?}",
         t.elapsed()
     );
     std::fs::remove_dir_all(&crashed)?;

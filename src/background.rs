@@ -1,5 +1,6 @@
 //! Background work of a running server: the start-up pass (reconciliation, then the limits), the
-//! access-statistics writer, the periodic limit enforcement, and the scrub. One stop signal ends
+//! access-statistics writer, the periodic limit enforcement, the index's heal and snapshot, and
+//! the scrub. One stop signal ends
 //! them all; `stop` joins them.
 
 use std::sync::Arc;
@@ -142,10 +143,12 @@ impl Background {
                 log::error!("the start-up pass did not run to its end");
             }
         }));
-        // A no-op (one atomic load) unless sled refused a write (docs/storage.md, "Disk full").
+        // Both a no-op (atomic loads) unless sled refused a write (docs/storage.md, "Disk
+        // full"), or the writes since the last snapshot call for one ("Snapshots while running").
         let s = Arc::clone(&store);
         tasks.push(every(rx.clone(), Duration::from_secs(1), move || {
-            s.heal_index()
+            s.heal_index();
+            s.snapshot_if_due();
         }));
         if !access_every.is_zero() {
             let s = Arc::clone(&store);

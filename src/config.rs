@@ -48,6 +48,9 @@ impl Default for RetryConfig {
     }
 }
 
+/// Default of `cache.index_snapshot_writes` (docs/storage.md, "Snapshots while running").
+pub const INDEX_SNAPSHOT_WRITES: u64 = 100_000;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
@@ -70,6 +73,9 @@ pub struct CacheConfig {
     pub scrub_rate_mb: f64,
     /// Free space eviction keeps on the data dir's filesystem, in GB (1024³ bytes).
     pub min_free_gb: f64,
+    /// Index writes after which the running server snapshots its index (docs/storage.md);
+    /// 0 = only at a graceful stop.
+    pub index_snapshot_writes: u64,
 }
 
 impl Default for CacheConfig {
@@ -85,6 +91,7 @@ impl Default for CacheConfig {
             scrub_interval: Duration::from_secs(24 * 3600),
             scrub_rate_mb: 64.0,
             min_free_gb: 1.0,
+            index_snapshot_writes: INDEX_SNAPSHOT_WRITES,
         }
     }
 }

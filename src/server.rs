@@ -81,6 +81,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     let (max_conns, per_worker) = public_connections(config.max_connections, open_files, workers);
     let config = Arc::new(config);
     let store = Arc::new(Store::open(&config.data_dir)?);
+    store.set_snapshot_after(config.cache.index_snapshot_writes);
     let metrics = Arc::new(Metrics::default());
     let counted = Arc::clone(&metrics);
     store.on_corrupt(move || {

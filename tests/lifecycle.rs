@@ -66,6 +66,65 @@ async fn a_graceful_stop_writes_the_index_snapshot_and_a_kill_does_not() {
     assert_eq!(h.velox.calls(), 2);
 }
 
+/// Heavy writing passes `cache.index_snapshot_writes`: the running server snapshots its index
+/// (a reopen, requests waiting behind it rather than failing), so that after a SIGKILL the next
+/// start replays only what came after that snapshot, and everything written before and after
+/// it is there.
+#[actix_web::test]
+async fn heavy_writing_snapshots_the_index_while_running_and_a_kill_loses_nothing() {
+    let mut h = Harness::start_with(|o| {
+        o.env("VELOX_CACHE_CACHE__INDEX_SNAPSHOT_WRITES", "40")
+            // Every hit is an index write of its own.
+            .env("VELOX_CACHE_CACHE__ACCESS_UPDATE_INTERVAL", "0")
+    });
+    let data_dir = h.server().data_dir.clone();
+    let at_start = snapshots(&data_dir);
+    let before: Vec<_> = (0..5).map(distinct_request).collect();
+    for req in &before {
+        let miss = post_json(&h.builds_url(), req, &[]).await;
+        assert_eq!(miss.header("x-cache-status"), Some("MISS"));
+    }
+    // Hits until the snapshot is taken (checked once a second); each one answered meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut hits = 0;
+    while !h.server().log_text().contains("written while running") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot after {hits} hits:\n{}",
+            h.server().log_text()
+        );
+        for req in &before {
+            let hit = post_json(&h.builds_url(), req, &[]).await;
+            assert_eq!(hit.header("x-cache-status"), Some("HIT"), "hit {hits}");
+            hits += 1;
+        }
+    }
+    assert!(hits >= 35, "a snapshot after only {hits} hits");
+    let running = snapshots(&data_dir);
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_ne!(running, at_start, "the snapshot was written while running");
+
+    // Written after the snapshot: only this is replayed after the kill.
+    let after: Vec<_> = (5..7).map(distinct_request).collect();
+    for req in &after {
+        let miss = post_json(&h.builds_url(), req, &[]).await;
+        assert_eq!(miss.header("x-cache-status"), Some("MISS"));
+    }
+    let log = h.server().log_text();
+    let at_kill = snapshots(&data_dir);
+    h.take().kill();
+    assert!(
+        at_kill == running || log.matches("written while running").count() > 1,
+        "the last snapshot at the kill is one taken while running: {at_kill:?}"
+    );
+    h.restart();
+    for req in before.iter().chain(&after) {
+        let hit = post_json(&h.builds_url(), req, &[]).await;
+        assert_eq!(hit.header("x-cache-status"), Some("HIT"));
+    }
+    assert_eq!(h.velox.calls(), 7);
+}
+
 #[actix_web::test]
 async fn sigkill_right_after_a_miss_keeps_the_entry() {
     let mut h = Harness::start();

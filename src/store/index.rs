@@ -188,6 +188,7 @@ impl Store {
             Ok(orphan)
         });
         let orphan = self.noted(committed)?;
+        self.count_writes(1);
         if flush {
             self.noted(ix.db.flush())?;
         }
@@ -197,6 +198,16 @@ impl Store {
     /// Removes the entry for `key` from every tree in one transaction and flushes. Returns the
     /// removed entry and, when it held the last reference to its blob, that blob's digest.
     pub(super) fn uncommit_entry(&self, key: &CacheKey) -> Result<Option<Removed>, StoreError> {
+        let removed = self.uncommit_unflushed(key)?;
+        if removed.is_some() {
+            self.flush()?;
+        }
+        Ok(removed)
+    }
+
+    /// [`Store::uncommit_entry`] without the flush: the caller flushes before it deletes any
+    /// file of the entry (evictions flush once for a group, see `evict.rs`).
+    pub(super) fn uncommit_unflushed(&self, key: &CacheKey) -> Result<Option<Removed>, StoreError> {
         let ix = self.ix()?;
         let removed = ix.all_trees().transaction(|(en, bl, lru, lfu, fifo, ct)| {
             let Some(old) = en.remove(&key.0)? else {
@@ -221,7 +232,7 @@ impl Store {
         });
         let removed = self.noted(removed)?;
         if removed.is_some() {
-            self.noted(ix.db.flush())?;
+            self.count_writes(1);
         }
         Ok(removed)
     }
@@ -254,7 +265,9 @@ impl Store {
             }
             Ok(())
         });
-        self.noted(written)
+        self.noted(written)?;
+        self.count_writes(batch.len() as u64);
+        Ok(())
     }
 
     /// Indexes many entries whose blobs are already in place, flushing once at the end (imports

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::time::Duration;
 
+use super::evict::Evictions;
 use super::index::PendingHits;
 use super::{EntryRecord, Store, StoreError};
 use crate::config::{CacheConfig, EvictionPolicy};
@@ -192,13 +193,31 @@ impl Store {
         }
         self.write_pending_hits()?;
         let _guard = self.locked()?;
+        // One flush for every victim of this call (evict.rs), done even when a step failed, so
+        // that what left the index leaves the disk too.
+        let mut group = Evictions::default();
+        let chosen = self.evict_over_limits(limits, protect, room, &mut group, &mut evicted);
+        let finished = self.finish_evictions(group);
+        chosen?;
+        finished?;
+        Ok(evicted)
+    }
+
+    fn evict_over_limits(
+        &self,
+        limits: &Limits,
+        protect: Option<&CacheKey>,
+        room: u64,
+        group: &mut Evictions,
+        evicted: &mut Vec<(CacheKey, EvictionReason)>,
+    ) -> Result<(), StoreError> {
         if !limits.max_age.is_zero() {
             let cutoff = crate::util::now_ms().saturating_sub(limits.max_age.as_millis() as u64);
             while let Some((key, created)) = self.oldest(protect)? {
                 if created >= cutoff {
                     break;
                 }
-                self.remove_locked(&key)?;
+                self.evict_locked(&key, group)?;
                 evicted.push((key, EvictionReason::Age));
             }
         }
@@ -214,7 +233,7 @@ impl Store {
             let Some(key) = self.victim(limits.policy, protect)? else {
                 break;
             };
-            if self.remove_locked(&key)?.is_none() {
+            if self.evict_locked(&key, group)?.is_none() {
                 // The trees named an entry that is gone: drop the stale positions by rebuilding
                 // is the reconciler's job; stop rather than spin.
                 log::error!("eviction tree names {key}, which has no entry");
@@ -222,8 +241,7 @@ impl Store {
             }
             evicted.push((key, reason));
         }
-        self.keep_free_locked(limits, protect, room, &mut evicted)?;
-        Ok(evicted)
+        self.keep_free_locked(limits, protect, room, group, evicted)
     }
 
     /// The free-space floor. A deleted blob that a download still holds open frees nothing
@@ -234,6 +252,7 @@ impl Store {
         limits: &Limits,
         protect: Option<&CacheKey>,
         room: u64,
+        group: &mut Evictions,
         evicted: &mut Vec<(CacheKey, EvictionReason)>,
     ) -> Result<(), StoreError> {
         let Some(space) = self.disk_space() else {
@@ -259,7 +278,7 @@ impl Store {
             let Some(key) = self.victim(limits.policy, protect)? else {
                 return Ok(());
             };
-            let Some(entry) = self.remove_locked(&key)? else {
+            let Some(entry) = self.evict_locked(&key, group)? else {
                 log::error!("eviction tree names {key}, which has no entry");
                 return Ok(());
             };
@@ -271,7 +290,7 @@ impl Store {
     }
 }
 
-fn remove_file_logged(path: &std::path::Path) {
+pub(super) fn remove_file_logged(path: &std::path::Path) {
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

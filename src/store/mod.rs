@@ -12,6 +12,7 @@
 //! lookups on the hit path, which are a single in-memory sled read.
 
 mod bucket;
+mod evict;
 mod handles;
 mod index;
 mod ingest;
@@ -38,7 +39,7 @@ pub use ingest::{IngestError, Manifest};
 pub use maintain::{disk_space, DiskSpace, EvictionReason, Limits};
 pub use record::{BlobRecord, EntryRecord, RecordError};
 pub use recover::{Problems, ReconcileReport};
-pub use reopen::{IndexState, FULL_BELOW, REOPEN_ATTEMPTS};
+pub use reopen::{IndexState, FULL_BELOW, REOPEN_ATTEMPTS, SNAPSHOT_AFTER_WRITES};
 pub use scrub::{is_revoked, revocation_generation, ScrubReport, Throttle};
 
 pub use bucket::{Bucket, BucketCounters, BucketOp};
@@ -176,7 +177,7 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             index: RwLock::new(Some(Arc::new(Index::new(db)?))),
-            health: reopen::IndexHealth::default(),
+            health: reopen::IndexHealth::new(),
             write_lock: Mutex::new(()),
             handles: handles::Handles::default(),
             pending: Mutex::new(HashMap::new()),
