@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
@@ -225,10 +225,7 @@ impl Process {
 
     /// The next line it wrote on stdout, if one is waiting (see [`Spawn::stdout_lines`]).
     pub fn line(&mut self) -> Option<String> {
-        match self.lines.as_ref()?.try_recv() {
-            Ok(line) => Some(line),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.lines.as_ref()?.try_recv().ok()
     }
 
     pub fn pid(&self) -> i32 {
