@@ -16,6 +16,9 @@
 #[path = "../tests/support/fake_velox.rs"]
 #[allow(dead_code)]
 mod fake_velox;
+#[path = "../tests/support/process.rs"]
+#[allow(dead_code)]
+mod process;
 #[path = "../tests/support/velox_proto.rs"]
 #[allow(dead_code)]
 mod velox_proto;

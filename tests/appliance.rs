@@ -36,42 +36,35 @@ async fn dockerfile_environment_serves_and_healthcheck_tells() {
     assert!(keys.contains(&"VELOX_CACHE_DATA_DIR"), "{keys:?}");
     assert!(keys.contains(&"VELOX_CACHE_LISTEN"), "{keys:?}");
     assert!(keys.contains(&"VELOX_CACHE_ADMIN_LISTEN"), "{keys:?}");
-    let tmp = tempfile::tempdir().expect("tmp");
-    let artifacts = tmp.path().join("out");
-    let velox = FakeVelox::start(&artifacts);
     // The image's environment, with the data dir and the ports swapped for temp ones (the image
     // binds all interfaces; here the same shape, on loopback).
-    let mut opts = Options::new(&tmp.path().join("data"), &velox.url, &artifacts);
-    for (k, v) in &env {
-        let v = match k.as_str() {
-            "VELOX_CACHE_DATA_DIR" => tmp.path().join("data").display().to_string(),
-            "VELOX_CACHE_LISTEN" | "VELOX_CACHE_ADMIN_LISTEN" => {
-                assert!(
-                    v.starts_with("0.0.0.0:"),
-                    "{k}={v}: must be reachable through a published port"
-                );
-                "127.0.0.1:0".to_owned()
-            }
-            _ => v.clone(),
-        };
-        opts = opts.env(k, &v);
-    }
-    let server = Server::start(&opts);
-    let r = post_json(
-        &server.url("/_velox/v1/builds"),
-        &build_request("linux", "amd64"),
-        &[],
-    )
-    .await;
+    let mut h = Harness::start_with(|o| {
+        let data_dir = o.data_dir.display().to_string();
+        o.envs(env.iter().map(|(k, v)| {
+            let v = match k.as_str() {
+                "VELOX_CACHE_DATA_DIR" => data_dir.clone(),
+                "VELOX_CACHE_LISTEN" | "VELOX_CACHE_ADMIN_LISTEN" => {
+                    assert!(
+                        v.starts_with("0.0.0.0:"),
+                        "{k}={v}: must be reachable through a published port"
+                    );
+                    "127.0.0.1:0".to_owned()
+                }
+                _ => v.clone(),
+            };
+            (k, v)
+        }))
+    });
+    let r = h.post(&build_request("linux", "amd64")).await;
     assert_eq!(r.status, 200);
-    let admin = server.admin.trim_start_matches("http://").to_owned();
+    let admin = h.server().admin_addr();
     let (code, out, err) = run(&["healthcheck", "--admin-listen", &admin], &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ready"));
     // Through the image's own variable, as the HEALTHCHECK sees it.
     let (code, _, _) = run(&["healthcheck"], &[("VELOX_CACHE_ADMIN_LISTEN", &admin)]);
     assert_eq!(code, 0);
-    server.kill();
+    h.take().kill();
     let (code, out, _) = run(&["healthcheck", "--admin-listen", &admin], &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("not ready"), "{out}");
@@ -80,20 +73,15 @@ async fn dockerfile_environment_serves_and_healthcheck_tells() {
 #[actix_web::test]
 async fn warm_counts_hits_builds_failures_and_bad_lines() {
     let h = Harness::start_with(|o| o.env("VELOX_CACHE_API_TOKEN", "warm-token"));
-    let file = h.tmp.path().join("requests.jsonl");
-    let mut lines = Vec::new();
-    for i in 0..4 {
-        lines.push(serde_json::to_string(&distinct_request(i)).expect("json"));
-    }
-    lines.push(serde_json::to_string(&distinct_request(0)).expect("json")); // a repeat
+    // Line 5 repeats line 1.
+    let mut lines = request_lines([0, 1, 2, 3, 0]);
     lines.push("{this is not json".to_owned()); // line 6
     lines.push(String::new());
-    lines.push(serde_json::to_string(&distinct_request(99)).expect("json")); // line 8: fails
-    std::fs::write(&file, lines.join("\n")).expect("write");
-    // warm submits every line before any build ends, so outcomes are set up before it runs:
-    // request 0 is cached (lines 1 and 5 are hits) and request 99's failure is remembered
-    // (line 8 is refused at once).
-    let f = file.display().to_string();
+    lines.extend(request_lines([99])); // line 8: fails
+                                       // warm submits every line before any build ends, so outcomes are set up before it runs:
+                                       // request 0 is cached (lines 1 and 5 are hits) and request 99's failure is remembered
+                                       // (line 8 is refused at once).
+    let f = write_lines(&h.tmp.path().join("requests.jsonl"), &lines);
     let url = h.url("");
     let auth = [("authorization", "Bearer warm-token")];
     let cached = post_json(&h.builds_url(), &distinct_request(0), &auth).await;

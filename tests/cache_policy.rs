@@ -13,6 +13,34 @@ fn key(r: &Resp) -> String {
     r.header("x-velox-cache-key").expect("cache key").to_owned()
 }
 
+/// What `velox-cache cache ARGS --data-dir DD` exits with and prints.
+fn cache_cmd(args: &[&str], dd: &str) -> (i32, String, String) {
+    let mut all = vec!["cache"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--data-dir", dd]);
+    run(&all, &[])
+}
+
+/// Garbage over every file of the sled database under `data_dir`; how many files there were.
+fn damage_index(data_dir: &std::path::Path) -> usize {
+    let files = walk_files(&data_dir.join("meta"));
+    for e in &files {
+        let len = std::fs::metadata(e).map(|m| m.len()).unwrap_or(0).max(4096);
+        let garbage: Vec<u8> = (0..len).map(|i| (i * 7919 % 251) as u8).collect();
+        std::fs::write(e, garbage).expect("overwrite");
+    }
+    files.len()
+}
+
+/// DELETE of one entry on the admin listener, with the token if one is given; the status.
+async fn delete_entry(h: &Harness, key: &str, token: Option<&str>) -> u16 {
+    let mut r = client().delete(h.server().admin_url(&format!("/v1/cache/{key}")));
+    if let Some(t) = token {
+        r = r.insert_header(("authorization", format!("Bearer {t}")));
+    }
+    r.send().await.expect("sent").status().as_u16()
+}
+
 async fn present(h: &Harness, key: &str) -> bool {
     let r = get(&h.server().admin_url(&format!("/v1/cache/{key}")), &[]).await;
     match r.status {
@@ -35,7 +63,7 @@ async fn entries_reach(h: &Harness, n: u64) -> bool {
 async fn build_n(h: &Harness, n: usize) -> Vec<String> {
     let mut keys = Vec::new();
     for i in 0..n {
-        let r = post_json(&h.builds_url(), &distinct_request(i), &[]).await;
+        let r = h.post(&distinct_request(i)).await;
         assert_eq!(r.header("x-cache-status"), Some("MISS"));
         keys.push(key(&r));
         // Distinct milliseconds keep the scripted order unambiguous.
@@ -46,7 +74,7 @@ async fn build_n(h: &Harness, n: usize) -> Vec<String> {
 
 async fn hit(h: &Harness, i: usize, times: usize) {
     for _ in 0..times {
-        let r = post_json(&h.builds_url(), &distinct_request(i), &[]).await;
+        let r = h.post(&distinct_request(i)).await;
         assert_eq!(r.header("x-cache-status"), Some("HIT"));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -63,7 +91,7 @@ async fn scripted(policy: &str, hits: &[(usize, usize)]) -> (Vec<bool>, Harness)
     for (i, n) in hits {
         hit(&h, *i, *n).await;
     }
-    let r = post_json(&h.builds_url(), &distinct_request(3), &[]).await;
+    let r = h.post(&distinct_request(3)).await;
     assert_eq!(r.header("x-cache-status"), Some("MISS"));
     assert!(
         present(&h, &key(&r)).await,
@@ -110,11 +138,9 @@ async fn size_limit_holds_after_every_insert() {
         Harness::start_with(|o| o.env("VELOX_CACHE_CACHE__MAX_SIZE_GB", &format!("{limit_gb}")));
     let limit = (limit_gb * 1024.0 * 1024.0 * 1024.0) as u64;
     for i in 0..5 {
-        let r = post_json(&h.builds_url(), &distinct_request(i), &[]).await;
+        let r = h.post(&distinct_request(i)).await;
         assert_eq!(r.status, 200);
-        let stats = get(&h.server().admin_url("/v1/cache/stats"), &[])
-            .await
-            .json();
+        let stats = h.admin_json("/v1/cache/stats").await;
         assert!(stats["bytes"].as_u64().expect("bytes") <= limit, "{stats}");
         assert!(stats["entries"].as_u64().expect("entries") <= 2, "{stats}");
     }
@@ -165,38 +191,26 @@ async fn access_statistics_survive_a_graceful_restart() {
     let keys = build_n(&h, 2).await;
     hit(&h, 0, 4).await;
     hit(&h, 1, 1).await;
-    let before: Vec<serde_json::Value> = {
-        let mut v = Vec::new();
-        for k in &keys {
-            v.push(
-                get(&h.server().admin_url(&format!("/v1/cache/{k}")), &[])
-                    .await
-                    .json(),
-            );
-        }
-        v
-    };
+    let mut before = Vec::new();
+    for k in &keys {
+        before.push(h.admin_json(&format!("/v1/cache/{k}")).await);
+    }
     assert_eq!(before[0]["access_count"], 4);
     assert_eq!(before[1]["access_count"], 1);
-    assert!(h.take().terminate().success());
+    h.stop();
     h.restart();
     for (k, b) in keys.iter().zip(&before) {
-        let after = get(&h.server().admin_url(&format!("/v1/cache/{k}")), &[])
-            .await
-            .json();
+        let after = h.admin_json(&format!("/v1/cache/{k}")).await;
         assert_eq!(after["access_count"], b["access_count"], "{after}");
         assert_eq!(after["last_access_at"], b["last_access_at"], "{after}");
     }
     // Order survives too: under LRU with room for two, a third build evicts entry 0 (hit
     // before entry 1's last hit).
-    let mut h2 = h;
-    let status = h2.take().terminate();
-    assert!(status.success());
-    h2.opts = h2.opts.clone().env("VELOX_CACHE_CACHE__MAX_ENTRIES", "2");
-    h2.restart();
-    post_json(&h2.builds_url(), &distinct_request(9), &[]).await;
-    assert!(!present(&h2, &keys[0]).await);
-    assert!(present(&h2, &keys[1]).await);
+    h.stop();
+    h.restart_with(|o| o.env("VELOX_CACHE_CACHE__MAX_ENTRIES", "2"));
+    h.post(&distinct_request(9)).await;
+    assert!(!present(&h, &keys[0]).await);
+    assert!(present(&h, &keys[1]).await);
 }
 
 #[actix_web::test]
@@ -251,27 +265,16 @@ async fn admin_cache_routes() {
         .await
         .assert_error(404, "not_found");
     // DELETE needs the token.
-    let client = client();
-    let del = |k: &str, token: Option<&str>| {
-        let mut r = client.delete(admin(&format!("/v1/cache/{k}")));
-        if let Some(t) = token {
-            r = r.insert_header(("authorization", format!("Bearer {t}")));
-        }
-        r
-    };
-    let r = del(&keys[0], None).send().await.expect("sent");
-    assert_eq!(r.status(), 401);
-    let r = del(&keys[0], Some("tok")).send().await.expect("sent");
-    assert_eq!(r.status(), 200);
+    assert_eq!(delete_entry(&h, &keys[0], None).await, 401);
+    assert_eq!(delete_entry(&h, &keys[0], Some("tok")).await, 200);
     assert!(!present(&h, &keys[0]).await);
-    let r = del(&keys[0], Some("tok")).send().await.expect("sent");
-    assert_eq!(r.status(), 404);
+    assert_eq!(delete_entry(&h, &keys[0], Some("tok")).await, 404);
     assert_eq!(
         metric(h.server(), "velox_cache_evictions_total{reason=\"manual\"}").await,
         1.0
     );
     // Cleanup runs the limits now (none set: nothing goes); it takes the token too.
-    let r = client
+    let r = client()
         .post(admin("/v1/cache/cleanup"))
         .insert_header(("authorization", "Bearer tok"))
         .send_body("")
@@ -288,7 +291,7 @@ async fn admin_cache_routes() {
 async fn shared_blobs_go_with_their_last_entry() {
     // Two keys, one set of bytes: the stand-in answers the same file for both.
     let h = Harness::start();
-    let first = post_json(&h.builds_url(), &distinct_request(1), &[]).await;
+    let first = h.post(&distinct_request(1)).await;
     // Point the second build at the first build's file.
     let dir = std::fs::read_dir(&h.velox.dir)
         .expect("dir")
@@ -298,29 +301,16 @@ async fn shared_blobs_go_with_their_last_entry() {
         .path();
     h.velox
         .script([Behavior::Path(dir.join("rr").display().to_string())]);
-    let second = post_json(&h.builds_url(), &distinct_request(2), &[]).await;
+    let second = h.post(&distinct_request(2)).await;
     assert_eq!(second.header("etag"), first.header("etag"));
     assert_ne!(key(&first), key(&second));
-    let stats = get(&h.server().admin_url("/v1/cache/stats"), &[])
-        .await
-        .json();
+    let stats = h.admin_json("/v1/cache/stats").await;
     assert_eq!(stats["entries"], 2);
     assert_eq!(stats["bytes"], 300 * 1024, "one blob, counted once");
     let art = h.url(first.header("content-location").expect("location"));
-    let client = client();
-    let r = client
-        .delete(h.server().admin_url(&format!("/v1/cache/{}", key(&first))))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(r.status(), 200);
+    assert_eq!(delete_entry(&h, &key(&first), None).await, 200);
     assert_eq!(get(&art, &[]).await.status, 200, "the blob is still used");
-    let r = client
-        .delete(h.server().admin_url(&format!("/v1/cache/{}", key(&second))))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(r.status(), 200);
+    assert_eq!(delete_entry(&h, &key(&second), None).await, 200);
     assert_eq!(
         get(&art, &[]).await.status,
         404,
@@ -333,26 +323,10 @@ async fn corrupt_index_is_rebuilt_from_manifests() {
     let mut h = Harness::start();
     let mut bodies = Vec::new();
     for i in 0..4 {
-        bodies.push(
-            post_json(&h.builds_url(), &distinct_request(i), &[])
-                .await
-                .body,
-        );
+        bodies.push(h.post(&distinct_request(i)).await.body);
     }
-    assert!(h.take().terminate().success());
-    // Garbage over every file of the sled database.
-    let meta = h.opts.data_dir.join("meta");
-    let mut n = 0;
-    for e in walk_files(&meta) {
-        let len = std::fs::metadata(&e)
-            .map(|m| m.len())
-            .unwrap_or(0)
-            .max(4096);
-        let garbage: Vec<u8> = (0..len).map(|i| (i * 7919 % 251) as u8).collect();
-        std::fs::write(&e, garbage).expect("overwrite");
-        n += 1;
-    }
-    assert!(n > 0, "no sled files found");
+    h.stop();
+    assert!(damage_index(&h.opts.data_dir) > 0, "no sled files found");
     h.restart();
     let server = h.server();
     assert_eq!(get(&server.admin_url("/readyz"), &[]).await.status, 200);
@@ -364,7 +338,7 @@ async fn corrupt_index_is_rebuilt_from_manifests() {
         "the index was not rebuilt"
     );
     for (i, body) in bodies.iter().enumerate() {
-        let r = post_json(&h.builds_url(), &distinct_request(i), &[]).await;
+        let r = h.post(&distinct_request(i)).await;
         assert_eq!(r.header("x-cache-status"), Some("HIT"));
         assert_eq!(&r.body, body);
     }
@@ -383,8 +357,8 @@ async fn corrupt_index_is_rebuilt_from_manifests() {
 #[actix_web::test]
 async fn orphans_are_cleaned_at_start() {
     let mut h = Harness::start();
-    let kept = post_json(&h.builds_url(), &distinct_request(1), &[]).await;
-    assert!(h.take().terminate().success());
+    let kept = h.post(&distinct_request(1)).await;
+    h.stop();
     let data = h.opts.data_dir.clone();
     let orphan_hex = "ab".repeat(32);
     let orphan = data.join("blobs/sha256/ab").join(&orphan_hex);
@@ -407,7 +381,7 @@ async fn orphans_are_cleaned_at_start() {
         .await,
         "orphans survived the start-up pass"
     );
-    let r = post_json(&h.builds_url(), &distinct_request(1), &[]).await;
+    let r = h.post(&distinct_request(1)).await;
     assert_eq!(r.header("x-cache-status"), Some("HIT"));
     assert_eq!(r.body, kept.body);
 }
@@ -415,9 +389,9 @@ async fn orphans_are_cleaned_at_start() {
 #[actix_web::test]
 async fn entries_whose_blob_vanished_are_dropped() {
     let mut h = Harness::start();
-    let r = post_json(&h.builds_url(), &distinct_request(1), &[]).await;
+    let r = h.post(&distinct_request(1)).await;
     let digest = r.header("etag").expect("etag").trim_matches('"').to_owned();
-    assert!(h.take().terminate().success());
+    h.stop();
     std::fs::remove_file(
         h.opts
             .data_dir
@@ -432,7 +406,7 @@ async fn entries_whose_blob_vanished_are_dropped() {
         "the entry without a blob was kept"
     );
     // And a request for it builds again rather than failing.
-    let again = post_json(&h.builds_url(), &distinct_request(1), &[]).await;
+    let again = h.post(&distinct_request(1)).await;
     assert_eq!(again.status, 200);
     assert_eq!(again.header("x-cache-status"), Some("MISS"));
 }
@@ -517,7 +491,7 @@ async fn crash_loop_serves_only_whole_binaries() {
         h.restart();
         // Right after a restart, everything served is whole.
         for n in 0..6 {
-            let r = post_json(&h.builds_url(), &distinct_request(n), &[]).await;
+            let r = h.post(&distinct_request(n)).await;
             assert_eq!(r.status, 200, "round {round}");
             let etag = r.header("etag").expect("etag").trim_matches('"').to_owned();
             assert_eq!(sha256_hex(&r.body), etag);
@@ -526,9 +500,9 @@ async fn crash_loop_serves_only_whole_binaries() {
     assert!(served > 0, "no client was ever served");
     eprintln!("crash loop: {served} whole responses checked, {cut} cut off by a kill");
     // Let the start-up pass finish (a graceful stop joins it), then check the data dir offline.
-    assert!(h.take().terminate().success());
-    let dd = h.opts.data_dir.display().to_string();
-    let (code, out, err) = run(&["cache", "verify", "--data-dir", &dd], &[]);
+    h.stop();
+    let dd = h.data_dir_arg();
+    let (code, out, err) = cache_cmd(&["verify"], &dd);
     assert_eq!(code, 0, "verify found problems:\n{out}\n{err}");
     assert!(out.starts_with("ok:"), "{out}");
 }
@@ -538,25 +512,23 @@ async fn cache_commands_offline() {
     let mut h = Harness::start();
     let mut keys = Vec::new();
     for i in 0..3 {
-        keys.push(key(
-            &post_json(&h.builds_url(), &distinct_request(i), &[]).await
-        ));
+        keys.push(key(&h.post(&distinct_request(i)).await));
     }
-    let dd = h.opts.data_dir.display().to_string();
+    let dd = h.data_dir_arg();
     // While the server holds the data dir, the commands that change or re-hash it refuse with
     // a clear message.
-    let (code, _out, err) = run(&["cache", "verify", "--data-dir", &dd], &[]);
+    let (code, _out, err) = cache_cmd(&["verify"], &dd);
     assert_ne!(code, 0);
     assert!(err.contains(&dd) && err.contains("running server"), "{err}");
-    assert!(h.take().terminate().success());
+    h.stop();
 
-    let (code, out, _) = run(&["cache", "stats", "--data-dir", &dd], &[]);
+    let (code, out, _) = cache_cmd(&["stats"], &dd);
     assert_eq!(code, 0);
     assert!(out.contains("entries: 3"), "{out}");
-    let (code, out, _) = run(&["cache", "list", "--data-dir", &dd], &[]);
+    let (code, out, _) = cache_cmd(&["list"], &dd);
     assert_eq!(code, 0);
     assert_eq!(out.lines().count(), 3);
-    let (code, out, _) = run(&["cache", "verify", "--data-dir", &dd], &[]);
+    let (code, out, _) = cache_cmd(&["verify"], &dd);
     assert_eq!(code, 0, "{out}");
 
     // A flipped byte in a blob is found.
@@ -567,24 +539,24 @@ async fn cache_commands_offline() {
     let mut bytes = std::fs::read(&blob).expect("read");
     bytes[1000] ^= 0xff;
     std::fs::write(&blob, &bytes).expect("write");
-    let (code, out, _) = run(&["cache", "verify", "--data-dir", &dd], &[]);
+    let (code, out, _) = cache_cmd(&["verify"], &dd);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("does not hash to its name"), "{out}");
     bytes[1000] ^= 0xff;
     std::fs::write(&blob, &bytes).expect("write");
 
     // Purge one; rebuild the index from the manifests.
-    let (code, out, _) = run(&["cache", "purge", &keys[0], "--data-dir", &dd], &[]);
+    let (code, out, _) = cache_cmd(&["purge", &keys[0]], &dd);
     assert_eq!(code, 0, "{out}");
-    let (code, _, _) = run(&["cache", "purge", &keys[0], "--data-dir", &dd], &[]);
+    let (code, _, _) = cache_cmd(&["purge", &keys[0]], &dd);
     assert_eq!(code, 1);
-    let (code, out, _) = run(&["cache", "rebuild-index", "--data-dir", &dd], &[]);
+    let (code, out, _) = cache_cmd(&["rebuild-index"], &dd);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("re-indexed 2 entries"), "{out}");
-    let (code, out, _) = run(&["cache", "verify", "--data-dir", &dd], &[]);
+    let (code, out, _) = cache_cmd(&["verify"], &dd);
     assert_eq!(code, 0, "{out}");
     h.restart();
-    let r = post_json(&h.builds_url(), &distinct_request(1), &[]).await;
+    let r = h.post(&distinct_request(1)).await;
     assert_eq!(r.header("x-cache-status"), Some("HIT"));
 }
 
@@ -631,7 +603,7 @@ async fn offline_commands_refuse_what_is_not_a_data_dir() {
     let typo = tmp.path().join("dta");
     let t = typo.display().to_string();
     for action in ["stats", "list", "verify", "rebuild-index"] {
-        let (code, out, err) = run(&["cache", action, "--data-dir", &t], &[]);
+        let (code, out, err) = cache_cmd(&[action], &t);
         assert_eq!(code, 2, "{action}: {out}{err}");
         assert!(err.contains(&t) && err.contains("does not exist"), "{err}");
         assert!(!typo.exists(), "{action} created the data dir");
@@ -641,7 +613,7 @@ async fn offline_commands_refuse_what_is_not_a_data_dir() {
     std::fs::create_dir(&other).expect("dir");
     std::fs::write(other.join("notes.txt"), b"mine").expect("write");
     let o = other.display().to_string();
-    let (code, _, err) = run(&["cache", "stats", "--data-dir", &o], &[]);
+    let (code, _, err) = cache_cmd(&["stats"], &o);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not a velox-cache data dir"), "{err}");
     let left: Vec<_> = std::fs::read_dir(&other).expect("dir").flatten().collect();
@@ -652,27 +624,20 @@ async fn offline_commands_refuse_what_is_not_a_data_dir() {
 async fn offline_stats_rebuild_a_damaged_index_from_the_manifests() {
     let mut h = Harness::start();
     build_n(&h, 3).await;
-    assert!(h.take().terminate().success());
-    for e in walk_files(&h.opts.data_dir.join("meta")) {
-        let len = std::fs::metadata(&e)
-            .map(|m| m.len())
-            .unwrap_or(0)
-            .max(4096);
-        let garbage: Vec<u8> = (0..len).map(|i| (i * 7919 % 251) as u8).collect();
-        std::fs::write(&e, garbage).expect("overwrite");
-    }
-    let dd = h.opts.data_dir.display().to_string();
-    let (code, out, err) = run(&["cache", "stats", "--data-dir", &dd], &[]);
+    h.stop();
+    damage_index(&h.opts.data_dir);
+    let dd = h.data_dir_arg();
+    let (code, out, err) = cache_cmd(&["stats"], &dd);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("entries: 3"),
         "reported as empty: {out}\n{err}"
     );
     assert!(err.contains("re-indexed 3 entries"), "{err}");
-    let (code, out, _) = run(&["cache", "verify", "--data-dir", &dd], &[]);
+    let (code, out, _) = cache_cmd(&["verify"], &dd);
     assert_eq!(code, 0, "{out}");
     h.restart();
-    let r = post_json(&h.builds_url(), &distinct_request(2), &[]).await;
+    let r = h.post(&distinct_request(2)).await;
     assert_eq!(r.header("x-cache-status"), Some("HIT"));
 }
 
@@ -682,19 +647,9 @@ async fn stats_and_list_ask_the_server_that_holds_the_data_dir() {
     let mut keys = build_n(&h, 3).await;
     keys.sort();
     hit(&h, 0, 2).await;
-    let dd = h.opts.data_dir.display().to_string();
-    let admin = h.server().admin.trim_start_matches("http://").to_owned();
-    let (code, out, err) = run(
-        &[
-            "cache",
-            "stats",
-            "--data-dir",
-            &dd,
-            "--admin-listen",
-            &admin,
-        ],
-        &[],
-    );
+    let dd = h.data_dir_arg();
+    let admin = h.server().admin_addr();
+    let (code, out, err) = cache_cmd(&["stats", "--admin-listen", &admin], &dd);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("entries: 3"), "{out}");
     assert!(out.contains(&format!("bytes: {}", 3 * 300 * 1024)), "{out}");
@@ -711,12 +666,9 @@ async fn stats_and_list_ask_the_server_that_holds_the_data_dir() {
         .collect();
     assert_eq!(listed, keys, "{out}");
     // Paging through the server, as offline.
-    let (_, out, _) = run(
+    let (_, out, _) = cache_cmd(
         &[
-            "cache",
             "list",
-            "--data-dir",
-            &dd,
             "--admin-listen",
             &admin,
             "--limit",
@@ -724,7 +676,7 @@ async fn stats_and_list_ask_the_server_that_holds_the_data_dir() {
             "--after",
             &keys[0],
         ],
-        &[],
+        &dd,
     );
     assert_eq!(out.lines().count(), 1, "{out}");
     assert!(out.starts_with(&keys[1]), "{out}");
@@ -732,18 +684,8 @@ async fn stats_and_list_ask_the_server_that_holds_the_data_dir() {
     let mut other = h.opts.clone();
     other.data_dir = h.tmp.path().join("data2");
     let s2 = Server::start(&other);
-    let admin2 = s2.admin.trim_start_matches("http://").to_owned();
-    let (code, out, err) = run(
-        &[
-            "cache",
-            "stats",
-            "--data-dir",
-            &dd,
-            "--admin-listen",
-            &admin2,
-        ],
-        &[],
-    );
+    let admin2 = s2.admin_addr();
+    let (code, out, err) = cache_cmd(&["stats", "--admin-listen", &admin2], &dd);
     assert_eq!(code, 1, "{out}");
     assert!(err.contains("serves the data dir"), "{err}");
     assert!(!out.contains("entries"), "{out}");

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::goproxy::{GoProxy, Mode};
+use support::process::{daemon, free_port};
 use support::*;
 
 const HTTP: &str = "github.com/roadrunner-server/http/v5";
@@ -289,32 +290,20 @@ async fn a_directory_served_by_a_plain_web_server_is_a_proxy() {
     std::fs::write(module_dir.join("@latest"), info).expect("latest");
     std::fs::write(module_dir.join("@v/v1.4.0.info"), info).expect("info");
     std::fs::write(module_dir.join("@v/list"), "v1.4.0\n").expect("list");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let _server = KillOnDrop(
-        std::process::Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-                "-d",
-            ])
-            .arg(root.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("python3 -m http.server (python3 is on every machine that runs these tests)"),
-    );
+    let port = free_port();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([
+        "-m",
+        "http.server",
+        "--bind",
+        "127.0.0.1",
+        &port.to_string(),
+        "-d",
+    ])
+    .arg(root.path());
+    let log = tempfile::tempdir().expect("log dir");
+    let _server = daemon("python3 -m http.server", cmd, &log.path().join("log"), port);
     let url = format!("http://127.0.0.1:{port}");
-    let up = eventually(Duration::from_secs(10), async || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
-    assert!(up, "http.server did not start");
     let h = Harness::start_with(|o| o.env("VELOX_CACHE_RESOLVE__GOPROXY", &url));
     let module = "github.com/BurntSushi/toml";
     let resp = post_json(&h.builds_url(), &floating_request(module, "latest"), &[]).await;
@@ -324,15 +313,6 @@ async fn a_directory_served_by_a_plain_web_server_is_a_proxy() {
         Some(format!("{module}@latest=v1.4.0").as_str())
     );
     assert_eq!(tags_sent(&h), vec!["v1.4.0"]);
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `n` floating plugins of distinct modules, each asking for `latest`.

@@ -5,8 +5,20 @@
 
 mod support;
 
+use support::process::free_port;
 use support::server::run;
 use support::*;
+use tempfile::TempDir;
+
+/// A configuration file holding `text`, in a temp dir kept as long as the file is needed; its
+/// path as a command-line argument.
+fn config_file(name: &str, text: &str) -> (TempDir, String) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let file = tmp.path().join(name);
+    std::fs::write(&file, text).expect("write");
+    let f = file.to_str().expect("utf-8").to_owned();
+    (tmp, f)
+}
 
 /// What Kubernetes puts in every pod's environment for a Service named `velox-cache` with a
 /// port 8080 (and a named port `admin`).
@@ -37,26 +49,14 @@ async fn kubernetes_service_variables_are_warned_about_once_and_ignored() {
         assert!(err.contains(name), "{name} not named: {err}");
     }
     // Every command reads the same environment; none refuses it.
-    let tmp = tempfile::tempdir().expect("tmp");
     let (code, _, err) = run(&["healthcheck", "--admin-listen", "127.0.0.1:1"], &env);
     assert_eq!(code, 1, "not ready, but not a configuration error: {err}");
 
     // The server starts with them, warns once, and serves.
-    let artifacts = tmp.path().join("out");
-    let velox = FakeVelox::start(&artifacts);
-    let mut opts = Options::new(&tmp.path().join("data"), &velox.url, &artifacts);
-    for (k, v) in KUBERNETES {
-        opts = opts.env(k, v);
-    }
-    let server = Server::start(&opts);
-    let r = post_json(
-        &server.url("/_velox/v1/builds"),
-        &build_request("linux", "amd64"),
-        &[],
-    )
-    .await;
+    let h = Harness::start_with(|o| o.envs(KUBERNETES));
+    let r = h.post(&build_request("linux", "amd64")).await;
     assert_eq!(r.status, 200);
-    let log = server.log_text();
+    let log = h.server().log_text();
     assert_eq!(
         log.matches("ignoring environment variables").count(),
         1,
@@ -66,15 +66,12 @@ async fn kubernetes_service_variables_are_warned_about_once_and_ignored() {
 
 #[test]
 fn every_unknown_key_of_the_file_is_listed() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let file = tmp.path().join("velox-cache.toml");
-    std::fs::write(
-        &file,
+    let (_tmp, f) = config_file(
+        "velox-cache.toml",
         "lisen = \"0.0.0.0:8080\"\nbuild_timeout = \"5m\"\nserver_ur = \"http://v:9000\"\n\
          [cache]\nmax_sise_gb = 1\nmax_entries = 3\n[retry]\nattempts = 2\n[cach]\nx = 1\n",
-    )
-    .expect("write");
-    let f = file.to_str().expect("utf-8");
+    );
+    let f = f.as_str();
     let (code, _, err) = run(&["config", "--config", f], &[]);
     assert_eq!(code, 2, "{err}");
     for key in [
@@ -90,7 +87,7 @@ fn every_unknown_key_of_the_file_is_listed() {
         );
     }
     // A bad value beside them is reported too, in the same run.
-    std::fs::write(&file, "lisen = 1\nbuild_timeout = 300\n").expect("write");
+    std::fs::write(f, "lisen = 1\nbuild_timeout = 300\n").expect("write");
     let (code, _, err) = run(&["config", "--config", f], &[]);
     assert_eq!(code, 2);
     assert!(err.contains("unknown key `lisen`"), "{err}");
@@ -102,14 +99,11 @@ fn every_unknown_key_of_the_file_is_listed() {
 
 #[actix_web::test]
 async fn a_bare_zero_is_a_duration_in_the_file_and_the_environment() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let file = tmp.path().join("velox-cache.toml");
-    std::fs::write(
-        &file,
+    let (_tmp, f) = config_file(
+        "velox-cache.toml",
         "failure_ttl = 0\n[cache]\naccess_update_interval = 0\ncleanup_interval = 0\n",
-    )
-    .expect("write");
-    let f = file.to_str().expect("utf-8");
+    );
+    let f = f.as_str();
     let env = [("VELOX_CACHE_RETRY__INITIAL_DELAY", "0")];
     let (code, out, err) = run(&["config", "--config", f], &env);
     assert_eq!(code, 0, "{err}");
@@ -135,17 +129,15 @@ async fn a_bare_zero_is_a_duration_in_the_file_and_the_environment() {
     // A server starts on that file and serves.
     let h = Harness::start_with(|o| o.env("VELOX_CACHE_CONFIG", f));
     let req = distinct_request(3);
-    assert_eq!(post_json(&h.builds_url(), &req, &[]).await.status, 200);
-    let hit = post_json(&h.builds_url(), &req, &[]).await;
+    assert_eq!(h.post(&req).await.status, 200);
+    let hit = h.post(&req).await;
     assert_eq!(hit.header("x-cache-status"), Some("HIT"));
 }
 
 #[test]
 fn configuration_errors_name_the_key_and_the_source_without_nested_backticks() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let file = tmp.path().join("c.toml");
-    std::fs::write(&file, "server_url = \"velox:9000\"\n").expect("write");
-    let f = file.to_str().expect("utf-8");
+    let (_tmp, f) = config_file("c.toml", "server_url = \"velox:9000\"\n");
+    let f = f.as_str();
     // server_url without a scheme, from each source.
     for (args, env, source) in [
         (
@@ -316,23 +308,15 @@ fn each_subcommand_help_shows_its_own_flags_and_their_variables() {
 #[actix_web::test]
 async fn warm_checks_its_url_once_and_says_what_succeeded() {
     let h = Harness::start_with(|o| o.env("VELOX_CACHE_API_TOKEN", "t0ken"));
-    let file = h.tmp.path().join("r.jsonl");
-    let lines: Vec<String> = (0..5)
-        .map(|i| serde_json::to_string(&distinct_request(i)).expect("json"))
-        .collect();
-    std::fs::write(&file, lines.join("\n")).expect("write");
-    let f = file.display().to_string();
+    let f = write_lines(&h.tmp.path().join("r.jsonl"), &request_lines(0..5));
     // Not a URL: a usage error, before anything is read or sent.
     let (code, out, err) = run(&["warm", &f, "--url", "127.0.0.1:8080"], &[]);
     assert_eq!(code, 2, "{out}{err}");
     assert_eq!(err.matches("--url").count(), 1, "{err}");
     assert!(out.is_empty(), "{out}");
     // Nothing listens there: one message, not one failure per line.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
-    let (code, out, err) = run(&["warm", &f, "--url", &format!("http://{closed}")], &[]);
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let (code, out, err) = run(&["warm", &f, "--url", &closed], &[]);
     assert_eq!(code, 1);
     assert_eq!(err.matches("cannot reach").count(), 1, "{err}");
     assert!(err.contains("nothing was sent"), "{err}");

@@ -475,10 +475,7 @@ async fn concurrent_ranges_share_one_build() {
 #[actix_web::test]
 async fn upstream_down_or_slow_is_a_502() {
     // Down: a port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = support::process::free_port();
     let h =
         Harness::start_with(|o| o.env("VELOX_CACHE_UPSTREAM", &format!("http://127.0.0.1:{port}")));
     let down = get(&h.url("/"), &[]).await;

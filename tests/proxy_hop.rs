@@ -8,9 +8,9 @@ mod support;
 use std::io::Write;
 
 use serde_json::{json, Value};
-use support::daemon::free_port;
 use support::nginx::NginxProxy;
 use support::php::PhpApp;
+use support::process::free_port;
 use support::*;
 
 fn start_with(f: impl FnOnce(Options) -> Options) -> (PhpApp, Harness) {

@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::json;
-use support::daemon::free_port;
+use support::process::free_port;
 use support::server::run;
 use support::*;
 

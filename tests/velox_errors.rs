@@ -6,14 +6,29 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
+use support::process::free_port;
 use support::*;
+use tempfile::TempDir;
+
+/// A server whose Velox is at `velox_url` (no stand-in there), with `f`'s changes to the
+/// options; the temp dir holds its data dir.
+fn server_for(velox_url: &str, f: impl FnOnce(Options) -> Options) -> (TempDir, Server) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let opts = f(Options::new(
+        &tmp.path().join("data"),
+        velox_url,
+        tmp.path(),
+    ));
+    let server = Server::start(&opts);
+    (tmp, server)
+}
 
 #[actix_web::test]
 async fn unavailable_twice_then_success() {
     let h = Harness::start();
     h.velox
         .script([Behavior::Status(503), Behavior::Code("unavailable")]);
-    let r = post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
+    let r = h.post(&build_request("linux", "amd64")).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(h.velox.calls(), 3);
     assert_eq!(
@@ -37,7 +52,7 @@ async fn unavailable_twice_then_success() {
 async fn already_exists_then_success() {
     let h = Harness::start();
     h.velox.script([Behavior::Code("already_exists")]);
-    let r = post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
+    let r = h.post(&build_request("linux", "amd64")).await;
     assert_eq!(r.status, 200);
     assert_eq!(h.velox.calls(), 2);
     assert_eq!(
@@ -52,26 +67,11 @@ async fn already_exists_then_success() {
 
 #[actix_web::test]
 async fn velox_down_is_velox_unavailable_after_max_attempts() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    // A port nothing listens on: bind, note it, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let opts = Options::new(
-        &tmp.path().join("data"),
-        &format!("http://127.0.0.1:{port}"),
-        tmp.path(),
-    )
-    .env("VELOX_CACHE_RETRY__MAX_ATTEMPTS", "4");
-    let server = Server::start(&opts);
-    let r = post_json(
-        &server.url("/_velox/v1/builds"),
-        &build_request("linux", "amd64"),
-        &[],
-    )
-    .await;
+    // A port nothing listens on.
+    let (_tmp, server) = server_for(&format!("http://127.0.0.1:{}", free_port()), |o| {
+        o.env("VELOX_CACHE_RETRY__MAX_ATTEMPTS", "4")
+    });
+    let r = post_json(&server.builds_url(), &build_request("linux", "amd64"), &[]).await;
     let v = r.assert_error(502, "velox_unavailable");
     assert_eq!(v["request_id"], "b66d5617-64dd-419b-a68b-b002938320ab");
     assert_eq!(
@@ -90,11 +90,11 @@ async fn retryable_errors_exhaust_attempts() {
         Behavior::Code("resource_exhausted"),
         Behavior::Code("aborted"),
     ]);
-    let r = post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
+    let r = h.post(&build_request("linux", "amd64")).await;
     r.assert_error(502, "velox_unavailable");
     assert_eq!(h.velox.calls(), 3);
     // Not remembered: the next request calls Velox again, and succeeds.
-    let r = post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
+    let r = h.post(&build_request("linux", "amd64")).await;
     assert_eq!(r.status, 200);
     assert_eq!(h.velox.calls(), 4);
 }
@@ -106,7 +106,7 @@ async fn invalid_argument_is_400_after_one_call() {
         h.velox.script([Behavior::Code(code)]);
     }
     for (i, n) in [1, 2, 3].into_iter().enumerate() {
-        let r = post_json(&h.builds_url(), &distinct_request(n), &[]).await;
+        let r = h.post(&distinct_request(n)).await;
         let v = r.assert_error(400, "invalid_request");
         assert!(
             v["message"].as_str().expect("message").contains("scripted"),
@@ -116,7 +116,7 @@ async fn invalid_argument_is_400_after_one_call() {
     }
     // Velox's refusal is not remembered: the same keys call Velox again, and build.
     for n in [1, 2, 3] {
-        let r = post_json(&h.builds_url(), &distinct_request(n), &[]).await;
+        let r = h.post(&distinct_request(n)).await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     }
     assert_eq!(h.velox.calls(), 6);
@@ -127,12 +127,12 @@ async fn internal_is_build_failed_and_remembered() {
     let h = Harness::start_with(|o| o.env("VELOX_CACHE_FAILURE_TTL", "60s"));
     h.velox.script([Behavior::Code("internal")]);
     let req = build_request("linux", "amd64");
-    let r = post_json(&h.builds_url(), &req, &[]).await;
+    let r = h.post(&req).await;
     let v = r.assert_error(502, "build_failed");
     assert_eq!(v["request_id"], "b66d5617-64dd-419b-a68b-b002938320ab");
     assert_eq!(h.velox.calls(), 1);
     // Within failure_ttl: the same answer, no call.
-    let again = post_json(&h.builds_url(), &req, &[]).await;
+    let again = h.post(&req).await;
     assert_eq!(
         again.assert_error(502, "build_failed")["message"],
         v["message"]
@@ -141,7 +141,7 @@ async fn internal_is_build_failed_and_remembered() {
     // force_rebuild skips the memory.
     let mut forced = req.clone();
     forced["force_rebuild"] = json!(true);
-    let r = post_json(&h.builds_url(), &forced, &[]).await;
+    let r = h.post(&forced).await;
     assert_eq!(r.status, 200);
     assert_eq!(h.velox.calls(), 2);
 }
@@ -151,11 +151,9 @@ async fn failure_memory_expires() {
     let h = Harness::start_with(|o| o.env("VELOX_CACHE_FAILURE_TTL", "300ms"));
     h.velox.script([Behavior::Code("unknown")]);
     let req = build_request("linux", "amd64");
-    post_json(&h.builds_url(), &req, &[])
-        .await
-        .assert_error(502, "build_failed");
+    h.post(&req).await.assert_error(502, "build_failed");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(post_json(&h.builds_url(), &req, &[]).await.status, 200);
+    assert_eq!(h.post(&req).await.status, 200);
     assert_eq!(h.velox.calls(), 2);
 }
 
@@ -165,7 +163,7 @@ async fn build_timeout_is_504() {
     let h = Harness::start_with(|o| o.env("VELOX_CACHE_BUILD_TIMEOUT", "2s"));
     h.velox.set_delay(Duration::from_secs(6));
     let started = std::time::Instant::now();
-    let r = post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
+    let r = h.post(&build_request("linux", "amd64")).await;
     r.assert_error(504, "timeout");
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -178,7 +176,7 @@ async fn build_timeout_is_504() {
     );
     // A timeout is not remembered either: once Velox is quick, the same key builds.
     h.velox.set_delay(Duration::ZERO);
-    let r = post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
+    let r = h.post(&build_request("linux", "amd64")).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     // Velox built it again (the first build may still hold its lock for a moment when the second
     // call arrives: that 409 is waited out).
@@ -194,7 +192,7 @@ async fn an_answer_that_never_comes_is_waited_for_until_build_timeout() {
             .env("VELOX_CACHE_BUILD_TIMEOUT", "3s")
     });
     h.velox.script([Behavior::Hang(Duration::from_secs(30))]);
-    let r = post_json(&h.builds_url(), &build_request("linux", "amd64"), &[]).await;
+    let r = h.post(&build_request("linux", "amd64")).await;
     r.assert_error(504, "timeout");
     assert_eq!(h.velox.calls(), 1, "never cut and called again");
 }
@@ -226,23 +224,13 @@ fn unconnectable() -> (std::net::TcpListener, std::net::TcpStream, u16) {
 
 #[actix_web::test]
 async fn connecting_past_request_timeout_is_retried() {
-    let tmp = tempfile::tempdir().expect("tmp");
     let (_listener, _filler, port) = unconnectable();
-    let opts = Options::new(
-        &tmp.path().join("data"),
-        &format!("http://127.0.0.1:{port}"),
-        tmp.path(),
-    )
-    .env("VELOX_CACHE_REQUEST_TIMEOUT", "1s")
-    .env("VELOX_CACHE_BUILD_TIMEOUT", "30s")
-    .env("VELOX_CACHE_RETRY__MAX_ATTEMPTS", "2");
-    let server = Server::start(&opts);
-    let r = post_json(
-        &server.url("/_velox/v1/builds"),
-        &build_request("linux", "amd64"),
-        &[],
-    )
-    .await;
+    let (_tmp, server) = server_for(&format!("http://127.0.0.1:{port}"), |o| {
+        o.env("VELOX_CACHE_REQUEST_TIMEOUT", "1s")
+            .env("VELOX_CACHE_BUILD_TIMEOUT", "30s")
+            .env("VELOX_CACHE_RETRY__MAX_ATTEMPTS", "2")
+    });
+    let r = post_json(&server.builds_url(), &build_request("linux", "amd64"), &[]).await;
     // Two cut attempts, well before build_timeout.
     r.assert_error(502, "velox_unavailable");
     assert_eq!(
@@ -290,7 +278,7 @@ async fn bad_artifact_paths_are_build_failed_and_never_read() {
         let answers = if *name == "missing file" { 2 } else { 1 };
         h.velox
             .script(std::iter::repeat_n(Behavior::Path(path.clone()), answers));
-        let r = post_json(&h.builds_url(), &distinct_request(100 + i), &[]).await;
+        let r = h.post(&distinct_request(100 + i)).await;
         let v = r.assert_error(502, "build_failed");
         let text = String::from_utf8_lossy(&r.body);
         assert!(!text.contains("TOP-SECRET"), "{name}: {text}");
@@ -310,24 +298,18 @@ async fn bad_artifact_paths_are_build_failed_and_never_read() {
 
 #[actix_web::test]
 async fn path_map_rewrites_the_velox_prefix() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let real = tmp.path().join("shared");
-    let velox = FakeVelox::start(&real);
-    // Velox "sees" the shared volume as /velox-host/out; velox-cache sees it at `real`.
-    let opts = Options::new(&tmp.path().join("data"), &velox.url, &real);
-    let mut opts = opts;
-    opts.args
-        .push(format!("--path-map=/velox-host/out={}", real.display()));
-    let server = Server::start(&opts);
+    // Velox "sees" the shared volume as /velox-host/out; velox-cache sees it at its artifact
+    // root.
+    let h = Harness::start_with(|o| {
+        let real = o.artifact_root.display().to_string();
+        o.arg(format!("--path-map=/velox-host/out={real}"))
+    });
+    let real = h.velox.dir.clone();
     std::fs::create_dir_all(real.join("b1")).expect("dir");
     std::fs::write(real.join("b1/roadrunner"), vec![42u8; 5000]).expect("write");
-    velox.script([Behavior::Path("/velox-host/out/b1/roadrunner".into())]);
-    let r = post_json(
-        &server.url("/_velox/v1/builds"),
-        &build_request("linux", "amd64"),
-        &[],
-    )
-    .await;
+    h.velox
+        .script([Behavior::Path("/velox-host/out/b1/roadrunner".into())]);
+    let r = h.post(&build_request("linux", "amd64")).await;
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.body, vec![42u8; 5000]);
 }
@@ -451,9 +433,7 @@ async fn overload_is_503_with_retry_after() {
 async fn api_token_is_required_when_set() {
     let h = Harness::start_with(|o| o.env("VELOX_CACHE_API_TOKEN", "s3cret-token"));
     let req = build_request("linux", "amd64");
-    post_json(&h.builds_url(), &req, &[])
-        .await
-        .assert_error(401, "unauthorized");
+    h.post(&req).await.assert_error(401, "unauthorized");
     post_json(&h.builds_url(), &req, &[("authorization", "Bearer wrong")])
         .await
         .assert_error(401, "unauthorized");

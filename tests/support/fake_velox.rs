@@ -38,6 +38,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use sha2::{Digest, Sha256};
 
+use super::process::ThreadServer;
 use super::velox_proto::{decode, go_failure, hash, host_platform, validate, Request};
 
 /// What the stand-in does with one call.
@@ -88,7 +89,7 @@ pub struct FakeVelox {
     pub url: String,
     pub dir: PathBuf,
     state: Arc<Mutex<State>>,
-    handle: actix_web::dev::ServerHandle,
+    server: ThreadServer,
 }
 
 /// A duplicate of the connection's socket, to see the caller go away (closed with the
@@ -408,50 +409,41 @@ impl FakeVelox {
             state: Arc::clone(&state),
             dir: dir.to_path_buf(),
         };
-        let (tx, rx) = std::sync::mpsc::channel();
         let addr = addr.to_owned();
         let scheme = if tls.is_some() { "https" } else { "http" };
-        std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(web::Data::new(shared.clone()))
-                        .app_data(web::PayloadConfig::new(8 * 1024 * 1024))
-                        .service(
-                            web::resource("/api.service.v1.BuildService/Build")
-                                .route(web::post().to(build))
-                                .default_service(web::to(method_not_allowed)),
-                        )
-                })
-                .on_connect(|conn, ext| {
-                    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                        if let Ok(fd) = tcp.as_fd().try_clone_to_owned() {
-                            ext.insert(ConnFd(fd));
-                        }
+        let server = ThreadServer::start("the stand-in Velox", move || {
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(web::Data::new(shared.clone()))
+                    .app_data(web::PayloadConfig::new(8 * 1024 * 1024))
+                    .service(
+                        web::resource("/api.service.v1.BuildService/Build")
+                            .route(web::post().to(build))
+                            .default_service(web::to(method_not_allowed)),
+                    )
+            })
+            .on_connect(|conn, ext| {
+                if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                    if let Ok(fd) = tcp.as_fd().try_clone_to_owned() {
+                        ext.insert(ConnFd(fd));
                     }
-                })
-                .workers(1)
-                .disable_signals()
-                .shutdown_timeout(0);
-                let server = match tls {
-                    Some(tls) => server.bind_rustls_0_23(&addr, tls),
-                    None => server.bind(&addr),
                 }
-                .expect("bind the stand-in Velox");
-                let bound = server.addrs()[0];
-                let server = server.run();
-                tx.send((bound, server.handle())).expect("report address");
-                let _ = server.await;
-            });
+            })
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(0);
+            let server = match tls {
+                Some(tls) => server.bind_rustls_0_23(&addr, tls),
+                None => server.bind(&addr),
+            }?;
+            let bound = server.addrs()[0];
+            Ok((bound, server.run()))
         });
-        let (bound, handle) = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("stand-in Velox started");
         FakeVelox {
-            url: format!("{scheme}://{bound}"),
+            url: format!("{scheme}://{}", server.addr),
             dir: dir.to_path_buf(),
             state,
-            handle,
+            server,
         }
     }
 
@@ -547,14 +539,8 @@ impl FakeVelox {
         self.with(|s| s.vanish += n);
     }
 
+    /// Stops serving (as on drop): Velox goes down.
     pub fn stop(&self) {
-        let handle = self.handle.clone();
-        std::thread::spawn(move || actix_web::rt::System::new().block_on(handle.stop(false)));
-    }
-}
-
-impl Drop for FakeVelox {
-    fn drop(&mut self) {
-        self.stop();
+        self.server.stop();
     }
 }

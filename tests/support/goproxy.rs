@@ -16,8 +16,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+use super::process::ThreadServer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -70,7 +71,7 @@ impl Drop for Active {
 pub struct GoProxy {
     pub url: String,
     state: Arc<Mutex<State>>,
-    handle: ServerHandle,
+    _server: ThreadServer,
 }
 
 /// Reverses the case encoding; `None` for a path that names an upper-case letter directly (not
@@ -197,32 +198,23 @@ impl GoProxy {
             max_active: 0,
         }));
         let shared = Arc::clone(&state);
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(web::Data::new(Arc::clone(&shared)))
-                        .default_service(web::get().to(handle))
-                })
-                .workers(1)
-                .disable_signals()
-                .shutdown_timeout(0)
-                .bind("127.0.0.1:0")
-                .expect("bind the stand-in proxy");
-                let bound = server.addrs()[0];
-                let server = server.run();
-                tx.send((bound, server.handle())).expect("report address");
-                let _ = server.await;
-            });
+        let server = ThreadServer::start("the stand-in Go proxy", move || {
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(web::Data::new(Arc::clone(&shared)))
+                    .default_service(web::get().to(handle))
+            })
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(0)
+            .bind("127.0.0.1:0")?;
+            let bound = server.addrs()[0];
+            Ok((bound, server.run()))
         });
-        let (bound, handle) = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("stand-in proxy started");
         GoProxy {
-            url: format!("http://{bound}"),
+            url: format!("http://{}", server.addr),
             state,
-            handle,
+            _server: server,
         }
     }
 
@@ -264,12 +256,5 @@ impl GoProxy {
             .iter()
             .filter(|p| p.starts_with(&format!("{encoded_module}/@")))
             .count()
-    }
-}
-
-impl Drop for GoProxy {
-    fn drop(&mut self) {
-        let handle = self.handle.clone();
-        std::thread::spawn(move || actix_web::rt::System::new().block_on(handle.stop(false)));
     }
 }

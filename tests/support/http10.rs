@@ -12,11 +12,11 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
-use super::daemon::{free_port, require, Daemon};
+use super::process::{daemon, free_port, require, Process};
 
 pub struct PythonHttp10 {
     pub url: String,
-    daemon: Daemon,
+    process: Process,
     _dir: TempDir,
 }
 
@@ -58,15 +58,15 @@ impl PythonHttp10 {
         ])
         .arg(&root)
         .arg(port.to_string());
-        let daemon = Daemon::start("python3 -m http.server", cmd, &dir.path().join("log"), port);
+        let process = daemon("python3 -m http.server", cmd, &dir.path().join("log"), port);
         PythonHttp10 {
             url: format!("http://127.0.0.1:{port}"),
-            daemon,
+            process,
             _dir: dir,
         }
     }
 
     pub fn log_text(&self) -> String {
-        self.daemon.log_text()
+        self.process.named_log()
     }
 }

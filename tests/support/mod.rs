@@ -2,13 +2,13 @@
 //! client. Each test file uses part of it.
 #![allow(dead_code)]
 
-pub mod daemon;
 pub mod download;
 pub mod fake_velox;
 pub mod goproxy;
 pub mod http10;
 pub mod nginx;
 pub mod php;
+pub mod process;
 pub mod server;
 pub mod sse;
 pub mod velox_proto;
@@ -68,13 +68,46 @@ impl Harness {
         self.url("/_velox/v1/builds")
     }
 
+    /// Posts a build request (without headers) to the build route.
+    pub async fn post(&self, req: &Value) -> Resp {
+        post_json(&self.builds_url(), req, &[]).await
+    }
+
+    /// A GET on the admin listener, its body as JSON.
+    pub async fn admin_json(&self, path: &str) -> Value {
+        get(&self.server().admin_url(path), &[]).await.json()
+    }
+
+    /// The data dir, as a command-line argument.
+    pub fn data_dir_arg(&self) -> String {
+        self.opts.data_dir.display().to_string()
+    }
+
     /// Starts the server again on the same data dir (after `take()`ing the old one).
     pub fn restart(&mut self) {
         self.server = Some(Server::start(&self.opts));
     }
 
+    /// Starts the server again on the same data dir with changed options.
+    pub fn restart_with(&mut self, f: impl FnOnce(Options) -> Options) {
+        self.opts = f(self.opts.clone());
+        self.restart();
+    }
+
     pub fn take(&mut self) -> Server {
         self.server.take().expect("server running")
+    }
+
+    /// A graceful stop (SIGTERM) that must end in success.
+    pub fn stop(&mut self) {
+        let server = self.take();
+        let log = server.log.clone();
+        let status = server.terminate();
+        assert!(
+            status.success(),
+            "velox-cache stopped with {status}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
     }
 }
 
@@ -97,6 +130,19 @@ pub fn distinct_request(n: usize) -> Value {
     let mut v = build_request("linux", "amd64");
     v["plugins"][0]["tag"] = json!(format!("v5.2.{n}"));
     v
+}
+
+/// The `distinct_request`s of `ns`, one JSON line each (what `warm` reads).
+pub fn request_lines(ns: impl IntoIterator<Item = usize>) -> Vec<String> {
+    ns.into_iter()
+        .map(|n| serde_json::to_string(&distinct_request(n)).expect("json"))
+        .collect()
+}
+
+/// Writes `lines` to `path`, one a line; the path as a command-line argument.
+pub fn write_lines(path: &std::path::Path, lines: &[String]) -> String {
+    std::fs::write(path, lines.join("\n")).expect("write lines");
+    path.display().to_string()
 }
 
 #[derive(Debug)]

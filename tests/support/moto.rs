@@ -15,12 +15,14 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::support::process::{free_port, Process, Spawn};
 
 pub struct Moto {
-    child: Option<Child>,
+    process: Option<Process>,
     pub port: u16,
     pub bucket: String,
     pub log: PathBuf,
@@ -40,13 +42,6 @@ fn program() -> &'static Path {
             .filter(|p| p.is_file())
             .unwrap_or_else(|| PathBuf::from("moto_server"))
     })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// One HTTP/1.1 request without a client library; the status and the body.
@@ -130,47 +125,20 @@ impl Moto {
     pub fn start(dir: &Path, bucket: &str) -> Moto {
         let port = free_port();
         let log = dir.join(format!("moto-{port}.log"));
-        let out = std::fs::File::create(&log).expect("moto log");
-        let err = out.try_clone().expect("moto log");
         let mut cmd = Command::new(program());
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        // Dies with the test that started it even if the test process is killed outright.
-        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let mut process = Spawn::new("moto_server", cmd, &log)
+            .start()
             .expect("moto_server runs (pip install 'moto[server]')");
-        let mut moto = Moto {
-            child: Some(child),
+        process.expect_ready(Duration::from_secs(120), |_| {
+            matches!(raw(port, "PUT", &format!("/{bucket}"), &[]), Some((200, _))).then_some(())
+        });
+        Moto {
+            process: Some(process),
             port,
             bucket: bucket.to_owned(),
             log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some((200, _)) = raw(port, "PUT", &format!("/{bucket}"), &[]) {
-                break;
-            }
-            if let Some(Ok(Some(status))) = moto.child.as_mut().map(|c| c.try_wait()) {
-                panic!("moto_server exited ({status}):\n{}", moto.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto did not start:\n{}",
-                moto.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
         }
-        moto
     }
 
     pub fn endpoint(&self) -> String {
@@ -255,19 +223,11 @@ impl Moto {
 
     /// Stops the server: the bucket becomes unreachable.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // Dropping the process kills it.
+        self.process = None;
     }
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

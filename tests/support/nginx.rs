@@ -8,13 +8,13 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
-use super::daemon::{free_port, is_root, Daemon};
+use super::process::{daemon, free_port, is_root, require, Process};
 
 pub struct NginxFpm {
     pub url: String,
     // Dropped in this order: nginx, then PHP-FPM, then their folder.
-    nginx: Daemon,
-    fpm: Daemon,
+    nginx: Process,
+    fpm: Process,
     dir: TempDir,
 }
 
@@ -38,7 +38,7 @@ fn php_fpm() -> PathBuf {
 impl NginxFpm {
     /// Serves the PHP scripts of `docroot`.
     pub fn start(docroot: &Path) -> NginxFpm {
-        super::daemon::require("nginx", "nginx-light");
+        require("nginx", "nginx-light");
         let dir = tempfile::tempdir().expect("nginx dir");
         let d = dir.path();
         let (fpm_port, port) = (free_port(), free_port());
@@ -65,7 +65,7 @@ impl NginxFpm {
         if root {
             cmd.arg("--allow-to-run-as-root");
         }
-        let fpm = Daemon::start("php-fpm", cmd, &d.join("php-fpm.out"), fpm_port);
+        let fpm = daemon("php-fpm", cmd, &d.join("php-fpm.out"), fpm_port);
 
         let server = format!(
             "root {docroot};\n\
@@ -92,14 +92,14 @@ impl NginxFpm {
         let error = std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default();
         format!(
             "{}\n{}\n--- nginx error.log ---\n{error}",
-            self.nginx.log_text(),
-            self.fpm.log_text()
+            self.nginx.named_log(),
+            self.fpm.named_log()
         )
     }
 }
 
 /// Starts nginx in `d` on 127.0.0.1:`port` with one `server` holding `server_body`.
-fn start_nginx(d: &Path, port: u16, server_body: &str) -> Daemon {
+fn start_nginx(d: &Path, port: u16, server_body: &str) -> Process {
     let conf = d.join("nginx.conf");
     let path = |name: &str| d.join(name).display().to_string();
     std::fs::write(
@@ -134,20 +134,20 @@ fn start_nginx(d: &Path, port: u16, server_body: &str) -> Daemon {
         .arg("-c")
         .arg(&conf)
         .args(["-g", "daemon off;"]);
-    Daemon::start("nginx", cmd, &d.join("nginx.out"), port)
+    daemon("nginx", cmd, &d.join("nginx.out"), port)
 }
 
 /// nginx as a plain reverse proxy on `port` to `to` (an `http://` URL), as an operator might put
 /// one between a load balancer and velox-cache. It passes `Via` on as it came.
 pub struct NginxProxy {
     pub url: String,
-    _nginx: Daemon,
+    _nginx: Process,
     _dir: TempDir,
 }
 
 impl NginxProxy {
     pub fn start(port: u16, to: &str) -> NginxProxy {
-        super::daemon::require("nginx", "nginx-light");
+        require("nginx", "nginx-light");
         let dir = tempfile::tempdir().expect("nginx dir");
         let server =
             format!("location / {{\n  proxy_pass {to};\n  proxy_set_header Host $host;\n}}\n");

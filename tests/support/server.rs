@@ -1,16 +1,16 @@
 //! Starts the real `velox-cache` binary on loopback port 0 with a temp data dir, waits until it
-//! reports its listeners, and kills it on drop.
+//! reports its listeners, and kills it on drop (a [`Process`] underneath).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use super::process::{Process, Spawn};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_velox-cache");
 
 pub struct Server {
-    child: Child,
+    process: Process,
     pub public: String,
     pub admin: String,
     pub data_dir: PathBuf,
@@ -52,6 +52,21 @@ impl Options {
         self.env.push((key.into(), value.into()));
         self
     }
+
+    /// Every pair of `vars`, as [`Options::env`] sets one.
+    pub fn envs<K: AsRef<str>, V: AsRef<str>>(
+        self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Options {
+        vars.into_iter()
+            .fold(self, |o, (k, v)| o.env(k.as_ref(), v.as_ref()))
+    }
+
+    /// One more command-line argument.
+    pub fn arg(mut self, arg: impl Into<String>) -> Options {
+        self.args.push(arg.into());
+        self
+    }
 }
 
 impl Server {
@@ -69,11 +84,6 @@ impl Server {
                 .and_then(|n| n.to_str())
                 .unwrap_or("server")
         ));
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
         let mut cmd = match opts.wrapper.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
@@ -89,52 +99,39 @@ impl Server {
             .arg(format!("--server-url={}", opts.server_url))
             .arg(format!("--artifact-root={}", opts.artifact_root.display()))
             .args(&opts.args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file));
+            .env("RUST_LOG", "info");
         clear_env(&mut cmd);
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn velox-cache");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    // Keep draining so the child never blocks on a full pipe.
-                    continue;
+        let mut process = Spawn::new("velox-cache", cmd, &log)
+            .stdout_lines()
+            .start()
+            .expect("spawn velox-cache");
+        let (mut public, mut admin) = (None, None);
+        let ready = process.wait_for(Duration::from_secs(30), |p| {
+            while let Some(line) = p.line() {
+                if let Some(a) = line.strip_prefix("velox-cache: public listener on ") {
+                    public = Some(a.to_owned());
+                } else if let Some(a) = line.strip_prefix("velox-cache: admin listener on ") {
+                    admin = Some(a.to_owned());
                 }
             }
+            public.clone().zip(admin.clone())
         });
-        let (mut public, mut admin) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while public.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(a) = line.strip_prefix("velox-cache: public listener on ") {
-                        public = Some(a.to_owned());
-                    } else if let Some(a) = line.strip_prefix("velox-cache: admin listener on ") {
-                        admin = Some(a.to_owned());
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(std::fs::read_to_string(&log).unwrap_or_default());
-                }
+        match ready {
+            Ok((public, admin)) => Ok(Server {
+                process,
+                public,
+                admin,
+                data_dir: opts.data_dir.clone(),
+                log,
+            }),
+            Err(_) => {
+                process.kill();
+                Err(process.log_text())
             }
         }
-        Ok(Server {
-            child,
-            public: public.unwrap_or_default(),
-            admin: admin.unwrap_or_default(),
-            data_dir: opts.data_dir.clone(),
-            log,
-        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -146,47 +143,37 @@ impl Server {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.process.pid()
+    }
+
+    /// The admin listener as `host:port`, the form `--admin-listen` takes.
+    pub fn admin_addr(&self) -> String {
+        self.admin.trim_start_matches("http://").to_owned()
+    }
+
+    /// The build route's URL.
+    pub fn builds_url(&self) -> String {
+        self.url("/_velox/v1/builds")
     }
 
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(mut self) -> ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.pid(), libc::SIGTERM);
-        }
+        self.process.signal(libc::SIGTERM);
         self.wait_exit(Duration::from_secs(40))
     }
 
     /// SIGKILL: the process gets no chance to clean up.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
+    /// Waits for the exit; past `within`, kills it and panics.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("velox-cache did not exit within {within:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.wait_exit(within)
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.log_text()
     }
 }
 
