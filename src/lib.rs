@@ -12,6 +12,7 @@ pub(crate) mod error;
 pub mod http;
 pub mod ids;
 pub(crate) mod metrics;
+pub mod preflight;
 pub(crate) mod redact;
 pub mod server;
 pub mod store;
