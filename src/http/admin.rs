@@ -8,7 +8,7 @@ use serde_json::json;
 use super::AppState;
 use crate::builds::VeloxHealth;
 use crate::error::{ApiError, ErrorCode};
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{CacheTotals, DiskGauge, Gauges, Metrics};
 use crate::store::shared::SharedHealth;
 use crate::store::{DiskSpace, IndexState, Limits, FULL_BELOW, REOPEN_ATTEMPTS};
 
@@ -121,11 +121,18 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .totals()
         .map_err(|e| log::error!("cannot read the cache totals: {e}"))
         .ok();
+    let totals = totals.map(|t| CacheTotals {
+        entries: t.entries,
+        bytes: t.bytes,
+    });
     let mut text = state.metrics.render(totals);
     Metrics::render_gauges(
         &mut text,
         &Gauges {
-            disk: state.store.disk_space(),
+            disk: state.store.disk_space().map(|d| DiskGauge {
+                free: d.free,
+                total: d.total,
+            }),
             min_free_bytes: Limits::from(&state.config.cache).min_free_bytes,
             velox_up: state.builds.velox_health() != VeloxHealth::Unreachable,
             index_reopens: state.store.index_reopens(),
