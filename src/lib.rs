@@ -11,7 +11,7 @@ pub mod config;
 pub(crate) mod error;
 pub mod http;
 pub mod ids;
-pub(crate) mod metrics;
+pub mod metrics;
 pub mod preflight;
 pub(crate) mod redact;
 pub mod server;
