@@ -8,8 +8,14 @@ use velox_cache::config::Config;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = match Config::load_checked(cli.config.as_deref(), &cli.overrides(), cli.serving())
-    {
+    // Beyond the values: the CA file read, GOPRIVATE patterns compiled, the upstream's name
+    // resolved (`velox_cache::preflight`).
+    let loaded = match Config::load_checked(
+        cli.config.as_deref(),
+        &cli.overrides(),
+        cli.serving(),
+        &velox_cache::preflight::check,
+    ) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("velox-cache: {e}");

@@ -447,3 +447,18 @@ fn invalid_values_exit_2_naming_the_key() {
     );
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn checks_beyond_the_values_name_the_key_and_its_source() {
+    // `resolve.private` is compiled as the resolver will compile it, before anything starts.
+    let (code, out, err) = run(&["config"], &[("VELOX_CACHE_RESOLVE__PRIVATE", "[")]);
+    assert_eq!(code, 2, "{out}");
+    assert!(err.contains("`resolve.private`"), "{err}");
+    assert!(err.contains("VELOX_CACHE_RESOLVE__PRIVATE"), "{err}");
+    let (code, out, err) = run(
+        &["config"],
+        &[("VELOX_CACHE_RESOLVE__PRIVATE", "github.com/acme/*")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(r#"private = "github.com/acme/*""#), "{out}");
+}

@@ -5,6 +5,7 @@
 pub mod artifact;
 pub mod floating;
 pub mod modpath;
+mod outcome;
 pub mod request;
 pub mod resolve;
 pub mod service;

@@ -17,7 +17,7 @@
 //! `resolve.concurrency` × (⌊deadline / timeout⌋ + 1) calls per proxy in the list.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,15 +30,6 @@ use super::floating::is_pinned;
 use super::BuildRequest;
 use crate::config::ResolveConfig;
 use crate::metrics::Metrics;
-
-/// `velox_resolve_total{outcome}`.
-#[derive(Default)]
-pub struct ResolveCounters {
-    pub resolved: AtomicU64,
-    pub cached: AtomicU64,
-    pub private: AtomicU64,
-    pub error: AtomicU64,
-}
 
 /// How long a failed lookup is remembered (never longer than `resolve.ttl`): requests in that
 /// window leave the tag as asked without asking the proxy again.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::outcome::{BuildError, Outcome};
 use super::resolve::Resolution;
-use super::service::{BuildError, Outcome};
 use super::CacheKey;
 use crate::store::EntryRecord;
 
@@ -77,7 +77,7 @@ impl BuildWatch {
             return match outcome {
                 // Served to the requests that waited, but not stored: nothing to fetch later.
                 Ok(built) if built.unstored.is_some() => {
-                    BuildState::Failed(super::service::not_stored())
+                    BuildState::Failed(super::outcome::not_stored())
                 }
                 Ok(built) => BuildState::Ready(built.entry.clone()),
                 Err(e) => BuildState::Failed(e.clone()),

@@ -136,6 +136,7 @@ pub(super) fn load(
     config_file: Option<&Path>,
     flags: &FlagOverrides,
     serving: bool,
+    checks: &dyn Fn(&Config) -> Result<(), ConfigError>,
 ) -> Result<Loaded, ConfigError> {
     let env_file = std::env::var_os(ENV_CONFIG_FILE).map(PathBuf::from);
     let file = config_file.map(Path::to_path_buf).or(env_file);
@@ -227,6 +228,7 @@ pub(super) fn load(
             Ok(())
         }
     });
+    let checked = checked.and_then(|()| checks(&config));
     if let Err(ConfigError(msg)) = checked {
         return Err(ConfigError(with_source(&fig, msg)));
     }

@@ -5,10 +5,11 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use super::resource::readable;
 use super::AppState;
 use crate::builds::VeloxHealth;
 use crate::error::{ApiError, ErrorCode};
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{CacheTotals, DiskGauge, Gauges, Metrics};
 use crate::store::shared::SharedHealth;
 use crate::store::{DiskSpace, IndexState, Limits, FULL_BELOW, REOPEN_ATTEMPTS};
 
@@ -17,25 +18,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(readable("/readyz", readyz))
         .service(readable("/metrics", metrics))
         .configure(super::cache_admin::configure);
-}
-
-/// A resource whose other methods answer 405 JSON naming `allow`.
-pub(super) fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(move || async move {
-        ApiError::method_not_allowed(allow)
-    }))
-}
-
-/// A read-only resource: `GET` and `HEAD` (monitors probe with either), 405 for the rest.
-pub(super) fn readable<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args>,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
-{
-    resource(path, "GET, HEAD")
-        .route(web::get().to(handler.clone()))
-        .route(web::head().to(handler))
 }
 
 /// `GET /healthz`: 200 while the process serves; 503 (`storage_unavailable`) once the index
@@ -121,11 +103,18 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .totals()
         .map_err(|e| log::error!("cannot read the cache totals: {e}"))
         .ok();
+    let totals = totals.map(|t| CacheTotals {
+        entries: t.entries,
+        bytes: t.bytes,
+    });
     let mut text = state.metrics.render(totals);
     Metrics::render_gauges(
         &mut text,
         &Gauges {
-            disk: state.store.disk_space(),
+            disk: state.store.disk_space().map(|d| DiskGauge {
+                free: d.free,
+                total: d.total,
+            }),
             min_free_bytes: Limits::from(&state.config.cache).min_free_bytes,
             velox_up: state.builds.velox_health() != VeloxHealth::Unreachable,
             index_reopens: state.store.index_reopens(),

@@ -8,8 +8,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::admin::{readable, resource};
 use super::public::check_token;
+use super::resource::{readable, resource};
 use super::AppState;
 use crate::error::ApiError;
 use crate::ids::CacheKey;

@@ -11,6 +11,7 @@ pub(crate) mod cors_grants;
 pub(crate) mod prefer;
 pub(crate) mod proxy;
 pub(crate) mod public;
+mod resource;
 
 use std::sync::Arc;
 

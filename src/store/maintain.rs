@@ -12,36 +12,7 @@ use super::{EntryRecord, Store, StoreError};
 use crate::config::{CacheConfig, EvictionPolicy};
 use crate::ids::CacheKey;
 
-/// Why an entry left the cache (the `reason` label of `velox_cache_evictions_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EvictionReason {
-    Size,
-    Count,
-    Age,
-    Manual,
-    /// The data dir's filesystem had less free space than `cache.min_free_gb`.
-    FreeSpace,
-}
-
-impl EvictionReason {
-    pub const ALL: [EvictionReason; 5] = [
-        EvictionReason::Size,
-        EvictionReason::Count,
-        EvictionReason::Age,
-        EvictionReason::Manual,
-        EvictionReason::FreeSpace,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EvictionReason::Size => "size",
-            EvictionReason::Count => "count",
-            EvictionReason::Age => "age",
-            EvictionReason::Manual => "manual",
-            EvictionReason::FreeSpace => "free_space",
-        }
-    }
-}
+pub use crate::metrics::EvictionReason;
 
 /// The limits the cache is kept within; zero means none.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -16,7 +16,6 @@
 //! `lock.rs` keeps one build per key, `tombstone.rs` carries deletes to every replica, `seam.rs` is the `SharedStore` the build layer sees.
 
 mod checked;
-mod counters;
 mod lock;
 mod repair;
 mod seam;
@@ -42,8 +41,8 @@ use super::shared::{SharedError, SharedHealth};
 use super::Manifest;
 use crate::config::Config;
 use crate::ids::{CacheKey, Digest};
+pub use crate::metrics::{BucketCounters, BucketOp};
 use checked::{Capped, Found};
-pub use counters::{BucketCounters, BucketOp};
 
 /// The longest a request that carries no blob may take.
 const OP_TIMEOUT: Duration = Duration::from_secs(15);

@@ -1,5 +1,5 @@
-//! Counters of bucket traffic (docs/metrics.md, "Object storage"), kept here so that the bucket
-//! need not know the metrics module; `metrics.rs` renders them, every label at 0 from the start.
+//! Counters of bucket traffic (docs/metrics.md, "Object storage"): the bucket holds an `Arc` to
+//! them and counts; [`super::Metrics::render`] renders them, every label at 0 from the start.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

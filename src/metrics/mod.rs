@@ -1,56 +1,21 @@
 //! Prometheus metrics (docs/metrics.md), named as the Go middleware named them so dashboards carry over.
 //! Plain atomics and fixed-bucket histograms: nothing here allocates on the hot path.
+//!
+//! A registry that the layers write into and import, never the other way: the store, the
+//! bucket, the build service and the resolver count into the structs defined here (the bucket
+//! and the resolver through an `Arc`), naming reasons with the label enums of `labels`; what the
+//! store knows at scrape time comes in as plain values ([`CacheTotals`], [`Gauges`]).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
 
-use crate::store::{EvictionReason, Totals};
+mod bucket;
+mod histogram;
+mod labels;
 
-/// A histogram with fixed upper bounds, in seconds.
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Histogram {
-            bounds,
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            if secs <= *bound {
-                count.fetch_add(1, Relaxed);
-            }
-        }
-        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                count.load(Relaxed)
-            );
-        }
-        let total = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
-        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
-    }
-}
+pub use bucket::{BucketCounters, BucketOp};
+pub use histogram::Histogram;
+pub use labels::{EvictionReason, ResolveCounters, RetryReason, StoreErrorReason};
 
 const LOOKUP_BOUNDS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.1,
@@ -79,33 +44,35 @@ pub struct Metrics {
     pub proxy_build: AtomicU64,
     pub proxy_error: AtomicU64,
     /// `velox_resolve_total{outcome}`: floating plugin tags resolved with the Go module proxy.
-    pub resolve: crate::builds::resolve::ResolveCounters,
+    pub resolve: ResolveCounters,
     /// `velox_cache_store_errors_total{reason}`: ingests that failed for lack of space (`full`)
     /// or another disk error (`io`), and blobs found damaged at rest (`corrupt`).
     pub store_errors_full: AtomicU64,
     pub store_errors_io: AtomicU64,
     pub store_errors_corrupt: AtomicU64,
     /// `velox_bucket_*`: traffic to the shared bucket (docs/object-storage.md).
-    pub bucket: std::sync::Arc<crate::store::BucketCounters>,
+    pub bucket: std::sync::Arc<BucketCounters>,
 }
 
-/// Why storing or keeping a binary failed (the `reason` label of
-/// `velox_cache_store_errors_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreErrorReason {
-    /// The filesystem had no room (`ENOSPC`, `EDQUOT`).
-    Full,
-    /// Any other failure of the disk or the index.
-    Io,
-    /// Stored bytes found not to match their digest.
-    Corrupt,
+/// The index's totals (`velox_cache_entries_count`, `velox_cache_size_bytes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheTotals {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// The data dir's filesystem, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskGauge {
+    pub free: u64,
+    pub total: u64,
 }
 
 /// Gauges read at scrape time from outside the counters.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gauges {
     /// The data dir's filesystem, when `statvfs` answers.
-    pub disk: Option<crate::store::DiskSpace>,
+    pub disk: Option<DiskGauge>,
     /// `cache.min_free_gb` in bytes.
     pub min_free_bytes: u64,
     /// Whether Velox answered its last call (true before the first call).
@@ -218,7 +185,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, totals: Option<Totals>) -> String {
+    pub fn render(&self, totals: Option<CacheTotals>) -> String {
         let mut out = String::with_capacity(4096);
         let c = |a: &AtomicU64| a.load(Relaxed);
         one(
@@ -363,43 +330,5 @@ impl Metrics {
         );
         self.bucket.render(&mut out);
         out
-    }
-}
-
-/// Why velox-cache called Velox again (docs/velox.md, "Outcomes and retries").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryReason {
-    /// No connection, a reset, connecting or sending past `request_timeout`, an answer cut off.
-    Unreachable,
-    /// Code `unavailable`, or a bare 502, 503 or 504 (a proxy in front of Velox).
-    Unavailable,
-    ResourceExhausted,
-    Aborted,
-    /// Velox is building the same key for another caller; waited out until `build_timeout`.
-    AlreadyExists,
-    /// Velox answered a path that no longer exists; asked again with `force_rebuild`.
-    Vanished,
-}
-
-impl RetryReason {
-    /// In the order of [`Metrics::velox_retries`].
-    pub const ALL: [RetryReason; 6] = [
-        RetryReason::Unreachable,
-        RetryReason::Unavailable,
-        RetryReason::ResourceExhausted,
-        RetryReason::Aborted,
-        RetryReason::AlreadyExists,
-        RetryReason::Vanished,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RetryReason::Unreachable => "unreachable",
-            RetryReason::Unavailable => "unavailable",
-            RetryReason::ResourceExhausted => "resource_exhausted",
-            RetryReason::Aborted => "aborted",
-            RetryReason::AlreadyExists => "already_exists",
-            RetryReason::Vanished => "vanished",
-        }
     }
 }
