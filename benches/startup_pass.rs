@@ -10,6 +10,10 @@
 //! `VELOX_BENCH_DIR=/path` keeps the generated data dir there (and reuses it when it exists).
 //! `CLIENTS` (4) connections send hits back to back, saturating the machine's two cores; with
 //! `RATE=n` they send n hits per second between them instead.
+//!
+//! It also reports the server's memory: its RSS once it serves, and its RSS high-water mark
+//! (`VmHWM` in `/proc/<pid>/status`) once the pass has ended, which is where a pass that
+//! collects every entry, manifest or blob name shows.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -154,6 +158,23 @@ fn load(rate: Option<f64>) -> String {
     rate.map_or("back to back".into(), |r| format!("{r} hits/s"))
 }
 
+/// A `kB` figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in MiB.
+fn proc_mib(pid: u32, field: &str) -> Result<f64, Box<dyn std::error::Error>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .ok_or_else(|| format!("no {field} in /proc/{pid}/status"))?;
+    let kb: f64 = line
+        .trim_start_matches(field)
+        .trim_start_matches(':')
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -207,6 +228,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
+    let pid = server.id();
     let _server = Killed(server);
     let started = Instant::now();
     let request = format!(
@@ -225,7 +247,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    println!("serving after {:?}", started.elapsed());
+    println!(
+        "serving after {:?}, RSS {:.0} MiB",
+        started.elapsed(),
+        proc_mib(pid, "VmRSS")?
+    );
 
     let pass_done = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -268,6 +294,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if text.contains("start-up pass: the limits evicted") {
             pass_took = Some(started.elapsed());
             pass_done.store(true, Ordering::Relaxed);
+            println!(
+                "server memory after the pass: RSS {:.0} MiB, high-water mark (VmHWM) {:.0} MiB",
+                proc_mib(pid, "VmRSS")?,
+                proc_mib(pid, "VmHWM")?
+            );
             break;
         }
     }

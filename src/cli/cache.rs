@@ -33,15 +33,21 @@ fn not_a_data_dir(dir: &Path) -> Option<String> {
     None
 }
 
-/// Whether `manifests/` holds at least one manifest.
+/// Whether `manifests/` holds at least one fan-out folder with something in it. Symbolic links
+/// are not followed (the reconciliation sets them aside).
 fn has_manifests(dir: &Path) -> bool {
-    let Ok(shards) = std::fs::read_dir(dir.join("manifests")) else {
+    let manifests = dir.join("manifests");
+    if std::fs::symlink_metadata(&manifests).map_or(true, |m| !m.is_dir()) {
+        return false;
+    }
+    let Ok(shards) = std::fs::read_dir(manifests) else {
         return false;
     };
     shards.flatten().any(|shard| {
-        std::fs::read_dir(shard.path())
-            .map(|mut files| files.next().is_some())
-            .unwrap_or(false)
+        shard.file_type().is_ok_and(|t| t.is_dir())
+            && std::fs::read_dir(shard.path())
+                .map(|mut files| files.next().is_some())
+                .unwrap_or(false)
     })
 }
 

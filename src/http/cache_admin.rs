@@ -37,7 +37,7 @@ fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-/// An entry as JSON, with the hits not yet written counted in.
+/// An entry as JSON from its index record alone, with the hits not yet written counted in.
 fn view(state: &AppState, key: &CacheKey, e: &EntryRecord) -> Value {
     let pending = state.store.pending_hits(key);
     let digest = e.digest.to_hex();
@@ -51,11 +51,6 @@ fn view(state: &AppState, key: &CacheKey, e: &EntryRecord) -> Value {
         "access_count": e.access_count + pending.count,
         "build_seconds": e.build_ms as f64 / 1000.0,
         "url": format!("/_velox/v1/artifacts/{digest}"),
-        // Built from `latest` or a branch: served only for `cache.floating_ttl`.
-        "floating": state
-            .store
-            .manifest(key)
-            .and_then(|m| crate::builds::floating::payload_is_floating(&m.request)),
     })
 }
 
@@ -70,6 +65,8 @@ struct Page {
 }
 
 /// `GET /v1/cache?limit=&after=`: entries in key order; `next` is the `after` of the next page.
+/// Reads the index alone (a page costs no file per entry): the `floating` marker, which only
+/// the manifest holds, is given by `GET /v1/cache/{key}`.
 async fn list(
     state: web::Data<AppState>,
     page: web::Query<Page>,
@@ -141,7 +138,13 @@ async fn show(
         .lookup(&key)
         .map_err(storage)?
         .ok_or_else(|| ApiError::not_found("no entry has that key"))?;
-    Ok(HttpResponse::Ok().json(view(&state, &key, &entry)))
+    let mut body = view(&state, &key, &entry);
+    // Built from `latest` or a branch: served only for `cache.floating_ttl`.
+    body["floating"] = json!(state
+        .store
+        .manifest(&key)
+        .and_then(|m| crate::builds::floating::payload_is_floating(&m.request)));
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// `DELETE /v1/cache/{key}`: removes the entry, and its blob when no other entry uses it. With a

@@ -52,9 +52,16 @@ impl Store {
             return Err(e);
         }
         for (key, orphan) in group.gone {
-            remove_file_logged(&self.manifest_path(&key));
+            let manifest_gone = remove_file_logged(&self.manifest_path(&key));
             if let Some(digest) = orphan {
                 remove_file_logged(&self.blob_path(&digest));
+            }
+            // The removal's tombstone (index.rs) has done its work once the manifest is gone; a
+            // tombstone left behind is cleared by the next start's pass.
+            if manifest_gone {
+                if let Err(e) = self.clear_tombstone(&key) {
+                    log::warn!("cannot clear the tombstone of the evicted {key}: {e}");
+                }
             }
         }
         Ok(())

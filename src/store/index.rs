@@ -8,8 +8,16 @@
 //! - `lfu`: access count (8) ‖ last access (8) ‖ key → ()
 //! - `fifo`: created (8) ‖ key → ()
 //! - `counters`: `entries`, `bytes` → u64
+//! - `tombstones`: key (32) → digest (32) ‖ created (8) of an entry removed whose manifest may
+//!   still be on disk
 //!
 //! In each eviction tree the first item is the next victim: finding it is one O(log n) seek.
+//!
+//! Removal writes a tombstone in the transaction that removes the entry, before its manifest is
+//! deleted: a crash between the two leaves a manifest the start-up pass would otherwise index
+//! again, bringing the removed entry back. The pass deletes a manifest its tombstone names and
+//! clears tombstones whose manifest is gone; storing the key again clears its tombstone in the
+//! same transaction (docs/storage.md, "Removing an entry").
 
 use std::collections::HashMap;
 
@@ -81,6 +89,21 @@ fn abort(e: RecordError) -> Abort {
     ConflictableTransactionError::Abort(StoreError::from(e))
 }
 
+/// A tombstone's value: the removed entry's blob and creation time. They name the one manifest
+/// the tombstone condemns: a later manifest for the same key (an ingest the crash cut short) is
+/// another entry, and is left to the pass's usual rules.
+pub(super) fn tombstone(e: &EntryRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(40);
+    v.extend(e.digest.as_bytes());
+    v.extend(e.created_ms.to_be_bytes());
+    v
+}
+
+/// Whether the tombstone `value` names the manifest of `digest` created at `created_ms`.
+pub(super) fn tombstone_names(value: &[u8], digest: &Digest, created_ms: u64) -> bool {
+    value.len() == 40 && &value[..32] == digest.as_bytes() && be_u64(&value[32..]) == created_ms
+}
+
 fn counter(ct: &TransactionalTree, name: &[u8]) -> Result<u64, UnabortableTransactionError> {
     Ok(ct.get(name)?.map(|v| be_u64(&v)).unwrap_or(0))
 }
@@ -115,7 +138,8 @@ impl Index {
         ]
     }
 
-    /// Every tree, as sled's multi-tree transactions take them.
+    /// Every tree, the tombstones last, as sled's multi-tree transactions take them.
+    #[allow(clippy::type_complexity)]
     fn all_trees(
         &self,
     ) -> (
@@ -125,9 +149,10 @@ impl Index {
         &sled::Tree,
         &sled::Tree,
         &sled::Tree,
+        &sled::Tree,
     ) {
         let [entries, blobs, lru, lfu, fifo, counters] = self.trees();
-        (entries, blobs, lru, lfu, fifo, counters)
+        (entries, blobs, lru, lfu, fifo, counters, &self.tombstones)
     }
 }
 
@@ -145,7 +170,8 @@ impl Store {
     ) -> Result<Option<Digest>, StoreError> {
         let entry_bytes = entry.encode()?;
         let ix = self.ix()?;
-        let committed = ix.all_trees().transaction(|(en, bl, lru, lfu, fifo, ct)| {
+        let trees = ix.all_trees();
+        let committed = trees.transaction(|(en, bl, lru, lfu, fifo, ct, tb)| {
             let mut entries = counter(ct, COUNTER_ENTRIES)?;
             let mut bytes = counter(ct, COUNTER_BYTES)?;
             let mut orphan = None;
@@ -185,6 +211,8 @@ impl Store {
             fifo.insert(fifo_key(entry, key), &[])?;
             ct.insert(COUNTER_ENTRIES, &entries.to_be_bytes())?;
             ct.insert(COUNTER_BYTES, &bytes.to_be_bytes())?;
+            // Stored again: an earlier removal's tombstone must not condemn this manifest.
+            tb.remove(&key.0)?;
             Ok(orphan)
         });
         let orphan = self.noted(committed)?;
@@ -195,8 +223,10 @@ impl Store {
         Ok(orphan)
     }
 
-    /// Removes the entry for `key` from every tree in one transaction and flushes. Returns the
-    /// removed entry and, when it held the last reference to its blob, that blob's digest.
+    /// Removes the entry for `key` from every tree and writes its tombstone, in one transaction,
+    /// and flushes. Returns the removed entry and, when it held the last reference to its blob,
+    /// that blob's digest. The caller deletes the manifest, then clears the tombstone
+    /// ([`Store::clear_tombstone`]).
     pub(super) fn uncommit_entry(&self, key: &CacheKey) -> Result<Option<Removed>, StoreError> {
         let removed = self.uncommit_unflushed(key)?;
         if removed.is_some() {
@@ -209,11 +239,13 @@ impl Store {
     /// file of the entry (evictions flush once for a group, see `evict.rs`).
     pub(super) fn uncommit_unflushed(&self, key: &CacheKey) -> Result<Option<Removed>, StoreError> {
         let ix = self.ix()?;
-        let removed = ix.all_trees().transaction(|(en, bl, lru, lfu, fifo, ct)| {
+        let trees = ix.all_trees();
+        let removed = trees.transaction(|(en, bl, lru, lfu, fifo, ct, tb)| {
             let Some(old) = en.remove(&key.0)? else {
                 return Ok(None);
             };
             let old = EntryRecord::decode(&old).map_err(abort)?;
+            tb.insert(&key.0, tombstone(&old))?;
             lru.remove(lru_key(&old, key))?;
             lfu.remove(lfu_key(&old, key))?;
             fifo.remove(fifo_key(&old, key))?;
@@ -235,6 +267,14 @@ impl Store {
             self.count_writes(1);
         }
         Ok(removed)
+    }
+
+    /// Clears the tombstone of `key` once its manifest is gone. Not flushed: a tombstone that
+    /// outlives its manifest is cleared by the next start-up pass.
+    pub(super) fn clear_tombstone(&self, key: &CacheKey) -> Result<(), StoreError> {
+        let cleared = self.ix()?.tombstones.remove(key.0);
+        self.noted(cleared)?;
+        Ok(())
     }
 
     /// Writes a batch of hits in one transaction over the entries and the LRU and LFU trees.

@@ -106,8 +106,8 @@ impl Store {
         Ok(n)
     }
 
-    /// Removes the entry for `key`: the index first (flushed), then its manifest, then its blob
-    /// when no other entry uses it.
+    /// Removes the entry for `key`: the index first, with a tombstone (flushed), then its
+    /// manifest, then its blob when no other entry uses it, then the tombstone.
     pub fn remove(&self, key: &CacheKey) -> Result<Option<EntryRecord>, StoreError> {
         let _guard = self.locked()?;
         self.remove_locked(key)
@@ -120,9 +120,13 @@ impl Store {
         if let Ok(mut p) = self.pending.lock() {
             p.remove(key);
         }
-        remove_file_logged(&self.manifest_path(key));
+        pause_for_a_crash_test();
+        let manifest_gone = remove_file_logged(&self.manifest_path(key));
         if let Some(digest) = orphan {
             remove_file_logged(&self.blob_path(&digest));
+        }
+        if manifest_gone {
+            self.clear_tombstone(key)?;
         }
         Ok(Some(entry))
     }
@@ -261,11 +265,35 @@ impl Store {
     }
 }
 
-pub(super) fn remove_file_logged(path: &std::path::Path) {
+/// Deletes `path`; whether it is gone.
+pub(super) fn remove_file_logged(path: &std::path::Path) -> bool {
     match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => log::warn!("cannot delete {}: {e}", path.display()),
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => {
+            log::warn!("cannot delete {}: {e}", path.display());
+            false
+        }
+    }
+}
+
+/// For the crash tests only (docs/storage.md, "Removing an entry"): with
+/// `VELOX_TEST_PAUSE_AFTER_REMOVAL=<file>` in the environment, a removal whose index change is
+/// committed creates `<file>` and then waits for ever, before it deletes the manifest, so that a
+/// test can SIGKILL the process at exactly that moment. Read once; unset, this is one load.
+fn pause_for_a_crash_test() {
+    static PAUSE: std::sync::LazyLock<Option<std::path::PathBuf>> =
+        std::sync::LazyLock::new(|| {
+            std::env::var_os("VELOX_TEST_PAUSE_AFTER_REMOVAL").map(std::path::PathBuf::from)
+        });
+    if let Some(marker) = PAUSE.as_ref() {
+        log::warn!("VELOX_TEST_PAUSE_AFTER_REMOVAL is set: pausing a removal for a crash test");
+        if let Err(e) = fs::write(marker, b"paused") {
+            log::error!("cannot write {}: {e}", marker.display());
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
     }
 }
 

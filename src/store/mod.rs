@@ -2,7 +2,7 @@
 //! entry, and every piece of metadata in sled.
 //!
 //! ```text
-//! <data_dir>/meta/                          sled: entries, blobs, lru, lfu, fifo, counters
+//! <data_dir>/meta/                          sled: entries, blobs, lru, lfu, fifo, counters, tombstones
 //! <data_dir>/blobs/sha256/ab/<64 hex>       one file per distinct binary
 //! <data_dir>/manifests/ab/<64 hex key>.json one record per entry
 //! <data_dir>/tmp/                           files being ingested
@@ -23,6 +23,7 @@ mod reopen;
 mod scrub;
 pub mod shared;
 mod tier;
+mod verify;
 
 use std::fs::{self, File, TryLockError};
 use std::io;
@@ -98,6 +99,8 @@ pub(super) struct Index {
     lfu: sled::Tree,
     fifo: sled::Tree,
     counters: sled::Tree,
+    /// Entries removed whose manifest may not be deleted yet ([`index`]).
+    tombstones: sled::Tree,
 }
 
 impl Index {
@@ -109,6 +112,7 @@ impl Index {
             lfu: db.open_tree("lfu")?,
             fifo: db.open_tree("fifo")?,
             counters: db.open_tree("counters")?,
+            tombstones: db.open_tree("tombstones")?,
             db,
         })
     }
@@ -352,7 +356,15 @@ fn open_meta(root: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
-const TREES: [&str; 6] = ["entries", "blobs", "lru", "lfu", "fifo", "counters"];
+const TREES: [&str; 7] = [
+    "entries",
+    "blobs",
+    "lru",
+    "lfu",
+    "fifo",
+    "counters",
+    "tombstones",
+];
 
 /// Opens sled and reads the first item of every tree, so that a damaged index is found now and
 /// not on the first request. sled may panic on damaged files: that counts as an error.
