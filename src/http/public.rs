@@ -254,7 +254,7 @@ async fn get_artifact(
         Some(blob) => blob,
         None => {
             let mut remote = shared
-                .open(digest)
+                .open(digest, req.method() != actix_web::http::Method::HEAD)
                 .await
                 .map_err(bucket_failed)?
                 .ok_or_else(not_found)?;
@@ -297,7 +297,7 @@ async fn redirect(
     let shared = state.builds.shared();
     if record.is_none() {
         shared
-            .open(digest)
+            .open(digest, false)
             .await
             .map_err(bucket_failed)?
             .ok_or_else(|| ApiError::not_found("no artifact has that digest"))?;

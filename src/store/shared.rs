@@ -227,7 +227,13 @@ pub trait SharedStore: Send + Sync {
     fn remote(&self, manifest: &Manifest) -> Option<RemoteBlob>;
 
     /// A blob by digest alone (the artifact route), when the shared store has it.
-    fn open(&self, digest: Digest) -> BoxFuture<'static, Result<Option<RemoteBlob>, SharedError>>;
+    /// `origin`: also look up the entry the blob was stored for (one more request), for a
+    /// download that may fill the local tier; an existence check or a `HEAD` needs none.
+    fn open(
+        &self,
+        digest: Digest,
+        origin: bool,
+    ) -> BoxFuture<'static, Result<Option<RemoteBlob>, SharedError>>;
 
     /// A URL that serves the blob without this process, when the store can make one (the
     /// object carries its own `Content-Disposition`).
@@ -282,7 +288,11 @@ impl SharedStore for LocalOnly {
         None
     }
 
-    fn open(&self, _digest: Digest) -> BoxFuture<'static, Result<Option<RemoteBlob>, SharedError>> {
+    fn open(
+        &self,
+        _digest: Digest,
+        _origin: bool,
+    ) -> BoxFuture<'static, Result<Option<RemoteBlob>, SharedError>> {
         Box::pin(async { Ok(None) })
     }
 

@@ -130,7 +130,11 @@ impl SharedStore for Bucket {
         })
     }
 
-    fn open(&self, digest: Digest) -> BoxFuture<'static, Result<Option<RemoteBlob>, SharedError>> {
+    fn open(
+        &self,
+        digest: Digest,
+        origin: bool,
+    ) -> BoxFuture<'static, Result<Option<RemoteBlob>, SharedError>> {
         let this = self.clone();
         self.run(async move {
             let path = this.blob_path(&digest);
@@ -167,8 +171,8 @@ impl SharedStore for Bucket {
                 .get(&Attribute::Metadata(KEY_METADATA.into()))
                 .and_then(|v| CacheKey::from_hex(v.as_ref()))
             {
-                Some(key) => this.origin(key, digest, size).await?,
-                None => None,
+                Some(key) if origin => this.origin(key, digest, size).await?,
+                _ => None,
             };
             Ok(Some(RemoteBlob {
                 digest,
