@@ -69,7 +69,10 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     };
     let min_free = Limits::from(&state.config.cache).min_free_bytes;
     let storage = storage_state(&probe, disk, min_free, state.builds.storage_short_of());
-    let ready = probe.is_ok();
+    // Read after the probe: a reopen that just succeeded is reported once it is complete (its
+    // counters written), so a ready answer never says the index failed.
+    let index = state.store.index_state();
+    let ready = probe.is_ok() && index == IndexState::Ok;
     // The bucket's state is reported, not required: with the bucket down, local hits are still
     // served, and every replica shares the bucket, so failing readiness would take all of them
     // out of the load balancer at once.
@@ -77,7 +80,7 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut body = json!({
         "ready": ready,
         "storage": storage,
-        "index": state.store.index_state().as_str(),
+        "index": index.as_str(),
         "velox_last_call": velox,
         "disk_free_bytes": disk.map(|d| d.free),
         "min_free_bytes": min_free,
