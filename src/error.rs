@@ -30,12 +30,15 @@ pub enum ErrorCode {
     StorageUnavailable,
     Timeout,
     LoopDetected,
+    /// The target's state forbids the change (a pinned entry deleted, a channel of the file
+    /// changed through the API).
+    Conflict,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation checks.
     #[cfg(test)]
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::NotFound,
@@ -52,6 +55,7 @@ impl ErrorCode {
         ErrorCode::StorageUnavailable,
         ErrorCode::Timeout,
         ErrorCode::LoopDetected,
+        ErrorCode::Conflict,
     ];
 
     /// The machine-readable code in the JSON body.
@@ -73,6 +77,7 @@ impl ErrorCode {
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Timeout => "timeout",
             ErrorCode::LoopDetected => "loop_detected",
+            ErrorCode::Conflict => "conflict",
         }
     }
 
@@ -95,6 +100,7 @@ impl ErrorCode {
             }
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::LoopDetected => StatusCode::LOOP_DETECTED,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
         }
     }
 }

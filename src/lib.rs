@@ -6,6 +6,7 @@
 
 pub(crate) mod background;
 pub mod builds;
+pub mod channels;
 pub mod cli;
 pub mod config;
 pub(crate) mod error;
@@ -18,3 +19,4 @@ pub mod server;
 pub mod store;
 pub(crate) mod tls;
 pub(crate) mod util;
+pub mod webhook;

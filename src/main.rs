@@ -43,6 +43,11 @@ fn main() -> ExitCode {
                 .init();
             velox_cache::cli::cache::run(&config, &action)
         }
+        Some(Command::Channel { action, .. }) => {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+                .init();
+            velox_cache::cli::channel::run(&config, &action)
+        }
         None | Some(Command::Serve(_)) => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
                 .init();

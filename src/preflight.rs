@@ -26,6 +26,16 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
             );
         }
     }
+    for (name, channel) in &config.channels {
+        if let Err((field, why)) = crate::channels::check_recipe(channel) {
+            return fail(&format!("channels.{name}"), &format!("{field}: {why}"));
+        }
+    }
+    if let Some(secret) = &config.prebuild.webhook_secret {
+        if let Err(why) = crate::webhook::parse_secret(secret) {
+            return fail("prebuild.webhook_secret", &why);
+        }
+    }
     if let Some(u) = &config.upstream {
         if upstream_is_listen(u, config.listen) {
             let why = format!(

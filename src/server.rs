@@ -9,6 +9,7 @@ use actix_web::{middleware, web, App, HttpServer};
 use crate::background::Background;
 use crate::builds::resolve::Resolver;
 use crate::builds::{BuildService, VeloxClient};
+use crate::channels::Channels;
 use crate::config::{Config, StorageBackend};
 use crate::http::{admin, body_timeout, proxy, public, AppState, GoProxyClient};
 use crate::metrics::Metrics;
@@ -103,9 +104,38 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             builds.with_shared(Arc::new(bucket))
         }
     });
-    let resolver = Resolver::new(&config.resolve, Arc::clone(&metrics)).map_err(|why| {
-        ServeError::Io(io::Error::other(format!("invalid resolve.private: {why}")))
-    })?;
+    let resolver = Resolver::new(&config.resolve, Arc::clone(&metrics))
+        .map_err(|why| {
+            ServeError::Io(io::Error::other(format!("invalid resolve.private: {why}")))
+        })?
+        .map(Arc::new);
+    let tls = crate::tls::client_config(&config)?;
+    let webhook_stats = Arc::new(crate::webhook::WebhookStats::default());
+    let webhook = match (&config.prebuild.webhook_url, &config.prebuild.webhook_secret) {
+        (Some(url), Some(secret)) => Some(
+            crate::webhook::Webhook::new(url, secret, Arc::clone(&tls), Arc::clone(&webhook_stats))
+                .map_err(|why| {
+                    ServeError::Io(io::Error::other(format!("invalid prebuild.webhook_url or prebuild.webhook_secret: {why}")))
+                })?,
+        ),
+        _ => None,
+    };
+    let channels = Arc::new(Channels::new(
+        Arc::clone(&store),
+        Arc::clone(&builds),
+        Arc::clone(&config),
+        Arc::clone(&metrics),
+        resolver.clone(),
+        webhook,
+    ));
+    channels
+        .sync_file_channels()
+        .map_err(|e| ServeError::Io(io::Error::other(format!("the channels: {e}"))))?;
+    if resolver.is_none() && !config.channels.is_empty() {
+        log::warn!(
+            "channels are defined but resolve.goproxy is not: their floating tags are never resolved, so they get one release each"
+        );
+    }
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
         store: Arc::clone(&store),
@@ -113,24 +143,26 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         metrics,
         resolver,
         async_cors: Default::default(),
+        channels: Arc::clone(&channels),
+        webhook_stats,
     });
 
-    let tls = crate::tls::client_config(&config)?;
     let public_state = state.clone();
     let cfg = Arc::clone(&config);
+    let public_tls = Arc::clone(&tls);
     let public = HttpServer::new(move || {
         // awc's client is not Send: one per worker.
         let velox = VeloxClient::new(
             &cfg.server_url,
             cfg.retry.clone(),
             cfg.request_timeout,
-            &tls,
+            &public_tls,
         );
         App::new()
             .app_data(public_state.clone())
             .app_data(web::Data::new(velox))
-            .app_data(web::Data::new(proxy::Upstream::new(&cfg, &tls)))
-            .app_data(web::Data::new(GoProxyClient(goproxy_client(&tls))))
+            .app_data(web::Data::new(proxy::Upstream::new(&cfg, &public_tls)))
+            .app_data(web::Data::new(GoProxyClient(goproxy_client(&public_tls))))
             .wrap(middleware::Logger::new("%a \"%r\" %s %b %T"))
             .configure(crate::error::json_extractor_errors)
             .wrap(body_timeout::CutStalledBodies::new(
@@ -195,6 +227,17 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         config.cache.scrub_interval,
         config.cache.scrub_rate_mb,
     );
+    let (stop_prebuilds, prebuilds_stop) = tokio::sync::watch::channel(false);
+    actix_web::rt::spawn(Arc::clone(&channels).run_prebuilds(
+        VeloxClient::new(
+            &config.server_url,
+            config.retry.clone(),
+            config.request_timeout,
+            &tls,
+        ),
+        goproxy_client(&tls),
+        prebuilds_stop,
+    ));
     let public = public.run();
     let admin = admin.run();
     let (public_handle, admin_handle) = (public.handle(), admin.handle());
@@ -204,6 +247,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         futures_util::future::join(public_handle.stop(true), admin_handle.stop(true)).await;
     });
     let (a, b) = futures_util::future::join(public, admin).await;
+    let _ = stop_prebuilds.send(true);
     background.stop().await;
     // The last batch of access statistics, then everything to disk.
     if let Err(e) = store.write_pending_hits() {

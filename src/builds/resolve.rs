@@ -195,6 +195,18 @@ impl Resolver {
         })
     }
 
+    /// The plugins of `request` (as `module@tag`) whose tags are still floating and that this
+    /// resolver would have resolved: not private. After [`Resolver::resolve`], these are the
+    /// lookups that failed.
+    pub fn unresolved(&self, request: &BuildRequest) -> Vec<String> {
+        request
+            .plugins
+            .iter()
+            .filter(|p| !is_pinned(&p.tag) && !is_private(&self.private, &p.module_name))
+            .map(|p| format!("{}@{}", p.module_name, p.tag))
+            .collect()
+    }
+
     /// Resolves every floating plugin tag of `request` in place, and returns what it changed.
     /// Pinned tags are not looked at; failures leave the tag as asked (and are counted). At most
     /// `resolve.concurrency` lookups run at once, and those not done by `resolve.deadline` are

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::FlagOverrides;
 
 pub mod cache;
+pub mod channel;
 pub mod healthcheck;
 mod remote;
 pub mod warm;
@@ -97,6 +98,25 @@ pub enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// A data dir's channels (docs/channels.md), from its index or the server holding it.
+    Channel {
+        /// The data dir to read [env: VELOX_CACHE_DATA_DIR]
+        #[arg(long, global = true, value_name = "DIR")]
+        data_dir: Option<String>,
+        /// Where to ask a running server that holds the data dir [env: VELOX_CACHE_ADMIN_LISTEN]
+        #[arg(long, global = true, value_name = "ADDR")]
+        admin_listen: Option<String>,
+        #[command(subcommand)]
+        action: ChannelAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChannelAction {
+    /// One line per channel: name, origin, current release, when it was made, platforms.
+    List,
+    /// One channel as JSON.
+    Show { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,11 +175,18 @@ impl Cli {
                 ..ServerFlags::default()
             }
             .over(top),
-            Some(Command::Cache {
-                data_dir,
-                admin_listen,
-                ..
-            }) => ServerFlags {
+            Some(
+                Command::Cache {
+                    data_dir,
+                    admin_listen,
+                    ..
+                }
+                | Command::Channel {
+                    data_dir,
+                    admin_listen,
+                    ..
+                },
+            ) => ServerFlags {
                 data_dir: data_dir.clone(),
                 admin_listen: admin_listen.clone(),
                 ..ServerFlags::default()

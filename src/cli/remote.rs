@@ -113,3 +113,12 @@ pub fn list(config: &Config, after: Option<String>, limit: usize) -> Result<Vec<
         Ok(out)
     })
 }
+
+/// Every channel's JSON, from the server holding the data dir.
+pub fn channels(config: &Config) -> Result<Vec<Value>, String> {
+    block_on(async |client| {
+        stats_for(client, config).await?;
+        let v = get_json(client, &format!("{}/v1/channels", base(config))).await?;
+        Ok(v["channels"].as_array().cloned().unwrap_or_default())
+    })
+}

@@ -16,6 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+mod channels;
 pub mod duration;
 mod lenient;
 mod load;
@@ -36,6 +37,10 @@ pub const ENV_CONFIG_FILE: &str = "VELOX_CACHE_CONFIG";
 
 pub use sections::{
     CacheConfig, EvictionPolicy, ResolveConfig, RetryConfig, INDEX_SNAPSHOT_WRITES,
+};
+pub use channels::{
+    parse_platform, valid_channel_name, ChannelConfig, PrebuildConfig, Recipe, RecipeExclude,
+    RecipePlugin, RecipeReplace, MAX_CHANNELS,
 };
 pub use storage::{S3Config, StorageBackend, StorageConfig};
 
@@ -100,6 +105,9 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
     pub storage: StorageConfig,
+    /// Named recipes (docs/channels.md); those of the file are read-only through the API.
+    pub channels: std::collections::BTreeMap<String, ChannelConfig>,
+    pub prebuild: PrebuildConfig,
 }
 
 impl Default for Config {
@@ -128,6 +136,8 @@ impl Default for Config {
             request_body_timeout: Duration::from_secs(30),
             max_connections: None,
             storage: StorageConfig::default(),
+            channels: Default::default(),
+            prebuild: PrebuildConfig::default(),
         }
     }
 }
@@ -227,6 +237,10 @@ impl Config {
         // A GOPROXY list holds several URLs.
         shown.resolve.goproxy = shown.resolve.goproxy.as_deref().map(redact::text);
         shown.storage.s3.endpoint = shown.storage.s3.endpoint.as_deref().map(redact::url);
+        shown.prebuild.webhook_url = shown.prebuild.webhook_url.as_deref().map(redact::url);
+        if shown.prebuild.webhook_secret.is_some() {
+            shown.prebuild.webhook_secret = Some("********".into());
+        }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }

@@ -130,6 +130,8 @@ impl Config {
             return fail("max_connections", "must be at least 1");
         }
         self.storage.validate()?;
+        super::channels::validate(&self.channels, &self.prebuild)
+            .or_else(|(key, why)| fail(&key, &why))?;
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(readable("/healthz", healthz))
         .service(readable("/readyz", readyz))
         .service(readable("/metrics", metrics))
+        .configure(super::channels_admin::configure)
         .configure(super::cache_admin::configure);
 }
 
@@ -121,6 +122,30 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             min_free_bytes: Limits::from(&state.config.cache).min_free_bytes,
             velox_up: state.builds.velox_health() != VeloxHealth::Unreachable,
             index_reopens: state.store.index_reopens(),
+        },
+    );
+    let stats = &state.webhook_stats;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let st = state.clone();
+    let (release_ages, pinned_bytes) = web::block(move || {
+        let pinned = st.store.pinned_bytes().unwrap_or_else(|e| {
+            log::error!("cannot count the pinned bytes: {e}");
+            0
+        });
+        (st.channels.release_ages(), pinned)
+    })
+    .await
+    .unwrap_or_default();
+    state.metrics.channels.render(
+        &mut text,
+        &crate::metrics::ChannelGauges {
+            release_ages,
+            pinned_bytes,
+            webhooks: (
+                load(&stats.delivered),
+                load(&stats.retried),
+                load(&stats.failed),
+            ),
         },
     );
     HttpResponse::Ok()

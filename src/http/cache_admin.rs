@@ -51,6 +51,7 @@ fn view(state: &AppState, key: &CacheKey, e: &EntryRecord) -> Value {
         "access_count": e.access_count + pending.count,
         "build_seconds": e.build_ms as f64 / 1000.0,
         "url": format!("/_velox/v1/artifacts/{digest}"),
+        "pins": state.store.pins(key).unwrap_or_default(),
     })
 }
 
@@ -156,6 +157,19 @@ async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     check_token(&req, &state)?;
     let key = parse_key(&key)?;
+    // A pinned entry is a channel's release or an operator's decision: it is unpinned first
+    // (a channel's pins go with its release or the channel).
+    let pins = state.store.pins(&key).map_err(storage)?;
+    if !pins.is_empty() {
+        let holders: Vec<String> = pins.into_iter().collect();
+        return Err(ApiError::new(
+            crate::error::ErrorCode::Conflict,
+            format!(
+                "the entry is pinned ({}): unpin it first (DELETE /v1/cache/{key}/pin), or delete or change the channel",
+                holders.join(", ")
+            ),
+        ));
+    }
     let in_bucket = state.builds.shared().forget(key).await.map_err(|e| {
         log::error!("cache admin: deleting the manifest of {key} in the bucket failed: {e}");
         let mut err = ApiError::storage_unavailable();

@@ -7,6 +7,8 @@ pub(crate) mod body;
 pub mod body_timeout;
 pub(crate) mod builds_status;
 pub(crate) mod cache_admin;
+pub(crate) mod channels;
+pub(crate) mod channels_admin;
 pub(crate) mod cors_grants;
 pub(crate) mod prefer;
 pub(crate) mod proxy;
@@ -30,7 +32,11 @@ pub struct AppState {
     pub builds: Arc<BuildService>,
     pub metrics: Arc<Metrics>,
     /// Resolution of floating plugin tags, when `resolve.goproxy` is set.
-    pub resolver: Option<Resolver>,
+    pub resolver: Option<Arc<Resolver>>,
+    /// Named recipes and their releases (docs/channels.md).
+    pub channels: Arc<crate::channels::Channels>,
+    /// Webhook deliveries, for the metrics.
+    pub webhook_stats: Arc<crate::webhook::WebhookStats>,
     /// The PHP app's CORS grants per key, for the build status route.
     pub async_cors: cors_grants::CorsGrants,
 }

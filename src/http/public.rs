@@ -36,7 +36,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(|| async {
                 ApiError::method_not_allowed("GET, HEAD")
             })),
-    );
+    )
+    .configure(super::channels::configure);
 }
 
 /// The answer for a path no route takes.

@@ -10,10 +10,12 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 mod bucket;
+mod channels;
 mod histogram;
 mod labels;
 
 pub use bucket::{BucketCounters, BucketOp};
+pub use channels::{ChannelCounters, ChannelGauges};
 pub use histogram::Histogram;
 pub use labels::{EvictionReason, ResolveCounters, RetryReason, StoreErrorReason};
 
@@ -52,6 +54,8 @@ pub struct Metrics {
     pub store_errors_corrupt: AtomicU64,
     /// `velox_bucket_*`: traffic to the shared bucket (docs/object-storage.md).
     pub bucket: std::sync::Arc<BucketCounters>,
+    /// `velox_channel_*` (docs/channels.md).
+    pub channels: ChannelCounters,
 }
 
 /// The index's totals (`velox_cache_entries_count`, `velox_cache_size_bytes`).
@@ -105,6 +109,7 @@ impl Default for Metrics {
             store_errors_io: AtomicU64::new(0),
             store_errors_corrupt: AtomicU64::new(0),
             bucket: Default::default(),
+            channels: Default::default(),
         }
     }
 }

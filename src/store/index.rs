@@ -320,7 +320,8 @@ impl Store {
         self.flush()
     }
 
-    /// The next victim under `policy`, skipping `protect`: the first item of the policy's tree.
+    /// The next victim under `policy`, skipping `protect` and pinned entries: the first such
+    /// item of the policy's tree.
     pub fn victim(
         &self,
         policy: EvictionPolicy,
@@ -332,11 +333,14 @@ impl Store {
             EvictionPolicy::Lfu => &ix.lfu,
             EvictionPolicy::Fifo => &ix.fifo,
         };
-        // At most two items are read: the first, and the second when the first is protected.
-        for item in tree.iter().keys().take(2) {
+        // Without pins at most two items are read: the first, and the second when the first is
+        // protected. Pinned entries stay in the trees and are stepped over: there are few of
+        // them (a channel's kept releases), and a hit moves them like any other entry.
+        let budget = ix.pins.len().saturating_add(2);
+        for item in tree.iter().keys().take(budget) {
             let item = item?;
             if let Some(key) = key_of(&item) {
-                if Some(&key) != protect {
+                if Some(&key) != protect && !ix.pins.contains_key(key.0)? {
                     return Ok(Some(key));
                 }
             }
@@ -344,15 +348,18 @@ impl Store {
         Ok(None)
     }
 
-    /// The oldest entry by creation, with its creation time, skipping `protect`.
+    /// The oldest entry by creation, with its creation time, skipping `protect` and pinned
+    /// entries.
     pub(super) fn oldest(
         &self,
         protect: Option<&CacheKey>,
     ) -> Result<Option<(CacheKey, u64)>, StoreError> {
-        for item in self.ix()?.fifo.iter().keys().take(2) {
+        let ix = self.ix()?;
+        let budget = ix.pins.len().saturating_add(2);
+        for item in ix.fifo.iter().keys().take(budget) {
             let item = item?;
             if let Some(key) = key_of(&item) {
-                if Some(&key) != protect {
+                if Some(&key) != protect && !ix.pins.contains_key(key.0)? {
                     return Ok(Some((key, be_u64(&item[..8]))));
                 }
             }

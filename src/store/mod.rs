@@ -17,6 +17,7 @@ mod handles;
 mod index;
 mod ingest;
 mod maintain;
+pub mod pins;
 pub mod record;
 mod recover;
 mod reopen;
@@ -101,6 +102,10 @@ pub(super) struct Index {
     counters: sled::Tree,
     /// Entries removed whose manifest may not be deleted yet ([`index`]).
     tombstones: sled::Tree,
+    /// Pinned keys and their holders; channel records and the keys they pin ([`pins`]).
+    pins: sled::Tree,
+    channels: sled::Tree,
+    channel_keys: sled::Tree,
 }
 
 impl Index {
@@ -113,6 +118,9 @@ impl Index {
             fifo: db.open_tree("fifo")?,
             counters: db.open_tree("counters")?,
             tombstones: db.open_tree("tombstones")?,
+            pins: db.open_tree("pins")?,
+            channels: db.open_tree("channels")?,
+            channel_keys: db.open_tree("channel_keys")?,
             db,
         })
     }
