@@ -105,17 +105,20 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         }
     });
     let resolver = Resolver::new(&config.resolve, Arc::clone(&metrics))
-        .map_err(|why| {
-            ServeError::Io(io::Error::other(format!("invalid resolve.private: {why}")))
-        })?
+        .map_err(|why| ServeError::Io(io::Error::other(format!("invalid resolve.private: {why}"))))?
         .map(Arc::new);
     let tls = crate::tls::client_config(&config)?;
     let webhook_stats = Arc::new(crate::webhook::WebhookStats::default());
-    let webhook = match (&config.prebuild.webhook_url, &config.prebuild.webhook_secret) {
+    let webhook = match (
+        &config.prebuild.webhook_url,
+        &config.prebuild.webhook_secret,
+    ) {
         (Some(url), Some(secret)) => Some(
             crate::webhook::Webhook::new(url, secret, Arc::clone(&tls), Arc::clone(&webhook_stats))
                 .map_err(|why| {
-                    ServeError::Io(io::Error::other(format!("invalid prebuild.webhook_url or prebuild.webhook_secret: {why}")))
+                    ServeError::Io(io::Error::other(format!(
+                        "invalid prebuild.webhook_url or prebuild.webhook_secret: {why}"
+                    )))
                 })?,
         ),
         _ => None,

@@ -158,8 +158,7 @@ impl Channels {
             log::info!("channel `{name}` taken from the configuration file");
         }
         for record in self.list()? {
-            if record.origin == Origin::File && !self.config.channels.contains_key(&record.name)
-            {
+            if record.origin == Origin::File && !self.config.channels.contains_key(&record.name) {
                 self.store.write_channel(&record.name, None, &[])?;
                 log::info!(
                     "channel `{}` is no longer in the configuration file: deleted, its releases unpinned",
@@ -207,14 +206,19 @@ impl Channels {
     }
 
     /// Defines or changes an API channel. Returns it and whether it is new.
-    pub fn put(&self, name: &str, spec: ChannelConfig) -> Result<(ChannelRecord, bool), ChangeError> {
+    pub fn put(
+        &self,
+        name: &str,
+        spec: ChannelConfig,
+    ) -> Result<(ChannelRecord, bool), ChangeError> {
         if !valid_channel_name(name) {
             return Err(ChangeError::Invalid(
                 "name".into(),
                 "a channel name is 1 to 64 of a-z, 0-9, `.`, `_` and `-`, starting with a letter or digit".into(),
             ));
         }
-        spec.check().map_err(|(f, why)| ChangeError::Invalid(f, why))?;
+        spec.check()
+            .map_err(|(f, why)| ChangeError::Invalid(f, why))?;
         check_recipe(&spec).map_err(|(f, why)| ChangeError::Invalid(f, why))?;
         let _held = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         let (record, created) = match self.read(name)? {
@@ -282,7 +286,10 @@ impl Channels {
         drop(_held);
         self.metrics.channels.flipped();
         self.notify(name, "release", json.clone());
-        self.webhook("channel.release.flipped", json!({"channel": name, "release": json}));
+        self.webhook(
+            "channel.release.flipped",
+            json!({"channel": name, "release": json}),
+        );
         Ok(true)
     }
 
@@ -362,7 +369,10 @@ impl Channels {
             .iter()
             .filter_map(|r| {
                 let current = r.current()?;
-                Some((r.name.clone(), now.saturating_sub(current.created_ms) / 1000))
+                Some((
+                    r.name.clone(),
+                    now.saturating_sub(current.created_ms) / 1000,
+                ))
             })
             .collect()
     }

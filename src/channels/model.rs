@@ -108,10 +108,7 @@ pub fn request_for(recipe: &Recipe, platform: &str) -> Result<BuildRequest, Inva
             message,
             request_id: None,
         })?;
-        map.insert(
-            "target_platform".into(),
-            json!({"os": os, "arch": arch}),
-        );
+        map.insert("target_platform".into(), json!({"os": os, "arch": arch}));
     }
     let bytes = serde_json::to_vec(&body).map_err(|e| InvalidRequest {
         message: format!("the recipe does not encode: {e}"),
@@ -161,10 +158,12 @@ pub fn release_id(resolved: &Recipe, platforms: &[String]) -> String {
     platforms.sort();
     // Plugin order does not shape the binary; the request's cache key sorts them too.
     let mut recipe = resolved.clone();
-    recipe.plugins.sort_by(|a, b| {
-        (&a.module_name, &a.tag).cmp(&(&b.module_name, &b.tag))
-    });
-    recipe.replaces.sort_by(|a, b| (&a.old, &a.new).cmp(&(&b.old, &b.new)));
+    recipe
+        .plugins
+        .sort_by(|a, b| (&a.module_name, &a.tag).cmp(&(&b.module_name, &b.tag)));
+    recipe
+        .replaces
+        .sort_by(|a, b| (&a.old, &a.new).cmp(&(&b.old, &b.new)));
     recipe
         .excludes
         .sort_by(|a, b| (&a.module, &a.version).cmp(&(&b.module, &b.version)));
@@ -251,8 +250,14 @@ mod tests {
         let mut reordered = recipe("v5.2.7");
         reordered.plugins.reverse();
         let q = vec!["linux/arm64".to_string(), "linux/amd64".to_string()];
-        assert_eq!(release_id(&recipe("v5.2.7"), &p), release_id(&reordered, &q));
-        assert_ne!(release_id(&recipe("v5.2.7"), &p), release_id(&recipe("v5.2.8"), &p));
+        assert_eq!(
+            release_id(&recipe("v5.2.7"), &p),
+            release_id(&reordered, &q)
+        );
+        assert_ne!(
+            release_id(&recipe("v5.2.7"), &p),
+            release_id(&recipe("v5.2.8"), &p)
+        );
         assert_ne!(
             release_id(&recipe("v5.2.7"), &p),
             release_id(&recipe("v5.2.7"), &p[..1])
@@ -263,7 +268,10 @@ mod tests {
     #[test]
     fn a_recipe_becomes_a_request_per_platform_by_the_build_rules() {
         let r = request_for(&recipe("latest"), "linux/arm64").expect("valid");
-        assert_eq!(r.target_platform.as_ref().map(|p| p.arch.as_str()), Some("arm64"));
+        assert_eq!(
+            r.target_platform.as_ref().map(|p| p.arch.as_str()),
+            Some("arm64")
+        );
         assert_eq!(recipe_of(&r), recipe("latest"));
         let mut bad = recipe("latest");
         bad.plugins[0].module_name = "not a module".into();

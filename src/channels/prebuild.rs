@@ -82,7 +82,9 @@ impl Channels {
                 self.kick();
             }
             Err(why) => {
-                log::warn!("pre-build of channel `{name}` failed; its current release stays: {why}");
+                log::warn!(
+                    "pre-build of channel `{name}` failed; its current release stays: {why}"
+                );
                 self.metrics.channels.failed();
                 self.set_status(name, PrebuildState::Failed, Some(why.clone()));
                 self.webhook(
@@ -104,7 +106,10 @@ impl Channels {
             return Ok(Some(Skipped::Superseded));
         };
         let spec = &record.spec;
-        let first = spec.platforms.first().ok_or("the channel has no platform")?;
+        let first = spec
+            .platforms
+            .first()
+            .ok_or("the channel has no platform")?;
         let mut request = model::request_for(&spec.recipe(), first)
             .map_err(|e| format!("the recipe is refused: {}", e.message))?;
         let mut resolved = BTreeMap::new();

@@ -155,7 +155,9 @@ pub fn valid_channel_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && ok(&b[0])
-        && b[1..].iter().all(|c| ok(c) || matches!(c, b'.' | b'_' | b'-'))
+        && b[1..]
+            .iter()
+            .all(|c| ok(c) || matches!(c, b'.' | b'_' | b'-'))
 }
 
 /// `os/arch` split and checked against Go's lists.
@@ -210,7 +212,10 @@ impl ChannelConfig {
             }
         }
         if !(1..=MAX_KEEP).contains(&self.keep) {
-            return Err(("keep".into(), format!("must be a number from 1 to {MAX_KEEP}")));
+            return Err((
+                "keep".into(),
+                format!("must be a number from 1 to {MAX_KEEP}"),
+            ));
         }
         Ok(())
     }
@@ -272,7 +277,17 @@ mod tests {
         for ok in ["prod", "a", "0", "queue-workers", "v2.1_x", &"a".repeat(64)] {
             assert!(valid_channel_name(ok), "{ok}");
         }
-        for bad in ["", "Prod", "-x", ".x", "_x", "a/b", "a b", "é", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "Prod",
+            "-x",
+            ".x",
+            "_x",
+            "a/b",
+            "a b",
+            "é",
+            &"a".repeat(65),
+        ] {
             assert!(!valid_channel_name(bad), "{bad}");
         }
     }
@@ -304,6 +319,8 @@ mod tests {
         assert_eq!(defaults.platforms, vec!["linux/amd64"]);
         assert_eq!(defaults.keep, 3);
         assert!(toml::from_str::<ChannelConfig>("rr_versio = \"x\"").is_err());
-        assert!(serde_json::from_str::<ChannelConfig>(r#"{"rr_version": "x", "extra": 1}"#).is_err());
+        assert!(
+            serde_json::from_str::<ChannelConfig>(r#"{"rr_version": "x", "extra": 1}"#).is_err()
+        );
     }
 }

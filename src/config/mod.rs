@@ -35,12 +35,12 @@ pub const ENV_PREFIX: &str = "VELOX_CACHE_";
 /// The environment variable naming the config file (not a config key itself).
 pub const ENV_CONFIG_FILE: &str = "VELOX_CACHE_CONFIG";
 
-pub use sections::{
-    CacheConfig, EvictionPolicy, ResolveConfig, RetryConfig, INDEX_SNAPSHOT_WRITES,
-};
 pub use channels::{
     parse_platform, valid_channel_name, ChannelConfig, PrebuildConfig, Recipe, RecipeExclude,
     RecipePlugin, RecipeReplace, MAX_CHANNELS,
+};
+pub use sections::{
+    CacheConfig, EvictionPolicy, ResolveConfig, RetryConfig, INDEX_SNAPSHOT_WRITES,
 };
 pub use storage::{S3Config, StorageBackend, StorageConfig};
 

@@ -35,9 +35,7 @@ pub(super) fn channel_error(e: ChangeError) -> ApiError {
         ChangeError::Invalid(field, why) => {
             ApiError::invalid_request(format!("invalid `{field}`: {why}"))
         }
-        ChangeError::FromFile(_) => {
-            ApiError::new(crate::error::ErrorCode::Conflict, e.to_string())
-        }
+        ChangeError::FromFile(_) => ApiError::new(crate::error::ErrorCode::Conflict, e.to_string()),
         ChangeError::NotFound(_) => ApiError::not_found(e.to_string()),
         ChangeError::TooMany => ApiError::invalid_request(e.to_string()),
         ChangeError::Store(e) => {
@@ -132,7 +130,10 @@ async fn binary(
         }
     }
     .map_err(|e| {
-        log::error!("channel `{name}`: its recipe is refused on {platform}: {}", e.message);
+        log::error!(
+            "channel `{name}`: its recipe is refused on {platform}: {}",
+            e.message
+        );
         ApiError::internal()
     })?;
     serve_build(&req, request, &state, &velox, extra).await
@@ -157,12 +158,7 @@ async fn events(
     resp.insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header(("x-accel-buffering", "no"));
-    let mut stream = resp.streaming(watch(
-        name,
-        first,
-        receiver,
-        state.config.sse_keepalive,
-    ));
+    let mut stream = resp.streaming(watch(name, first, receiver, state.config.sse_keepalive));
     if req.version() < Version::HTTP_11 {
         stream.head_mut().no_chunking(true);
         stream

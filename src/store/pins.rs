@@ -148,7 +148,11 @@ impl Store {
 
     /// The record of channel `name`, if any.
     pub fn channel_record(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.ix()?.channels.get(name.as_bytes())?.map(|v| v.to_vec()))
+        Ok(self
+            .ix()?
+            .channels
+            .get(name.as_bytes())?
+            .map(|v| v.to_vec()))
     }
 
     /// Writes (`Some`) or deletes (`None`) the record of channel `name`, and makes `keys` the
@@ -206,12 +210,22 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let store = Store::open(&dir.path().join("data")).expect("open");
         let (a, b, c) = (CacheKey([1; 32]), CacheKey([2; 32]), CacheKey([3; 32]));
-        store.write_channel("prod", Some(b"{}"), &[a, b]).expect("write");
+        store
+            .write_channel("prod", Some(b"{}"), &[a, b])
+            .expect("write");
         assert!(store.is_pinned(&a).expect("a") && store.is_pinned(&b).expect("b"));
         assert!(store.pin_manually(&b, true).expect("pin"));
-        assert!(!store.pin_manually(&b, true).expect("again"), "already held");
-        store.write_channel("prod", Some(b"{}"), &[c]).expect("move");
-        assert!(!store.is_pinned(&a).expect("a"), "dropped by its only holder");
+        assert!(
+            !store.pin_manually(&b, true).expect("again"),
+            "already held"
+        );
+        store
+            .write_channel("prod", Some(b"{}"), &[c])
+            .expect("move");
+        assert!(
+            !store.is_pinned(&a).expect("a"),
+            "dropped by its only holder"
+        );
         assert_eq!(
             store.pins(&b).expect("b").into_iter().collect::<Vec<_>>(),
             vec![MANUAL.to_string()],

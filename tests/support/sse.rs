@@ -106,6 +106,25 @@ impl EventStream {
         }
     }
 
+    /// The next named event (`event: <name>` then `data: <json>`), as its name and data;
+    /// comment lines are counted and skipped. `None` once the stream has ended.
+    pub fn next_named(&mut self) -> Option<(String, Value)> {
+        let mut name = None;
+        loop {
+            let line = self.line()?;
+            if let Some(n) = line.strip_prefix("event: ") {
+                name = Some(n.to_owned());
+            } else if let Some(data) = line.strip_prefix("data: ") {
+                let data = serde_json::from_str(data).expect("event data is JSON");
+                return Some((name.take().expect("a named event"), data));
+            } else if line.starts_with(':') {
+                self.comments += 1;
+            } else if line == "0" {
+                return None;
+            }
+        }
+    }
+
     /// Reads until a comment line arrives (a keep-alive); panics on an event.
     pub fn next_comment(&mut self) {
         let before = self.comments;
