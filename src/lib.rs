@@ -18,3 +18,4 @@ pub mod server;
 pub mod store;
 pub(crate) mod tls;
 pub(crate) mod util;
+pub mod webhook;
