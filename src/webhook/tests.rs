@@ -21,6 +21,10 @@ use webhook_sink::{Recorded, Reply, WebhookSink};
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const WAIT: Duration = Duration::from_secs(20);
 
+fn key_of(secret: &str) -> Vec<u8> {
+    parse_secret(secret).expect("key")
+}
+
 fn tls() -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -120,6 +124,16 @@ fn sign_reproduces_the_published_vectors() {
             br#"{"email":"test@example.com","username":"test_user"}"#
         ),
         "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+    );
+    // The example request of docs/webhooks.md.
+    assert_eq!(
+        sign(
+            &key_of(SECRET),
+            "msg_2b7f0c1e9a4d4c3e8f5a6b7c8d9e0f1a",
+            1796292000,
+            br#"{"data":{"channel":"prod","release":"4b1d0e2c"},"timestamp":"2026-12-03T10:00:00.000Z","type":"channel.release.flipped"}"#
+        ),
+        "v1,1+3Q5sGSpiK9aRFxMIZNDBu1HUbRHILs8HEBJtdLQUU="
     );
     // The bare base64 is the same key.
     assert_eq!(
@@ -358,4 +372,92 @@ async fn events_beyond_the_queue_bound_are_dropped_and_counted() {
     // With room again, the next event goes.
     hook.send("channel.release.flipped", json!({"n": 5}));
     wait_counts(&stats, (3, 0, 3)).await;
+}
+
+/// Runs docs/examples/verify-webhook.php on `headers` and `body`: its exit status and output.
+fn php_verify(headers: &serde_json::Value, body: &[u8]) -> (bool, String) {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let headers_file = dir.path().join("headers.json");
+    std::fs::write(&headers_file, headers.to_string()).expect("headers file");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/examples/verify-webhook.php"
+    );
+    let mut child = std::process::Command::new("php")
+        .arg(script)
+        .arg(&headers_file)
+        .env("WEBHOOK_SECRET", SECRET)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the tests need `php` (apt-get install php-cli; scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body)
+        .expect("body to php");
+    let out = child.wait_with_output().expect("php ran");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[actix_web::test]
+async fn the_documented_php_receiver_verifies_a_delivery() {
+    let sink = WebhookSink::start();
+    sink.fail_next(1, 500);
+    let (hook, stats) = webhook(&sink.url(), quick(&[20]));
+    hook.send(
+        "channel.prebuild.failed",
+        json!({"channel": "prod", "error": "é \"quoted\""}),
+    );
+    wait_counts(&stats, (1, 1, 0)).await;
+    let got = sink.received();
+    let headers = |r: &Recorded| {
+        json!({
+            "Webhook-Id": r.header("webhook-id"),
+            "webhook-timestamp": r.header("webhook-timestamp"),
+            "webhook-signature": r.header("webhook-signature"),
+        })
+    };
+    // Both attempts verify, as received.
+    for r in &got {
+        let (ok, out) = php_verify(&headers(r), &r.body);
+        assert!(ok, "php refused a genuine delivery: {out}");
+        assert_eq!(out.trim(), "channel.prebuild.failed");
+    }
+    // A changed body, another event's id, another key: refused.
+    let mut tampered = got[0].body.clone();
+    tampered.extend_from_slice(b" ");
+    let (ok, out) = php_verify(&headers(&got[0]), &tampered);
+    assert!(!ok && out.contains("no valid signature"), "{out}");
+    let key = parse_secret(SECRET).expect("key");
+    let ts: i64 = got[0]
+        .header("webhook-timestamp")
+        .and_then(|t| t.parse().ok())
+        .expect("timestamp");
+    let mut other_id = headers(&got[0]);
+    other_id["webhook-signature"] = json!(sign(&key, "msg_other", ts, &got[0].body));
+    let (ok, out) = php_verify(&other_id, &got[0].body);
+    assert!(!ok && out.contains("no valid signature"), "{out}");
+    let mut other_key = headers(&got[0]);
+    let id = got[0].header("webhook-id").expect("id");
+    other_key["webhook-signature"] = json!(sign(&[7u8; 32], id, ts, &got[0].body));
+    let (ok, out) = php_verify(&other_key, &got[0].body);
+    assert!(!ok && out.contains("no valid signature"), "{out}");
+    // An old delivery, correctly signed, is a replay.
+    let old = unix_now() - 600;
+    let replay = json!({
+        "webhook-id": id,
+        "webhook-timestamp": old.to_string(),
+        "webhook-signature": sign(&key, id, old, &got[0].body),
+    });
+    let (ok, out) = php_verify(&replay, &got[0].body);
+    assert!(!ok && out.contains("too far"), "{out}");
 }
