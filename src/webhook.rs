@@ -15,6 +15,8 @@
 //!   bare base64), and the key is what the base64 decodes to. The body is signed as sent, byte
 //!   for byte.
 //!
+//! User information in the URL (`https://user:pass@host/...`) is sent as `Authorization: Basic`.
+//!
 //! To verify, recompute the HMAC over exactly those three parts joined by `.` with the raw
 //! body, base64 it (standard alphabet, padded), and compare it in constant time with the value
 //! after `v1,`; refuse a `webhook-timestamp` more than a few minutes from the receiver's clock
@@ -174,6 +176,58 @@ fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `url` without its user information, and that information as an `Authorization: Basic`
+/// value: awc would send neither (it ignores a URL's user information).
+fn split_userinfo(url: &str) -> (String, Option<String>) {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return (url.to_owned(), None);
+    };
+    let rest = &url[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_owned(), None);
+    };
+    let (user, password) = rest[..at].split_once(':').unwrap_or((&rest[..at], ""));
+    let credentials = [
+        percent_decode(user),
+        b":".to_vec(),
+        percent_decode(password),
+    ]
+    .concat();
+    let header = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    );
+    (
+        format!("{}{}", &url[..start], &rest[at + 1..]),
+        Some(header),
+    )
+}
+
+/// `%XX` escapes decoded; anything else, a malformed escape included, kept as it is.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// One event, as it is sent on every attempt.
 struct Event {
     id: String,
@@ -231,8 +285,10 @@ impl Webhook {
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let shown_url = redact::url(url);
+        let (url, authorization) = split_userinfo(url);
         let delivery = Delivery {
-            url: url.to_owned(),
+            url,
+            authorization,
             key,
             schedule: schedule.clone(),
             stats: Arc::clone(&stats),
@@ -303,7 +359,9 @@ impl Webhook {
 
 /// What the delivery thread needs.
 struct Delivery {
+    /// Without user information, which is in `authorization`.
     url: String,
+    authorization: Option<String>,
     key: hmac::Key,
     schedule: Schedule,
     stats: Arc<WebhookStats>,
@@ -402,14 +460,17 @@ impl Delivery {
     async fn attempt(&self, client: &awc::Client, event: &Event) -> Result<(), Failure> {
         let timestamp = unix_now();
         let signature = sign_with(&self.key, &event.id, timestamp, &event.body);
-        let request = client
+        let mut request = client
             .post(&self.url)
             .timeout(self.schedule.attempt_timeout)
             .insert_header(("content-type", "application/json"))
             .insert_header(("webhook-id", event.id.as_str()))
             .insert_header(("webhook-timestamp", timestamp.to_string()))
-            .insert_header(("webhook-signature", signature))
-            .send_body(event.body.clone());
+            .insert_header(("webhook-signature", signature));
+        if let Some(authorization) = &self.authorization {
+            request = request.insert_header(("authorization", authorization.as_str()));
+        }
+        let request = request.send_body(event.body.clone());
         // awc's timeout covers the answer's head; this one covers everything else (DNS).
         let response =
             match actix_web::rt::time::timeout(self.schedule.attempt_timeout, request).await {

@@ -461,3 +461,105 @@ async fn the_documented_php_receiver_verifies_a_delivery() {
     let (ok, out) = php_verify(&replay, &got[0].body);
     assert!(!ok && out.contains("too far"), "{out}");
 }
+
+/// Every log line of this module, from every test of the process (the logger is global).
+fn captured_logs() -> &'static std::sync::Mutex<Vec<(log::Level, String)>> {
+    struct Capture;
+    static LINES: std::sync::OnceLock<std::sync::Mutex<Vec<(log::Level, String)>>> =
+        std::sync::OnceLock::new();
+    impl log::Log for Capture {
+        fn enabled(&self, m: &log::Metadata) -> bool {
+            m.target()
+                .starts_with(module_path!().trim_end_matches("::tests"))
+        }
+        fn log(&self, r: &log::Record) {
+            if self.enabled(r.metadata()) {
+                let mut lines = captured_logs().lock().unwrap_or_else(|e| e.into_inner());
+                lines.push((r.level(), r.args().to_string()));
+            }
+        }
+        fn flush(&self) {}
+    }
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        if log::set_boxed_logger(Box::new(Capture)).is_ok() {
+            log::set_max_level(log::LevelFilter::Trace);
+        }
+    });
+    LINES.get_or_init(Default::default)
+}
+
+#[actix_web::test]
+async fn the_log_names_type_and_id_and_never_the_secret_or_url_credentials() {
+    let logs = captured_logs();
+    let sink = WebhookSink::start();
+    sink.fail_next(2, 500);
+    let url = sink
+        .url()
+        .replace("/hook", "/hook?token=s3cr3t")
+        .replace("http://", "http://whuser:hunter2@");
+    let schedule = Schedule {
+        max_pending: 1,
+        ..quick(&[20])
+    };
+    let (hook, stats) = webhook(&url, schedule);
+    hook.send("channel.prebuild.failed", json!({"channel": "logged"}));
+    // Beyond the bound of 1: dropped at once.
+    hook.send("channel.release.flipped", json!({"channel": "dropped"}));
+    wait_counts(&stats, (0, 1, 2)).await;
+    // The URL's user information went as Basic authentication, not in the request line.
+    let first = &sink.received()[0];
+    assert_eq!(
+        first.header("authorization"),
+        Some("Basic d2h1c2VyOmh1bnRlcjI="),
+        "whuser:hunter2"
+    );
+    assert_eq!(first.path, "/hook");
+    let id = sink.received()[0]
+        .header("webhook-id")
+        .expect("id")
+        .to_owned();
+    let lines: Vec<(log::Level, String)> = logs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(_, l)| l.contains(&sink.addr.port().to_string()) || l.contains(&id))
+        .cloned()
+        .collect();
+    assert!(
+        lines.iter().any(|(level, l)| *level == log::Level::Warn
+            && l.contains("given up")
+            && l.contains("channel.prebuild.failed")
+            && l.contains(&id)),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|(level, l)| *level == log::Level::Warn
+            && l.contains("dropped")
+            && l.contains("channel.release.flipped")),
+        "{lines:#?}"
+    );
+    for (_, l) in &lines {
+        for secret in ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "hunter2", "s3cr3t"] {
+            assert!(!l.contains(secret), "{l}");
+        }
+    }
+}
+
+#[test]
+fn user_information_becomes_basic_authentication() {
+    assert_eq!(
+        split_userinfo("https://hooks.example/x?a=b@c"),
+        ("https://hooks.example/x?a=b@c".to_owned(), None)
+    );
+    let (url, auth) = split_userinfo("https://us%40er:p%3Aa%zzss@hooks.example:8443/x");
+    assert_eq!(url, "https://hooks.example:8443/x");
+    let decoded = auth
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+    assert_eq!(decoded.as_deref(), Some(&b"us@er:p:a%zzss"[..]));
+    let (url, auth) = split_userinfo("http://token@hooks.example");
+    assert_eq!(url, "http://hooks.example");
+    assert_eq!(auth.as_deref(), Some("Basic dG9rZW46"), "token:");
+}
