@@ -51,16 +51,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::web::Bytes;
-use base64::Engine;
 use ring::hmac;
 use tokio::sync::mpsc;
 
 use crate::redact;
 
-/// Standard Webhooks' prefix for a secret.
-const SECRET_PREFIX: &str = "whsec_";
-/// The shortest key accepted, in bytes: Standard Webhooks recommends 24 to 64.
-pub const MIN_KEY_BYTES: usize = 24;
+mod signature;
+mod target;
+
+use signature::sign_with;
+pub use signature::{parse_secret, sign, MIN_KEY_BYTES};
+use target::{check_url, split_userinfo};
 
 /// Delivery counters the caller exports as metrics.
 #[derive(Debug, Default)]
@@ -117,115 +118,6 @@ impl Schedule {
             None => scheduled,
         }
     }
-}
-
-/// `v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`: a Standard Webhooks signature.
-pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    sign_with(&hmac::Key::new(hmac::HMAC_SHA256, key), id, timestamp, body)
-}
-
-fn sign_with(key: &hmac::Key, id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut ctx = hmac::Context::with_key(key);
-    ctx.update(id.as_bytes());
-    ctx.update(b".");
-    ctx.update(timestamp.to_string().as_bytes());
-    ctx.update(b".");
-    ctx.update(body);
-    let tag = ctx.sign();
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
-    )
-}
-
-/// The key bytes of a secret, `whsec_<base64>` or bare base64. The error never quotes the
-/// secret.
-pub fn parse_secret(secret: &str) -> Result<Vec<u8>, String> {
-    let encoded = secret.trim();
-    let encoded = encoded.strip_prefix(SECRET_PREFIX).unwrap_or(encoded);
-    if encoded.is_empty() {
-        return Err("is empty: expected `whsec_` followed by a base64 key".into());
-    }
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|e| format!("is not `whsec_` followed by a base64 key ({e})"))?;
-    if key.len() < MIN_KEY_BYTES {
-        return Err(format!(
-            "is a {}-byte key; at least {MIN_KEY_BYTES} bytes are required \
-             (e.g. `whsec_` followed by the output of `openssl rand -base64 32`)",
-            key.len()
-        ));
-    }
-    Ok(key)
-}
-
-/// Checks that `url` is an absolute `http://` or `https://` URL with a host. The error shows
-/// the URL with its credentials masked.
-fn check_url(url: &str) -> Result<(), String> {
-    let shown = redact::url(url);
-    let uri: awc::http::Uri = url
-        .parse()
-        .map_err(|e| format!("`{shown}` is not a URL ({e})"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") => {}
-        _ => return Err(format!("`{shown}` is not an http:// or https:// URL")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("`{shown}` has no host"));
-    }
-    Ok(())
-}
-
-/// `url` without its user information, and that information as an `Authorization: Basic`
-/// value: awc would send neither (it ignores a URL's user information).
-fn split_userinfo(url: &str) -> (String, Option<String>) {
-    let Some(start) = url.find("://").map(|i| i + 3) else {
-        return (url.to_owned(), None);
-    };
-    let rest = &url[start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return (url.to_owned(), None);
-    };
-    let (user, password) = rest[..at].split_once(':').unwrap_or((&rest[..at], ""));
-    let credentials = [
-        percent_decode(user),
-        b":".to_vec(),
-        percent_decode(password),
-    ]
-    .concat();
-    let header = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(credentials)
-    );
-    (
-        format!("{}{}", &url[..start], &rest[at + 1..]),
-        Some(header),
-    )
-}
-
-/// `%XX` escapes decoded; anything else, a malformed escape included, kept as it is.
-fn percent_decode(s: &str) -> Vec<u8> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// One event, as it is sent on every attempt.
