@@ -12,6 +12,7 @@ pub mod process;
 pub mod server;
 pub mod sse;
 pub mod velox_proto;
+pub mod webhook_sink;
 
 use std::time::Duration;
 
