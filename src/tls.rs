@@ -44,11 +44,18 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
 /// The client config for every outgoing connection.
 pub fn client_config(config: &Config) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
+    // The Go module proxy (a list of URLs) and the webhook speak https too, most often.
     let https = config
         .upstream
         .iter()
         .chain(std::iter::once(&config.server_url))
-        .any(|u| u.starts_with("https://"));
+        .chain(config.prebuild.webhook_url.iter())
+        .any(|u| u.starts_with("https://"))
+        || config
+            .resolve
+            .goproxy
+            .as_deref()
+            .is_some_and(|p| p.contains("https://"));
     // Reading the system store costs a few hundred file reads: only when something speaks https.
     if https {
         let native = rustls_native_certs::load_native_certs();

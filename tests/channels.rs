@@ -650,3 +650,104 @@ async fn channel_list_and_show_work_offline_and_through_the_server() {
     assert_eq!(code, 1);
     assert!(err.contains("nope"), "{err}");
 }
+
+/// Standard Webhooks' signature, computed here on its own (HMAC-SHA256 with ring).
+fn expected_signature(key: &[u8], id: &str, ts: &str, body: &[u8]) -> String {
+    use base64::Engine;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    let mut signed = format!("{id}.{ts}.").into_bytes();
+    signed.extend_from_slice(body);
+    let tag = ring::hmac::sign(&key, &signed);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+    )
+}
+
+#[actix_web::test]
+async fn flips_and_failures_reach_the_webhook_signed() {
+    use base64::Engine;
+    use support::webhook_sink::WebhookSink;
+    let sink = WebhookSink::start();
+    // The receiver is down for the first attempt: the delivery is retried.
+    sink.fail_next(1, 503);
+    let key = [7u8; 32];
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    let proxy = GoProxy::start();
+    proxy.set_latest(HTTP, "v5.2.7");
+    let extra = format!(
+        "[prebuild]\npoll = \"1s\"\nwebhook_url = \"{}\"\nwebhook_secret = \"{secret}\"\n",
+        sink.url()
+    );
+    let h = start_with(&proxy, &extra, |o| o.env("VELOX_CACHE_FAILURE_TTL", "0s"));
+    let first = flipped(&h, "prod", None).await;
+
+    let got = sink.wait_for(2, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 2, "a failed attempt, then the delivery");
+    let (failed, delivered) = (&got[0], &got[1]);
+    assert_eq!(failed.header("webhook-id"), delivered.header("webhook-id"));
+    let id = delivered.header("webhook-id").expect("webhook-id");
+    let ts = delivered
+        .header("webhook-timestamp")
+        .expect("webhook-timestamp");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let sent: u64 = ts.parse().expect("unix seconds");
+    assert!(now.abs_diff(sent) < 30, "{ts}");
+    assert_eq!(
+        delivered.header("webhook-signature"),
+        Some(expected_signature(&key, id, ts, &delivered.body).as_str())
+    );
+    assert_ne!(
+        delivered.header("webhook-signature"),
+        Some(expected_signature(&[8u8; 32], id, ts, &delivered.body).as_str()),
+        "another key does not verify"
+    );
+    let event = delivered.json();
+    assert_eq!(event["type"], "channel.release.flipped");
+    assert_eq!(event["data"]["channel"], "prod");
+    assert_eq!(event["data"]["release"]["id"], first["current"]["id"]);
+
+    // A failed pre-build is told too; the build itself never waited for the receiver.
+    sink.hold();
+    h.velox
+        .script([Behavior::Fail("plugin does not compile".into())]);
+    proxy.set_latest(HTTP, "v5.2.8");
+    prebuild_state(&h, "prod", "failed").await;
+    sink.release();
+    let got = sink.wait_for(3, Duration::from_secs(15)).await;
+    let last = got
+        .iter()
+        .map(|r| r.json())
+        .find(|e| e["type"] == "channel.prebuild.failed")
+        .unwrap_or_else(|| {
+            panic!(
+                "no failure told: {:?}",
+                got.iter().map(|r| r.json()).collect::<Vec<_>>()
+            )
+        });
+    assert!(last["data"]["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("does not compile")));
+    assert_eq!(
+        metric(
+            h.server(),
+            "velox_channel_webhooks_total{outcome=\"retried\"}"
+        )
+        .await,
+        1.0
+    );
+    assert!(
+        metric(
+            h.server(),
+            "velox_channel_webhooks_total{outcome=\"delivered\"}"
+        )
+        .await
+            >= 2.0
+    );
+}
