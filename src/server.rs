@@ -133,6 +133,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     ));
     channels
         .sync_file_channels()
+        .await
         .map_err(|e| ServeError::Io(io::Error::other(format!("the channels: {e}"))))?;
     if resolver.is_none() && !config.channels.is_empty() {
         log::warn!(
@@ -239,8 +240,11 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             &tls,
         ),
         goproxy_client(&tls),
-        prebuilds_stop,
+        prebuilds_stop.clone(),
     ));
+    actix_web::rt::spawn(
+        Arc::clone(&channels).run_refresh(config.storage.s3.tombstone_poll(), prebuilds_stop),
+    );
     let public = public.run();
     let admin = admin.run();
     let (public_handle, admin_handle) = (public.handle(), admin.handle());

@@ -10,7 +10,7 @@ pub mod model;
 mod prebuild;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, Notify};
@@ -19,6 +19,7 @@ use crate::builds::resolve::Resolver;
 use crate::builds::BuildService;
 use crate::config::{valid_channel_name, ChannelConfig, Config, MAX_CHANNELS};
 use crate::metrics::Metrics;
+use crate::store::shared::{Expect, SharedError, SharedStore};
 use crate::store::{Store, StoreError};
 pub use model::{ChannelRecord, Origin, Release};
 
@@ -85,7 +86,15 @@ pub enum ChangeError {
     Store(#[from] StoreError),
     #[error("channel record: {0}")]
     Record(String),
+    #[error(transparent)]
+    Shared(#[from] SharedError),
+    /// Other replicas kept changing the channel while this one tried to.
+    #[error("channel `{0}` kept changing while it was written; try again")]
+    Busy(String),
 }
+
+/// Conditional writes tried before a change gives up ([`ChangeError::Busy`]).
+const ATTEMPTS: usize = 5;
 
 pub struct Channels {
     store: Arc<Store>,
@@ -93,8 +102,9 @@ pub struct Channels {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     resolver: Option<Arc<Resolver>>,
-    /// Serialises every read-modify-write of the records.
-    registry: Mutex<()>,
+    /// Serialises this replica's read-modify-writes of the records (other replicas are kept
+    /// apart by the bucket's conditional writes).
+    registry: tokio::sync::Mutex<()>,
     status: Mutex<HashMap<String, PrebuildStatus>>,
     events: broadcast::Sender<ChannelEvent>,
     /// Wakes the pre-build loop before its next poll (a channel defined, a binary asked for).
@@ -117,7 +127,7 @@ impl Channels {
             config,
             metrics,
             resolver,
-            registry: Mutex::new(()),
+            registry: tokio::sync::Mutex::new(()),
             status: Mutex::new(HashMap::new()),
             events: broadcast::channel(256).0,
             kick: Notify::new(),
@@ -125,45 +135,192 @@ impl Channels {
         }
     }
 
-    /// Makes the index's channels those of the file, plus those defined through the API: a
-    /// file channel new or changed is written (keeping its releases), one gone from the file is
-    /// deleted (its releases unpinned, no binary deleted).
-    pub fn sync_file_channels(&self) -> Result<(), ChangeError> {
-        let _held = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+    /// The bucket, when channels live there (docs/channels.md, "With replicas").
+    fn shared(&self) -> Option<&Arc<dyn SharedStore>> {
+        let shared = self.builds.shared();
+        shared.shares_channels().then_some(shared)
+    }
+
+    /// Makes the channels those of the file, plus those defined through the API: a file channel
+    /// new or changed is written (keeping its releases), one gone from the file is deleted (its
+    /// releases unpinned, no binary deleted). With replicas, the bucket's channels are read
+    /// first, and every replica must be given the same file.
+    pub async fn sync_file_channels(&self) -> Result<(), ChangeError> {
+        self.refresh().await?;
+        let _held = self.registry.lock().await;
         for (name, spec) in &self.config.channels {
-            let record = match self.read(name)? {
-                None => ChannelRecord {
-                    version: model::RECORD_VERSION,
-                    name: name.clone(),
-                    origin: Origin::File,
-                    spec: spec.clone(),
-                    generation: 1,
-                    releases: Vec::new(),
-                },
-                Some(r) if r.origin == Origin::File && r.spec == *spec => continue,
-                Some(mut r) => {
-                    if r.origin == Origin::Api {
-                        log::warn!(
-                            "channel `{name}` of the configuration file replaces the one defined through the API"
-                        );
+            self.change(name, |existing| {
+                Ok(match existing {
+                    None => Some(ChannelRecord {
+                        version: model::RECORD_VERSION,
+                        name: name.clone(),
+                        origin: Origin::File,
+                        spec: spec.clone(),
+                        generation: 1,
+                        releases: Vec::new(),
+                    }),
+                    Some(r) if r.origin == Origin::File && r.spec == *spec => None,
+                    Some(r) => {
+                        let mut r = r.clone();
+                        if r.origin == Origin::Api {
+                            log::warn!(
+                                "channel `{name}` of the configuration file replaces the one defined through the API"
+                            );
+                        }
+                        r.origin = Origin::File;
+                        r.spec = spec.clone();
+                        r.generation += 1;
+                        r.trim();
+                        Some(r)
                     }
-                    r.origin = Origin::File;
-                    r.spec = spec.clone();
-                    r.generation += 1;
-                    r.trim();
-                    r
-                }
-            };
-            self.write(&record)?;
-            log::info!("channel `{name}` taken from the configuration file");
+                })
+            })
+            .await?;
         }
         for record in self.list()? {
             if record.origin == Origin::File && !self.config.channels.contains_key(&record.name) {
-                self.store.write_channel(&record.name, None, &[])?;
+                self.commit(&record.name, None, Expect::Any).await?;
                 log::info!(
                     "channel `{}` is no longer in the configuration file: deleted, its releases unpinned",
                     record.name
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// A read-modify-write of channel `name`: `edit` gets the record as its source of truth
+    /// holds it now and returns the new one (`None`: no change). Retried when another replica
+    /// wrote in between. Returns the record written, if any.
+    async fn change(
+        &self,
+        name: &str,
+        edit: impl Fn(Option<&ChannelRecord>) -> Result<Option<ChannelRecord>, ChangeError>,
+    ) -> Result<Option<ChannelRecord>, ChangeError> {
+        for _ in 0..ATTEMPTS {
+            let (existing, expect) = self.fetch(name).await?;
+            let Some(record) = edit(existing.as_ref())? else {
+                return Ok(None);
+            };
+            if self.commit(name, Some(&record), expect).await? {
+                return Ok(Some(record));
+            }
+        }
+        Err(ChangeError::Busy(name.into()))
+    }
+
+    /// Reads every channel of the bucket into the local index (its pins with it), and drops the
+    /// local ones the bucket no longer has. Nothing to do without replicas.
+    pub async fn refresh(&self) -> Result<(), ChangeError> {
+        let Some(shared) = self.shared() else {
+            return Ok(());
+        };
+        let names = shared.channel_names().await?;
+        for name in &names {
+            if let Err(e) = self.fetch(name).await {
+                log::error!("channel `{name}` in the bucket cannot be read: {e}");
+            }
+        }
+        for (name, _) in self.store.channel_records()? {
+            if !names.contains(&name) {
+                self.mirror(&name, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the bucket's channels every `every`, for as long as `stop` allows.
+    pub async fn run_refresh(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        if self.shared().is_none() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+            if let Err(e) = self.refresh().await {
+                log::warn!("cannot read the channels in the bucket: {e}");
+            }
+        }
+    }
+
+    /// The record of `name` where channels live, with the version to write on; the local index
+    /// is brought up to date with it.
+    async fn fetch(&self, name: &str) -> Result<(Option<ChannelRecord>, Expect), ChangeError> {
+        let Some(shared) = self.shared() else {
+            return Ok((self.read(name)?, Expect::Any));
+        };
+        match shared.channel_get(name.to_owned()).await? {
+            None => {
+                self.mirror(name, None).await?;
+                Ok((None, Expect::Absent))
+            }
+            Some(got) => {
+                let record = ChannelRecord::decode(&got.bytes)
+                    .map_err(|why| ChangeError::Record(format!("`{name}` in the bucket {why}")))?;
+                if record.name != name {
+                    return Err(ChangeError::Record(format!(
+                        "`{name}` in the bucket names another channel"
+                    )));
+                }
+                self.mirror(name, Some(&record)).await?;
+                Ok((Some(record), got.etag.map_or(Expect::Any, Expect::Etag)))
+            }
+        }
+    }
+
+    /// Writes `record` (`None`: deletes) where channels live, on the condition `expect`, then
+    /// into the local index. False when the bucket's condition failed.
+    async fn commit(
+        &self,
+        name: &str,
+        record: Option<&ChannelRecord>,
+        expect: Expect,
+    ) -> Result<bool, ChangeError> {
+        if let Some(shared) = self.shared() {
+            match record {
+                Some(r) => {
+                    let bytes = r.encode().map_err(ChangeError::Record)?;
+                    if !shared.channel_put(name.to_owned(), bytes, expect).await? {
+                        return Ok(false);
+                    }
+                }
+                None => shared.channel_delete(name.to_owned()).await?,
+            }
+        }
+        self.mirror(name, record).await?;
+        Ok(true)
+    }
+
+    /// Makes the local index hold `record` and its pins. A new current release (flipped here
+    /// or by another replica) is an event.
+    async fn mirror(&self, name: &str, record: Option<&ChannelRecord>) -> Result<(), ChangeError> {
+        let bytes = record
+            .map(|r| r.encode().map_err(ChangeError::Record))
+            .transpose()?;
+        let keys = record.map(ChannelRecord::pinned_keys).unwrap_or_default();
+        let store = Arc::clone(&self.store);
+        let owned = name.to_owned();
+        let before = actix_web::rt::task::spawn_blocking(move || {
+            let before = store.channel_record(&owned)?;
+            if before != bytes {
+                store.write_channel(&owned, bytes.as_deref(), &keys)?;
+            }
+            Ok::<_, StoreError>(before)
+        })
+        .await
+        .map_err(|_| ChangeError::Record("the index task was lost".into()))??;
+        let was = before
+            .and_then(|b| ChannelRecord::decode(&b).ok())
+            .and_then(|r| r.current().map(|c| c.id.clone()));
+        if let Some(current) = record.and_then(ChannelRecord::current) {
+            if was.as_deref() != Some(current.id.as_str()) {
+                self.notify(name, "release", model::release_json(current));
             }
         }
         Ok(())
@@ -176,13 +333,6 @@ impl Channels {
                 .map(Some)
                 .map_err(|why| ChangeError::Record(format!("`{name}` {why}"))),
         }
-    }
-
-    fn write(&self, record: &ChannelRecord) -> Result<(), ChangeError> {
-        let bytes = record.encode().map_err(ChangeError::Record)?;
-        self.store
-            .write_channel(&record.name, Some(&bytes), &record.pinned_keys())?;
-        Ok(())
     }
 
     /// Every channel, by name. A record that does not decode is logged and left out.
@@ -206,7 +356,7 @@ impl Channels {
     }
 
     /// Defines or changes an API channel. Returns it and whether it is new.
-    pub fn put(
+    pub async fn put(
         &self,
         name: &str,
         spec: ChannelConfig,
@@ -220,46 +370,68 @@ impl Channels {
         spec.check()
             .map_err(|(f, why)| ChangeError::Invalid(f, why))?;
         check_recipe(&spec).map_err(|(f, why)| ChangeError::Invalid(f, why))?;
-        let _held = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-        let (record, created) = match self.read(name)? {
-            Some(r) if r.origin == Origin::File => return Err(ChangeError::FromFile(name.into())),
-            Some(r) if r.spec == spec => return Ok((r, false)),
-            Some(mut r) => {
-                r.spec = spec;
-                r.generation += 1;
-                r.trim();
-                (r, false)
-            }
-            None => {
-                if self.store.channel_records()?.len() >= MAX_CHANNELS {
-                    return Err(ChangeError::TooMany);
+        let _held = self.registry.lock().await;
+        let count = match self.shared() {
+            Some(shared) => shared.channel_names().await?.len(),
+            None => self.store.channel_records()?.len(),
+        };
+        let unchanged = Mutex::new(None);
+        let written = self
+            .change(name, |existing| match existing {
+                Some(r) if r.origin == Origin::File => Err(ChangeError::FromFile(name.into())),
+                Some(r) if r.spec == spec => {
+                    if let Ok(mut u) = unchanged.lock() {
+                        *u = Some(r.clone());
+                    }
+                    Ok(None)
                 }
-                let r = ChannelRecord {
+                Some(r) => {
+                    let mut r = r.clone();
+                    r.spec = spec.clone();
+                    r.generation += 1;
+                    r.trim();
+                    Ok(Some(r))
+                }
+                None if count >= MAX_CHANNELS => Err(ChangeError::TooMany),
+                None => Ok(Some(ChannelRecord {
                     version: model::RECORD_VERSION,
                     name: name.into(),
                     origin: Origin::Api,
-                    spec,
+                    spec: spec.clone(),
                     generation: 1,
                     releases: Vec::new(),
-                };
-                (r, true)
-            }
-        };
-        self.write(&record)?;
+                })),
+            })
+            .await?;
         drop(_held);
-        self.kick();
-        Ok((record, created))
+        match written {
+            Some(record) => {
+                self.kick();
+                let created = record.generation == 1;
+                Ok((record, created))
+            }
+            None => unchanged
+                .into_inner()
+                .ok()
+                .flatten()
+                .map(|r| (r, false))
+                .ok_or_else(|| ChangeError::Busy(name.into())),
+        }
     }
 
     /// Deletes an API channel: its releases are unpinned; no binary is deleted (eviction takes
     /// them in their turn).
-    pub fn delete(&self, name: &str) -> Result<(), ChangeError> {
-        let _held = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-        match self.get(name)? {
+    pub async fn delete(&self, name: &str) -> Result<(), ChangeError> {
+        if !valid_channel_name(name) {
+            return Err(ChangeError::NotFound(name.into()));
+        }
+        let _held = self.registry.lock().await;
+        let (existing, _) = self.fetch(name).await?;
+        match existing {
             None => Err(ChangeError::NotFound(name.into())),
             Some(r) if r.origin == Origin::File => Err(ChangeError::FromFile(name.into())),
             Some(_) => {
-                self.store.write_channel(name, None, &[])?;
+                self.commit(name, None, Expect::Any).await?;
                 if let Ok(mut status) = self.status.lock() {
                     status.remove(name);
                 }
@@ -269,23 +441,38 @@ impl Channels {
     }
 
     /// Makes `release` the current release of channel `name`, when the channel is still the one
-    /// the pre-build started from (`generation`). Returns whether it flipped.
-    fn flip(&self, name: &str, generation: u64, release: Release) -> Result<bool, ChangeError> {
-        let _held = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(mut record) = self.read(name)? else {
-            return Ok(false);
-        };
-        if record.generation != generation {
+    /// the pre-build started from (`generation`) and the release is not current already (another
+    /// replica flipped it). Returns whether this replica flipped it.
+    async fn flip(
+        &self,
+        name: &str,
+        generation: u64,
+        release: Release,
+    ) -> Result<bool, ChangeError> {
+        let _held = self.registry.lock().await;
+        let json = model::release_json(&release);
+        let written = self
+            .change(name, |existing| {
+                Ok(match existing {
+                    Some(r)
+                        if r.generation == generation
+                            && r.current().map(|c| &c.id) != Some(&release.id) =>
+                    {
+                        let mut r = r.clone();
+                        r.releases.retain(|old| old.id != release.id);
+                        r.releases.insert(0, release.clone());
+                        r.trim();
+                        Some(r)
+                    }
+                    _ => None,
+                })
+            })
+            .await?;
+        drop(_held);
+        if written.is_none() {
             return Ok(false);
         }
-        let json = model::release_json(&release);
-        record.releases.retain(|r| r.id != release.id);
-        record.releases.insert(0, release);
-        record.trim();
-        self.write(&record)?;
-        drop(_held);
         self.metrics.channels.flipped();
-        self.notify(name, "release", json.clone());
         self.webhook(
             "channel.release.flipped",
             json!({"channel": name, "release": json}),

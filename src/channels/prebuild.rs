@@ -39,6 +39,10 @@ impl Channels {
         let poll = self.config.prebuild.poll;
         let at_once = self.config.prebuild.max_concurrent.max(1);
         loop {
+            // With replicas, another one may have flipped or changed a channel meanwhile.
+            if let Err(e) = self.refresh().await {
+                log::warn!("pre-build: cannot read the channels in the bucket: {e}");
+            }
             let names: Vec<String> = match self.list() {
                 Ok(list) => list.into_iter().map(|r| r.name).collect(),
                 Err(e) => {
@@ -177,6 +181,7 @@ impl Channels {
         };
         if self
             .flip(name, record.generation, release)
+            .await
             .map_err(|e| e.to_string())?
         {
             self.set_status(name, PrebuildState::Idle, None);

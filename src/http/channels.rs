@@ -46,6 +46,17 @@ pub(super) fn channel_error(e: ChangeError) -> ApiError {
             log::error!("channels: {why}");
             ApiError::internal()
         }
+        ChangeError::Shared(e) => {
+            log::error!("channels: {e}");
+            let mut err = ApiError::storage_unavailable();
+            err.retry_after = Some(5);
+            err
+        }
+        ChangeError::Busy(_) => {
+            let mut err = ApiError::new(crate::error::ErrorCode::Conflict, e.to_string());
+            err.retry_after = Some(1);
+            err
+        }
     }
 }
 

@@ -86,11 +86,10 @@ async fn put(
 ) -> Result<HttpResponse, ApiError> {
     check_token(&req, &state)?;
     let spec = definition(&name, &body)?;
-    let st = state.clone();
-    let name = name.into_inner();
-    let (record, created) = web::block(move || st.channels.put(&name, spec))
+    let (record, created) = state
+        .channels
+        .put(&name, spec)
         .await
-        .map_err(|_| ApiError::storage_unavailable())?
         .map_err(channel_error)?;
     let mut resp = if created {
         HttpResponse::Created()
@@ -112,11 +111,7 @@ async fn delete(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     check_token(&req, &state)?;
-    let st = state.clone();
-    web::block(move || st.channels.delete(&name))
-        .await
-        .map_err(|_| ApiError::storage_unavailable())?
-        .map_err(channel_error)?;
+    state.channels.delete(&name).await.map_err(channel_error)?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -20,10 +20,14 @@ pub enum BucketOp {
     Presign,
     TombstonePut,
     TombstoneList,
+    ChannelGet,
+    ChannelPut,
+    ChannelDelete,
+    ChannelList,
 }
 
 impl BucketOp {
-    pub const ALL: [BucketOp; 13] = [
+    pub const ALL: [BucketOp; 17] = [
         BucketOp::ManifestGet,
         BucketOp::ManifestPut,
         BucketOp::ManifestDelete,
@@ -37,6 +41,10 @@ impl BucketOp {
         BucketOp::Presign,
         BucketOp::TombstonePut,
         BucketOp::TombstoneList,
+        BucketOp::ChannelGet,
+        BucketOp::ChannelPut,
+        BucketOp::ChannelDelete,
+        BucketOp::ChannelList,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +62,10 @@ impl BucketOp {
             BucketOp::Presign => "presign",
             BucketOp::TombstonePut => "tombstone_put",
             BucketOp::TombstoneList => "tombstone_list",
+            BucketOp::ChannelGet => "channel_get",
+            BucketOp::ChannelPut => "channel_put",
+            BucketOp::ChannelDelete => "channel_delete",
+            BucketOp::ChannelList => "channel_list",
         }
     }
 

@@ -198,6 +198,24 @@ pub struct Artifact {
     pub replace: bool,
 }
 
+/// A record read with the version it was read at, for a conditional write.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub bytes: Vec<u8>,
+    pub etag: Option<String>,
+}
+
+/// The condition of a channel record's write.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    /// There is none yet.
+    Absent,
+    /// It is still the version read.
+    Etag(String),
+    /// Whatever is there (a record read without an ETag).
+    Any,
+}
+
 /// What replicas share. Calls that go over the network are futures that own what they need;
 /// [`SharedStore::ingest`] blocks and runs on the blocking pool like the local ingest it wraps.
 pub trait SharedStore: Send + Sync {
@@ -247,6 +265,39 @@ pub trait SharedStore: Send + Sync {
     fn elsewhere(&self, key: CacheKey) -> BoxFuture<'static, Result<Elsewhere, SharedError>>;
 
     fn health(&self) -> BoxFuture<'static, SharedHealth>;
+
+    /// Whether channels live here (docs/channels.md, "With replicas"); the calls below are
+    /// made only when they do.
+    fn shares_channels(&self) -> bool {
+        false
+    }
+
+    /// The record of channel `name`, with its version.
+    fn channel_get(
+        &self,
+        _name: String,
+    ) -> BoxFuture<'static, Result<Option<Versioned>, SharedError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Writes the record of channel `name` on the condition `expect`; false when it failed.
+    fn channel_put(
+        &self,
+        _name: String,
+        _bytes: Vec<u8>,
+        _expect: Expect,
+    ) -> BoxFuture<'static, Result<bool, SharedError>> {
+        Box::pin(async { Ok(true) })
+    }
+
+    fn channel_delete(&self, _name: String) -> BoxFuture<'static, Result<(), SharedError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The names of every channel.
+    fn channel_names(&self) -> BoxFuture<'static, Result<Vec<String>, SharedError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// One replica alone: the data dir is the store.

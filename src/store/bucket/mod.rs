@@ -5,6 +5,7 @@
 //! <prefix>manifests/ab/<key>.json       one manifest per entry
 //! <prefix>locks/<key>                   a build under way (lock.rs)
 //! <prefix>tombstones/<key>              a key deleted on some replica (tombstone.rs)
+//! <prefix>channels/<name>.json          a channel and its releases (channels.rs)
 //! ```
 //!
 //! Every request runs on the bucket's own small multi-threaded runtime: object_store's client
@@ -15,6 +16,7 @@
 //! Here: the client, its runtime, the layout and the manifests. `transfer.rs` moves blobs,
 //! `lock.rs` keeps one build per key, `tombstone.rs` carries deletes to every replica, `seam.rs` is the `SharedStore` the build layer sees.
 
+mod channels;
 mod checked;
 mod lock;
 mod repair;

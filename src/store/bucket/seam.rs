@@ -13,7 +13,8 @@ use super::transfer::KEY_METADATA;
 use super::{bucket_err, Bucket, BucketOp};
 use crate::ids::{CacheKey, Digest};
 use crate::store::shared::{
-    Artifact, Claim, Elsewhere, Fill, RemoteBlob, SharedError, SharedHealth, SharedStore,
+    Artifact, Claim, Elsewhere, Expect, Fill, RemoteBlob, SharedError, SharedHealth, SharedStore,
+    Versioned,
 };
 use crate::store::{EntryRecord, Manifest, Store};
 
@@ -242,5 +243,37 @@ impl SharedStore for Bucket {
         let this = self.clone();
         let probe = self.run(async move { Ok(this.probe().await) });
         Box::pin(async move { probe.await.unwrap_or(SharedHealth::Unreachable) })
+    }
+
+    fn shares_channels(&self) -> bool {
+        true
+    }
+
+    fn channel_get(
+        &self,
+        name: String,
+    ) -> BoxFuture<'static, Result<Option<Versioned>, SharedError>> {
+        let this = self.clone();
+        self.run(async move { this.get_channel(&name).await })
+    }
+
+    fn channel_put(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+        expect: Expect,
+    ) -> BoxFuture<'static, Result<bool, SharedError>> {
+        let this = self.clone();
+        self.run(async move { this.put_channel(&name, bytes, expect).await })
+    }
+
+    fn channel_delete(&self, name: String) -> BoxFuture<'static, Result<(), SharedError>> {
+        let this = self.clone();
+        self.run(async move { this.delete_channel(&name).await })
+    }
+
+    fn channel_names(&self) -> BoxFuture<'static, Result<Vec<String>, SharedError>> {
+        let this = self.clone();
+        self.run(async move { this.channel_names().await })
     }
 }
