@@ -261,15 +261,25 @@ impl Channels {
                 Ok((None, Expect::Absent))
             }
             Some(got) => {
-                let record = ChannelRecord::decode(&got.bytes)
-                    .map_err(|why| ChangeError::Record(format!("`{name}` in the bucket {why}")))?;
-                if record.name != name {
-                    return Err(ChangeError::Record(format!(
-                        "`{name}` in the bucket names another channel"
-                    )));
-                }
+                let expect = got.etag.map_or(Expect::Any, Expect::Etag);
+                let record = match ChannelRecord::decode(&got.bytes) {
+                    Ok(r) if r.name == name => r,
+                    // A newer velox-cache's record is never overwritten by this one.
+                    Err(why) if model::is_newer(&got.bytes) => {
+                        return Err(ChangeError::Record(format!("`{name}` in the bucket {why}")))
+                    }
+                    // Damaged (or naming another channel): this replica's own copy stands in
+                    // for it, goes on being served, and is what the next change (a flip, the
+                    // file's channels at a start) writes over it, on the ETag it was read at.
+                    Ok(_) | Err(_) => {
+                        log::error!(
+                            "the record of channel `{name}` in the bucket is damaged; this replica's copy stands in for it until it is written again"
+                        );
+                        return Ok((self.read(name)?, expect));
+                    }
+                };
                 self.mirror(name, Some(&record)).await?;
-                Ok((Some(record), got.etag.map_or(Expect::Any, Expect::Etag)))
+                Ok((Some(record), expect))
             }
         }
     }

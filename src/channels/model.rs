@@ -99,6 +99,14 @@ impl ChannelRecord {
     }
 }
 
+/// Whether `bytes` is a record of a version newer than this build reads.
+pub fn is_newer(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|v| v["version"].as_u64())
+        .is_some_and(|v| v > u64::from(RECORD_VERSION))
+}
+
 /// The build request for `recipe` on `platform` (`os/arch`), checked by the build request's own
 /// rules (docs/build-requests.md).
 pub fn request_for(recipe: &Recipe, platform: &str) -> Result<BuildRequest, InvalidRequest> {
