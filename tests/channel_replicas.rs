@@ -53,7 +53,7 @@ async fn same_release(replicas: &[&Server], name: &str, not: Option<&str>) -> St
 async fn replicas_serve_one_release_built_once_and_share_changes() {
     let proxy = GoProxy::start();
     proxy.set_latest(HTTP, "v5.2.7");
-    let mut cluster = Cluster::start("chan/");
+    let cluster = Cluster::start("chan/");
     let config = cluster.tmp.path().join("velox-cache.toml");
     std::fs::write(
         &config,
@@ -99,6 +99,7 @@ async fn replicas_serve_one_release_built_once_and_share_changes() {
     let second = same_release(&[&a, &b], "prod", Some(&first)).await;
     assert_eq!(cluster.velox.builds(), 4);
     let (_, on_b) = channel(&b, "prod").await;
+    assert_eq!(on_b["current"]["id"], second.as_str());
     assert_eq!(on_b["current"]["resolved"][HTTP], "v5.2.8");
     assert_eq!(on_b["releases"][1]["id"], first.as_str());
     // Both replicas pin the release they serve.
@@ -161,7 +162,7 @@ async fn replicas_serve_one_release_built_once_and_share_changes() {
 async fn a_damaged_record_in_the_bucket_is_served_around_and_written_again() {
     let proxy = GoProxy::start();
     proxy.set_latest(HTTP, "v5.2.7");
-    let mut cluster = Cluster::start("damaged/");
+    let cluster = Cluster::start("damaged/");
     let config = cluster.tmp.path().join("velox-cache.toml");
     std::fs::write(
         &config,
