@@ -327,9 +327,9 @@ async fn a_failed_prebuild_keeps_the_current_release() {
     let first = flipped(&h, "prod", None).await;
     let id = first["current"]["id"].clone();
 
-    // Velox fails the new release's build.
+    // Velox fails the new release's build, round after round.
     h.velox
-        .script([Behavior::Fail("plugin does not compile".into())]);
+        .script((0..1000).map(|_| Behavior::Fail("plugin does not compile".into())));
     proxy.set_latest(HTTP, "v5.2.8");
     let failed = prebuild_state(&h, "prod", "failed").await;
     assert_eq!(failed["current"]["id"], id, "{failed}");
@@ -346,14 +346,21 @@ async fn a_failed_prebuild_keeps_the_current_release() {
         id.as_str(),
         "the old release is served"
     );
-    assert!(
-        metric(
-            h.server(),
-            "velox_channel_releases_total{outcome=\"failed\"}"
-        )
-        .await
-            >= 1.0
+    // Told once, however many rounds fail the same way (polls are 1 s apart).
+    let calls = h.velox.calls();
+    let retried = eventually(Duration::from_secs(10), async || {
+        h.velox.calls() >= calls + 2
+    })
+    .await;
+    assert!(retried, "every round tries again");
+    let failures = "velox_channel_releases_total{outcome=\"failed\"}";
+    assert_eq!(
+        metric(h.server(), failures).await,
+        1.0,
+        "{}",
+        h.server().log_text()
     );
+    assert_eq!(channel(&h, "prod").await["current"]["id"], id);
 
     // The Go module proxy goes down: the resolution fails, the release stays.
     proxy.set_mode(Mode::Fail);
@@ -366,8 +373,10 @@ async fn a_failed_prebuild_keeps_the_current_release() {
     .await;
     assert!(down, "{}", channel(&h, "prod").await);
     assert_eq!(channel(&h, "prod").await["current"]["id"], id);
+    assert_eq!(metric(h.server(), failures).await, 2.0, "a new failure");
 
     // Back up (and Velox building again): the new release flips, the failure is over.
+    h.velox.clear_script();
     proxy.set_mode(Mode::Normal);
     let second = flipped(&h, "prod", id.as_str()).await;
     assert_eq!(second["current"]["resolved"][HTTP], "v5.2.8");
@@ -472,6 +481,10 @@ async fn channels_are_defined_changed_and_deleted_through_the_admin_api() {
             "{field}: {err}"
         );
     }
+    let huge = json!({"rr_version": "x".repeat(300 * 1024)});
+    let (status, err) = put(admin("/v1/channels/workers"), huge).await;
+    assert_eq!(status, 413, "{err}");
+    assert_eq!(err["error"], "payload_too_large");
     let (status, err) = put(admin("/v1/channels/prod"), workers.clone()).await;
     assert_eq!(status, 409, "a file channel is read-only: {err}");
     assert_eq!(err["error"], "conflict");

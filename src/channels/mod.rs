@@ -49,6 +49,9 @@ pub struct PrebuildStatus {
     pub error: Option<String>,
     /// When the channel was last resolved.
     pub checked_ms: Option<u64>,
+    /// The failure last told (counted, logged, sent to the webhook): the same failure again is
+    /// not told again. Cleared once a round ends well.
+    pub told: Option<String>,
 }
 
 impl Default for PrebuildStatus {
@@ -57,6 +60,7 @@ impl Default for PrebuildStatus {
             state: PrebuildState::Idle,
             error: None,
             checked_ms: None,
+            told: None,
         }
     }
 }
@@ -106,6 +110,11 @@ pub struct Channels {
     /// apart by the bucket's conditional writes).
     registry: tokio::sync::Mutex<()>,
     status: Mutex<HashMap<String, PrebuildStatus>>,
+    /// Decoded records, for the routes: filled on a read, replaced on every write (all of them
+    /// go through [`Channels::mirror`]).
+    decoded: Mutex<HashMap<String, Arc<ChannelRecord>>>,
+    /// Bumped by every write, so that a read that raced one does not cache what it read.
+    writes: std::sync::atomic::AtomicU64,
     events: broadcast::Sender<ChannelEvent>,
     /// Wakes the pre-build loop before its next poll (a channel defined, a binary asked for).
     kick: Notify,
@@ -129,6 +138,8 @@ impl Channels {
             resolver,
             registry: tokio::sync::Mutex::new(()),
             status: Mutex::new(HashMap::new()),
+            decoded: Mutex::new(HashMap::new()),
+            writes: std::sync::atomic::AtomicU64::new(0),
             events: broadcast::channel(256).0,
             kick: Notify::new(),
             webhook,
@@ -325,6 +336,14 @@ impl Channels {
         })
         .await
         .map_err(|_| ChangeError::Record("the index task was lost".into()))??;
+        if let Ok(mut decoded) = self.decoded.lock() {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match record {
+                Some(r) => decoded.insert(name.to_owned(), Arc::new(r.clone())),
+                None => decoded.remove(name),
+            };
+        }
         let was = before
             .and_then(|b| ChannelRecord::decode(&b).ok())
             .and_then(|r| r.current().map(|c| c.id.clone()));
@@ -358,11 +377,28 @@ impl Channels {
     }
 
     /// The channel `name`, if there is one (a record that does not decode is an error).
-    pub fn get(&self, name: &str) -> Result<Option<ChannelRecord>, ChangeError> {
+    pub fn get(&self, name: &str) -> Result<Option<Arc<ChannelRecord>>, ChangeError> {
         if !valid_channel_name(name) {
             return Ok(None);
         }
-        self.read(name)
+        if let Some(r) = self.decoded.lock().ok().and_then(|d| d.get(name).cloned()) {
+            return Ok(Some(r));
+        }
+        let before = self.writes.load(std::sync::atomic::Ordering::SeqCst);
+        let Some(record) = self.read(name)? else {
+            return Ok(None);
+        };
+        let record = Arc::new(record);
+        if let Ok(mut decoded) = self.decoded.lock() {
+            // A write since the read may have made it stale: then it is not kept.
+            if self.writes.load(std::sync::atomic::Ordering::SeqCst) == before {
+                if decoded.len() >= 2 * MAX_CHANNELS {
+                    decoded.clear();
+                }
+                decoded.insert(name.to_owned(), Arc::clone(&record));
+            }
+        }
+        Ok(Some(record))
     }
 
     /// Defines or changes an API channel. Returns it and whether it is new.
@@ -519,6 +555,11 @@ impl Channels {
             s.state = state;
             s.error = error.clone();
             s.checked_ms = Some(now);
+            match state {
+                PrebuildState::Idle => s.told = None,
+                PrebuildState::Failed => s.told = error.clone(),
+                PrebuildState::Building => {}
+            }
             changed
         };
         if changed {
@@ -576,7 +617,7 @@ impl Channels {
 }
 
 /// Checks a channel's recipe against the build request's rules on each of its platforms. The
-/// field named is the channel's (`plugins`, `rr_version`, ...) when the rule names one.
+/// error names `recipe`; its message names the field the rule is about (`plugins[0].tag`, ...).
 pub fn check_recipe(spec: &ChannelConfig) -> Result<(), (String, String)> {
     let recipe = spec.recipe();
     for platform in &spec.platforms {

@@ -86,6 +86,12 @@ impl Channels {
                 self.kick();
             }
             Err(why) => {
+                // Told once per failure: the rounds that fail the same way after it are not
+                // counted, sent or logged again.
+                if self.status(name).told.as_deref() == Some(&why) {
+                    self.set_status(name, PrebuildState::Failed, Some(why));
+                    return;
+                }
                 log::warn!(
                     "pre-build of channel `{name}` failed; its current release stays: {why}"
                 );

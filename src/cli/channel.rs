@@ -74,9 +74,11 @@ pub fn run(config: &Config, action: &ChannelAction) -> ExitCode {
 fn offline(store: &Store) -> Result<Vec<Value>, String> {
     let mut out = Vec::new();
     for (name, bytes) in store.channel_records().map_err(|e| e.to_string())? {
-        let record = ChannelRecord::decode(&bytes)
-            .map_err(|why| format!("the record of channel `{name}` {why}"))?;
-        out.push(channel_json(&record, Value::Null));
+        // One unreadable record does not hide the others (the server skips it too).
+        match ChannelRecord::decode(&bytes) {
+            Ok(record) => out.push(channel_json(&record, Value::Null)),
+            Err(why) => eprintln!("velox-cache: warning: the record of channel `{name}` {why}"),
+        }
     }
     Ok(out)
 }

@@ -11,7 +11,7 @@ use futures_util::Stream;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::public::{check_token, serve_build};
+use super::public::{binary_response, check_token, serve_build};
 use super::resource::{readable, resource};
 use super::AppState;
 use crate::builds::VeloxClient;
@@ -125,16 +125,47 @@ async fn binary(
     ];
     let current = record
         .current()
-        .filter(|r| r.binaries.contains_key(&platform));
+        .and_then(|r| Some((r, r.binaries.get(&platform)?)));
     let request = match current {
-        Some(release) => {
+        Some((release, binary)) => {
             if let Ok(v) = HeaderValue::from_str(&release.id) {
                 extra.push((HeaderName::from_static("x-velox-channel-release"), v));
             }
+            // The release's own bytes, by key and digest: no request to build, and no floating
+            // TTL (the release is a snapshot).
+            if let Some(served) = state
+                .builds
+                .serve_exact(&binary.key, &binary.digest)
+                .map_err(|e| e.to_api_error(&state.config))?
+            {
+                let file_name = served.entry.file_name.clone();
+                return Ok(binary_response(
+                    &req,
+                    served,
+                    binary.key,
+                    None,
+                    &[],
+                    file_name,
+                    extra,
+                    &state,
+                ));
+            }
+            // Gone from this replica's tier (quarantined, or only in the bucket): built or
+            // fetched again as a build request would be.
             model::request_for(&release.recipe, &platform)
         }
         None => {
-            // A build on demand: for holders of the token when there is one.
+            // A build on demand: for holders of the token when there is one. In proxy mode
+            // without one, builds come only through the PHP app: the channel waits for its
+            // pre-build.
+            if state.config.upstream.is_some() && state.config.api_token.is_none() {
+                state.channels.kick();
+                let mut err = ApiError::not_found(format!(
+                    "channel `{name}` has no release for {platform} yet; it is being pre-built"
+                ));
+                err.retry_after = Some(10);
+                return Err(err);
+            }
             check_token(&req, &state)?;
             state.channels.kick();
             model::request_for(&record.spec.recipe(), &platform)

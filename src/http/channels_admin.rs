@@ -32,6 +32,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
+/// The request body, at most [`MAX_DEFINITION_BYTES`] (a 413 JSON error past it, declared or
+/// not).
+async fn read_capped(req: &HttpRequest, mut payload: web::Payload) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+    let too_large = || ApiError::payload_too_large("a channel definition is at most 256 KiB");
+    if super::content_length(req.headers()).is_some_and(|n| n > MAX_DEFINITION_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::invalid_request(format!("the body was cut: {e}")))?;
+        if body.len() + chunk.len() > MAX_DEFINITION_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// The definition from a `PUT` body: the file's form (`rr_version`, `plugins`, ...,
 /// `platforms`, `keep`), or the channel JSON's (`recipe` holding the recipe; `name` matching
 /// the path; the read-only fields of a `GET` ignored), so that a `GET`'s answer can be edited
@@ -81,10 +101,11 @@ fn definition(name: &str, body: &[u8]) -> Result<ChannelConfig, ApiError> {
 async fn put(
     req: HttpRequest,
     name: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     check_token(&req, &state)?;
+    let body = read_capped(&req, payload).await?;
     let spec = definition(&name, &body)?;
     let (record, created) = state
         .channels

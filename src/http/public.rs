@@ -171,6 +171,24 @@ pub async fn serve_build(
         e.to_api_error(&state.config)
             .with_request_id(request_id.as_deref())
     })?;
+    Ok(binary_response(
+        req, served, key, request_id, &resolved, file_name, extra, state,
+    ))
+}
+
+/// The response carrying `served` (the headers of docs/http-api.md, "Responses that carry a
+/// binary"), for the build route and the channel route.
+#[allow(clippy::too_many_arguments)]
+pub fn binary_response(
+    req: &HttpRequest,
+    served: Served,
+    key: crate::ids::CacheKey,
+    request_id: Option<String>,
+    resolved: &[crate::builds::resolve::Resolution],
+    file_name: String,
+    extra: Vec<(HeaderName, HeaderValue)>,
+    state: &AppState,
+) -> HttpResponse {
     let Served {
         entry,
         source,
@@ -202,7 +220,7 @@ pub async fn serve_build(
         add("x-build-request-id", id.clone());
     }
     add("x-velox-cache-key", key.to_hex());
-    if let Some(v) = crate::builds::resolve::header_value(&resolved) {
+    if let Some(v) = crate::builds::resolve::header_value(resolved) {
         add("x-build-resolved", v);
     }
     let blob = Blob {
@@ -213,7 +231,7 @@ pub async fn serve_build(
         file_name,
         stored,
     };
-    Ok(artifact::respond(req, blob, headers, false, &state.metrics))
+    artifact::respond(req, blob, headers, false, &state.metrics)
 }
 
 /// `GET|HEAD /_velox/v1/artifacts/{sha256}`: the immutable blob, from the local tier or (with

@@ -206,6 +206,8 @@ impl Store {
                 break;
             };
             let Some(key) = self.victim(limits.policy, protect)? else {
+                // Everything left is pinned (or protected): the limits cannot be kept.
+                warn_pinned_over(reason, &totals);
                 break;
             };
             if self.evict_locked(&key, group)?.is_none() {
@@ -301,4 +303,28 @@ fn merge_hits(into: &mut HashMap<CacheKey, PendingHits>, key: CacheKey, hits: Pe
     let e = into.entry(key).or_default();
     e.count += hits.count;
     e.last_ms = e.last_ms.max(hits.last_ms);
+}
+
+/// When the last warning that pinned entries hold the cache over its limits was logged (ms).
+static PINNED_WARNED_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Warns, at most every ten minutes, that pinned entries alone keep the cache over a limit
+/// (docs/channels.md, "Pins"; `velox_cache_pinned_bytes` shows how much).
+fn warn_pinned_over(reason: EvictionReason, totals: &super::Totals) {
+    use std::sync::atomic::Ordering;
+    let now = crate::util::now_ms();
+    let last = PINNED_WARNED_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < 600_000 && last != 0 {
+        return;
+    }
+    PINNED_WARNED_MS.store(now, Ordering::Relaxed);
+    let limit = match reason {
+        EvictionReason::Count => "cache.max_entries",
+        _ => "cache.max_size_gb",
+    };
+    log::warn!(
+        "the cache holds {} entries, {} bytes: over {limit}, and every entry left is pinned (a channel's kept releases, or pinned by hand); unpin some, lower a channel's keep, or raise the limit",
+        totals.entries,
+        totals.bytes
+    );
 }

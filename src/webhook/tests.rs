@@ -125,15 +125,33 @@ fn sign_reproduces_the_published_vectors() {
         ),
         "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
     );
-    // The example request of docs/webhooks.md.
+    // The example request of docs/webhooks.md, read from the page itself.
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/webhooks.md"))
+        .expect("docs/webhooks.md");
+    let example = page
+        .split("```http\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the example request");
+    let header = |name: &str| {
+        example
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("{name} in the example"))
+    };
+    let body = example
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("the example body");
     assert_eq!(
         sign(
             &key_of(SECRET),
-            "msg_2b7f0c1e9a4d4c3e8f5a6b7c8d9e0f1a",
-            1796292000,
-            br#"{"data":{"channel":"prod","release":"4b1d0e2c"},"timestamp":"2026-12-03T10:00:00.000Z","type":"channel.release.flipped"}"#
+            header("webhook-id"),
+            header("webhook-timestamp").parse().expect("seconds"),
+            body.as_bytes()
         ),
-        "v1,1+3Q5sGSpiK9aRFxMIZNDBu1HUbRHILs8HEBJtdLQUU="
+        header("webhook-signature")
     );
     // The bare base64 is the same key.
     assert_eq!(

@@ -502,6 +502,11 @@ impl FakeVelox {
         self.with(|s| s.script.extend(behaviors));
     }
 
+    /// Drops what is left of the script: builds go back to normal.
+    pub fn clear_script(&self) {
+        self.with(|s| s.script.clear());
+    }
+
     /// How long each build takes.
     pub fn set_delay(&self, d: Duration) {
         self.with(|s| s.delay = d);

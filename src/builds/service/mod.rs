@@ -395,6 +395,29 @@ impl BuildService {
         Ok(reported.map(|(e, id)| KeyState::Failed(e, id)))
     }
 
+    /// The entry for `key` as a hit (counted as one) when it holds the blob `digest`, whatever
+    /// its age: a channel's release names the very bytes it serves, floating parts or not.
+    pub fn serve_exact(
+        &self,
+        key: &CacheKey,
+        digest: &crate::ids::Digest,
+    ) -> Result<Option<Served>, BuildError> {
+        let Some((entry, file, modified)) = self.lookup(key)? else {
+            return Ok(None);
+        };
+        if entry.digest != *digest {
+            return Ok(None);
+        }
+        self.hit(key);
+        Ok(Some(Served {
+            entry,
+            source: BlobSource::File(file),
+            modified,
+            status: CacheStatus::Hit,
+            stored: true,
+        }))
+    }
+
     /// The entry for `key` ready to serve as a hit (and counted as one), if there is one no older
     /// than `max_age`.
     fn serve_hit(&self, key: &CacheKey, max_age: Option<Duration>) -> Result<Hit, BuildError> {
