@@ -764,3 +764,51 @@ async fn flips_and_failures_reach_the_webhook_signed() {
             >= 2.0
     );
 }
+
+#[actix_web::test]
+async fn a_prebuild_waits_behind_user_builds() {
+    let proxy = GoProxy::start();
+    proxy.set_latest(HTTP, "v5.2.7");
+    let h = start_with(&proxy, "", |o| {
+        o.env("VELOX_CACHE_MAX_CONCURRENT_BUILDS", "1")
+    });
+    let first = flipped(&h, "prod", None).await;
+    let calls = h.velox.calls();
+
+    // A user's build holds the only slot.
+    h.velox.hold(true);
+    let url = h.builds_url();
+    let user =
+        actix_web::rt::spawn(async move { post_json(&url, &distinct_request(77), &[]).await });
+    let started = eventually(Duration::from_secs(10), async || h.velox.in_progress() == 1).await;
+    assert!(started);
+    proxy.set_latest(HTTP, "v5.2.8");
+    // Two polls later the pre-build has resolved the new release but called Velox for nothing.
+    prebuild_state(&h, "prod", "building").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        h.velox.calls(),
+        calls + 1,
+        "only the user's build reached Velox"
+    );
+    assert_eq!(
+        channel(&h, "prod").await["current"]["id"],
+        first["current"]["id"]
+    );
+
+    // The user's build ends; the pre-build follows.
+    h.velox.hold(false);
+    let answered = user.await.expect("the user's request");
+    assert_eq!(answered.status, 200);
+    let second = flipped(&h, "prod", first["current"]["id"].as_str()).await;
+    assert_eq!(second["current"]["resolved"][HTTP], "v5.2.8");
+    let requests = h.velox.requests();
+    let at = |tag: &str| {
+        requests
+            .iter()
+            .position(|r| r["plugins"].to_string().contains(&format!("\"{tag}\"")))
+            .unwrap_or_else(|| panic!("no build of {tag}: {requests:?}"))
+    };
+    let (user_at, prebuild_at) = (at("v5.2.77"), at("v5.2.8"));
+    assert!(user_at < prebuild_at, "{requests:?}");
+}
