@@ -365,6 +365,8 @@ fn documented_metrics() -> Vec<(String, String, Vec<String>)> {
                     })
                     .collect()
             }
+            // A label whose values are names (a channel's): no series until there is one.
+            None if !cells[3].is_empty() => Vec::new(),
             None => vec![name.clone()],
         };
         out.push((name, kind, series));
