@@ -110,10 +110,16 @@ impl SigningKey {
             }
             _ => return Err(format!("{NOT_A_KEY} (unknown key encryption)")),
         }
-        let minisign = minisign::SecretKeyBox::from_string(text)
-            .and_then(|b| b.into_unencrypted_secret_key())
-            .map_err(|e| format!("{NOT_A_KEY} ({e})"))?;
-        Self::from_minisign(minisign)
+        let minisign = if raw[SECRET_KEY_LEN - 32..].iter().all(|&b| b == 0) {
+            // Debian's minisign 0.11 writes `-G -W` keys with an all-zero checksum, which the
+            // crate reads as "Corrupted key". `from_minisign` still checks that the secret and
+            // public halves belong together, which catches damage to either.
+            minisign::SecretKey::from_bytes(&raw)
+        } else {
+            minisign::SecretKeyBox::from_string(text).and_then(|b| b.into_unencrypted_secret_key())
+        }
+        .map_err(|e| format!("{NOT_A_KEY} ({e})"))?;
+        Self::from_minisign(minisign).map_err(|why| format!("{NOT_A_KEY} ({why})"))
     }
 
     fn from_minisign(minisign: minisign::SecretKey) -> Result<SigningKey, String> {
