@@ -1,0 +1,3 @@
+pub mod dsse;
+pub mod keys;
+pub mod provenance;
