@@ -43,6 +43,7 @@ fn main() -> ExitCode {
                 .init();
             velox_cache::cli::cache::run(&config, &action)
         }
+        Some(Command::Keygen { dir, name }) => velox_cache::cli::keygen::run(&dir, &name),
         Some(Command::Channel { action, .. }) => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
                 .init();

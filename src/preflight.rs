@@ -31,6 +31,17 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
             return fail(&format!("channels.{name}"), &format!("{field}: {why}"));
         }
     }
+    if let Some(path) = &config.signing.key_file {
+        // Read now: a damaged or encrypted key stops the start naming the key.
+        if let Err(why) = crate::trust::keys::SigningKey::load(path) {
+            return fail("signing.key_file", &why);
+        }
+    }
+    for (i, k) in config.signing.previous_public_keys.iter().enumerate() {
+        if let Err(why) = crate::trust::keys::PublicKey::parse(k) {
+            return fail(&format!("signing.previous_public_keys[{i}]"), &why);
+        }
+    }
     if let Some(secret) = &config.prebuild.webhook_secret {
         if let Err(why) = crate::webhook::parse_secret(secret) {
             return fail("prebuild.webhook_secret", &why);

@@ -131,15 +131,18 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         resolver.clone(),
         webhook,
     ));
-    channels
-        .sync_file_channels()
-        .await
-        .map_err(|e| ServeError::Io(io::Error::other(format!("the channels: {e}"))))?;
+    // A bucket that does not answer must not stop the start (its state is reported, not
+    // required): the pre-build loop tries again before each round until it succeeds.
+    channels.sync_file_channels().await;
     if resolver.is_none() && !config.channels.is_empty() {
         log::warn!(
             "channels are defined but resolve.goproxy is not: their floating tags are never resolved, so they get one release each"
         );
     }
+    let trust = Arc::new(
+        crate::trust::service::Trust::open(&config, config.storage.backend == StorageBackend::S3)
+            .map_err(|why| ServeError::Io(io::Error::other(why)))?,
+    );
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
         store: Arc::clone(&store),
@@ -149,6 +152,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         async_cors: Default::default(),
         channels: Arc::clone(&channels),
         webhook_stats,
+        trust,
     });
 
     let public_state = state.clone();

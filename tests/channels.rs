@@ -132,6 +132,11 @@ async fn a_channel_is_prebuilt_at_start_and_again_when_latest_moves() {
         "{amd}"
     );
     assert_eq!(r.header("x-velox-channel-release"), current["id"].as_str());
+    let signature = format!(
+        "</_velox/v1/artifacts/{}.minisig>; rel=\"signature\"",
+        amd["digest"].as_str().expect("digest")
+    );
+    assert_eq!(r.header("link"), Some(signature.as_str()));
     let etag = r.header("etag").expect("etag").to_owned();
     let not_modified = get(&url, &[("if-none-match", &etag)]).await;
     assert_eq!(not_modified.status, 304);

@@ -115,6 +115,8 @@ pub struct Channels {
     decoded: Mutex<HashMap<String, Arc<ChannelRecord>>>,
     /// Bumped by every write, so that a read that raced one does not cache what it read.
     writes: std::sync::atomic::AtomicU64,
+    /// Whether the file's channels have been written since the start.
+    file_synced: std::sync::atomic::AtomicBool,
     events: broadcast::Sender<ChannelEvent>,
     /// Wakes the pre-build loop before its next poll (a channel defined, a binary asked for).
     kick: Notify,
@@ -140,6 +142,7 @@ impl Channels {
             status: Mutex::new(HashMap::new()),
             decoded: Mutex::new(HashMap::new()),
             writes: std::sync::atomic::AtomicU64::new(0),
+            file_synced: std::sync::atomic::AtomicBool::new(false),
             events: broadcast::channel(256).0,
             kick: Notify::new(),
             webhook,
@@ -156,7 +159,26 @@ impl Channels {
     /// new or changed is written (keeping its releases), one gone from the file is deleted (its
     /// releases unpinned, no binary deleted). With replicas, the bucket's channels are read
     /// first, and every replica must be given the same file.
-    pub async fn sync_file_channels(&self) -> Result<(), ChangeError> {
+    pub async fn sync_file_channels(&self) -> bool {
+        if self.file_synced.load(std::sync::atomic::Ordering::SeqCst) {
+            return true;
+        }
+        match self.write_file_channels().await {
+            Ok(()) => {
+                self.file_synced
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                true
+            }
+            Err(e) => {
+                log::error!(
+                    "the channels of the configuration file could not be written ({e}); tried again before the next pre-build round"
+                );
+                false
+            }
+        }
+    }
+
+    async fn write_file_channels(&self) -> Result<(), ChangeError> {
         self.refresh().await?;
         let _held = self.registry.lock().await;
         for (name, spec) in &self.config.channels {

@@ -39,6 +39,8 @@ impl Channels {
         let poll = self.config.prebuild.poll;
         let at_once = self.config.prebuild.max_concurrent.max(1);
         loop {
+            // The file's channels, when the start could not write them (a bucket down).
+            self.sync_file_channels().await;
             // With replicas, another one may have flipped or changed a channel meanwhile.
             if let Err(e) = self.refresh().await {
                 log::warn!("pre-build: cannot read the channels in the bucket: {e}");

@@ -12,6 +12,7 @@ use crate::config::FlagOverrides;
 pub mod cache;
 pub mod channel;
 pub mod healthcheck;
+pub mod keygen;
 mod remote;
 pub mod warm;
 
@@ -97,6 +98,15 @@ pub enum Command {
         admin_listen: Option<String>,
         #[command(subcommand)]
         action: CacheAction,
+    },
+    /// Write a minisign key pair for `signing.key_file` (docs/signing.md).
+    Keygen {
+        /// The folder to write `<name>.key` and `<name>.pub` into.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The files' name.
+        #[arg(long, default_value = "velox-cache")]
+        name: String,
     },
     /// A data dir's channels (docs/channels.md), from its index or the server holding it.
     Channel {
@@ -192,7 +202,7 @@ impl Cli {
                 ..ServerFlags::default()
             }
             .over(top),
-            Some(Command::Warm { .. }) => top.clone(),
+            Some(Command::Warm { .. } | Command::Keygen { .. }) => top.clone(),
         };
         FlagOverrides {
             listen: f.listen,

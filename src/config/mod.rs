@@ -21,6 +21,7 @@ pub mod duration;
 mod lenient;
 mod load;
 mod sections;
+mod signing;
 mod storage;
 mod validate;
 
@@ -42,6 +43,7 @@ pub use channels::{
 pub use sections::{
     CacheConfig, EvictionPolicy, ResolveConfig, RetryConfig, INDEX_SNAPSHOT_WRITES,
 };
+pub use signing::{SigningConfig, BUILDER_ID};
 pub use storage::{S3Config, StorageBackend, StorageConfig};
 
 /// The effective configuration.
@@ -108,6 +110,8 @@ pub struct Config {
     /// Named recipes (docs/channels.md); those of the file are read-only through the API.
     pub channels: std::collections::BTreeMap<String, ChannelConfig>,
     pub prebuild: PrebuildConfig,
+    /// The key that signs binaries and provenance (docs/signing.md).
+    pub signing: SigningConfig,
 }
 
 impl Default for Config {
@@ -138,6 +142,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             channels: Default::default(),
             prebuild: PrebuildConfig::default(),
+            signing: SigningConfig::default(),
         }
     }
 }

@@ -132,6 +132,9 @@ impl Config {
         self.storage.validate()?;
         super::channels::validate(&self.channels, &self.prebuild)
             .or_else(|(key, why)| fail(&key, &why))?;
+        self.signing
+            .validate()
+            .or_else(|(key, why)| fail(&key, &why))?;
         Ok(())
     }
 }

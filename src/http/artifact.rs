@@ -65,6 +65,8 @@ struct Preformatted {
     modified_value: HeaderValue,
     content_location: HeaderValue,
     repr_digest: HeaderValue,
+    /// `Link` to the signature (docs/signing.md).
+    link: HeaderValue,
 }
 
 /// At most this many blobs' headers are kept; the set is cleared when full (the cost of a miss
@@ -83,7 +85,12 @@ fn preformat(digest: Digest, modified: HttpDate) -> Option<Preformatted> {
     let content_location = HeaderValue::from_str(&format!("/_velox/v1/artifacts/{hex}")).ok()?;
     let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
     let repr_digest = HeaderValue::from_str(&format!("sha-256=:{b64}:")).ok()?;
+    let link = HeaderValue::from_str(&format!(
+        "</_velox/v1/artifacts/{hex}.minisig>; rel=\"signature\""
+    ))
+    .ok()?;
     Some(Preformatted {
+        link,
         etag,
         etag_value,
         modified,
@@ -234,6 +241,12 @@ pub fn respond(
         .insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
     if blob.stored {
         resp.insert_header((header::CONTENT_LOCATION, pre.content_location.clone()));
+        let signing = req
+            .app_data::<actix_web::web::Data<super::AppState>>()
+            .is_some_and(|s| s.trust.signing());
+        if signing {
+            resp.append_header((header::LINK, pre.link.clone()));
+        }
     }
     if immutable {
         resp.insert_header((

@@ -14,6 +14,7 @@ pub(crate) mod prefer;
 pub(crate) mod proxy;
 pub(crate) mod public;
 mod resource;
+pub(crate) mod trust;
 
 use std::sync::Arc;
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub channels: Arc<crate::channels::Channels>,
     /// Webhook deliveries, for the metrics.
     pub webhook_stats: Arc<crate::webhook::WebhookStats>,
+    /// The signing key, and what it signed (docs/signing.md).
+    pub trust: Arc<crate::trust::service::Trust>,
     /// The PHP app's CORS grants per key, for the build status route.
     pub async_cors: cors_grants::CorsGrants,
 }

@@ -1,3 +1,4 @@
 pub mod dsse;
 pub mod keys;
 pub mod provenance;
+pub mod service;

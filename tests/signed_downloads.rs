@@ -1,0 +1,235 @@
+//! Signatures of what is served (docs/signing.md), through the real binary: every binary from
+//! the build API, the artifact route and a channel URL verifies with Debian's `minisign` against
+//! the key the server publishes; a flipped byte does not. Keys: made in the data dir, given as
+//! `signing.key_file` (from `velox-cache keygen`), retired ones listed, bad ones refused.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use support::*;
+
+/// `minisign -Vm file -x sig -p pub`: whether it verifies, and what it printed.
+fn verify(file: &Path, sig: &Path, public: &Path) -> (bool, String) {
+    let out = Command::new("minisign")
+        .args(["-Vm"])
+        .arg(file)
+        .arg("-x")
+        .arg(sig)
+        .arg("-p")
+        .arg(public)
+        .stdin(Stdio::null())
+        .output()
+        .expect("minisign runs (scripts/test installs it)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Downloads `url`'s binary and its signature into `dir`, and verifies them with `public`.
+async fn check(h: &Harness, dir: &Path, body: &[u8], public: &Path) -> String {
+    let digest = sha256_hex(body);
+    let sig = get(
+        &h.url(&format!("/_velox/v1/artifacts/{digest}.minisig")),
+        &[],
+    )
+    .await;
+    assert_eq!(sig.status, 200, "{}", String::from_utf8_lossy(&sig.body));
+    assert!(sig
+        .header("cache-control")
+        .is_some_and(|c| c.contains("immutable")));
+    let (file, sig_path) = (dir.join(&digest), dir.join(format!("{digest}.minisig")));
+    std::fs::write(&file, body).expect("write");
+    std::fs::write(&sig_path, &sig.body).expect("write");
+    let (ok, out) = verify(&file, &sig_path, public);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("sha256:{digest}")), "{out}");
+    // One byte changed: refused.
+    let mut flipped = body.to_vec();
+    flipped[body.len() / 2] ^= 1;
+    std::fs::write(&file, &flipped).expect("write");
+    let (ok, out) = verify(&file, &sig_path, public);
+    assert!(!ok, "a flipped byte verified: {out}");
+    digest
+}
+
+#[actix_web::test]
+async fn every_binary_served_verifies_with_the_published_key() {
+    let h = Harness::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let public = get(&h.url("/_velox/v1/keys/minisign.pub"), &[]).await;
+    assert_eq!(public.status, 200);
+    let pub_path = dir.path().join("minisign.pub");
+    std::fs::write(&pub_path, &public.body).expect("write");
+    // The key made at the first start, kept in the data dir, private.
+    let secret = h.opts.data_dir.join("signing/minisign.key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret)
+            .expect("the key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let keys = get(&h.url("/_velox/v1/keys"), &[]).await.json();
+    let id = keys["current"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(id.len(), 16);
+    assert_eq!(keys["previous"], serde_json::json!([]));
+    assert!(String::from_utf8_lossy(&public.body)
+        .contains(keys["current"]["minisign"].as_str().expect("b64")));
+
+    // From the build API: a miss, then a hit; both carry the Link.
+    let built = h.post(&build_request("linux", "amd64")).await;
+    assert_eq!(built.status, 200);
+    let digest = check(&h, dir.path(), &built.body, &pub_path).await;
+    let link = format!("</_velox/v1/artifacts/{digest}.minisig>; rel=\"signature\"");
+    assert_eq!(built.header("link"), Some(link.as_str()));
+    let hit = h.post(&build_request("linux", "amd64")).await;
+    assert_eq!(hit.header("x-cache-status"), Some("HIT"));
+    assert_eq!(hit.header("link"), Some(link.as_str()));
+
+    // From the artifact route; the signature is made once and kept.
+    let first = get(
+        &h.url(&format!("/_velox/v1/artifacts/{digest}.minisig")),
+        &[],
+    )
+    .await;
+    let art = get(&h.url(&format!("/_velox/v1/artifacts/{digest}")), &[]).await;
+    assert_eq!(art.header("link"), Some(link.as_str()));
+    check(&h, dir.path(), &art.body, &pub_path).await;
+    let again = get(
+        &h.url(&format!("/_velox/v1/artifacts/{digest}.minisig")),
+        &[],
+    )
+    .await;
+    assert_eq!(first.body, again.body, "kept, not made again");
+
+    // From a ranged download's whole: the same bytes.
+    let arm = h.post(&build_request("linux", "arm64")).await;
+    check(&h, dir.path(), &arm.body, &pub_path).await;
+
+    // Unknown and malformed digests.
+    get(
+        &h.url(&format!("/_velox/v1/artifacts/{}.minisig", "ab".repeat(32))),
+        &[],
+    )
+    .await
+    .assert_error(404, "not_found");
+    get(&h.url("/_velox/v1/artifacts/nothex.minisig"), &[])
+        .await
+        .assert_error(404, "not_found");
+
+    // The key survives a restart.
+    let mut h = h;
+    h.stop();
+    h.restart();
+    let keys = get(&h.url("/_velox/v1/keys"), &[]).await.json();
+    assert_eq!(keys["current"]["id"], id.as_str());
+}
+
+#[actix_web::test]
+async fn a_key_from_keygen_signs_and_a_retired_one_is_listed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().to_str().expect("utf-8");
+    let (code, out, err) = server::run(&["keygen", "--dir", d, "--name", "old"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("key id"), "{out}");
+    let (code, _, _) = server::run(&["keygen", "--dir", d, "--name", "new"], &[]);
+    assert_eq!(code, 0);
+    let (code, _, err) = server::run(&["keygen", "--dir", d, "--name", "new"], &[]);
+    assert_eq!(code, 2, "never overwrites: {err}");
+    let old_pub = std::fs::read_to_string(dir.path().join("old.pub")).expect("old.pub");
+    let new_key = dir.path().join("new.key");
+    let h = Harness::start_with(|o| {
+        o.env(
+            "VELOX_CACHE_SIGNING__KEY_FILE",
+            new_key.to_str().expect("utf-8"),
+        )
+        .env(
+            "VELOX_CACHE_SIGNING__PREVIOUS_PUBLIC_KEYS",
+            &format!("[\"{}\"]", old_pub.lines().nth(1).expect("the base64 line")),
+        )
+    });
+    let keys = get(&h.url("/_velox/v1/keys"), &[]).await.json();
+    let new_pub = std::fs::read_to_string(dir.path().join("new.pub")).expect("new.pub");
+    assert!(
+        new_pub.contains(keys["current"]["minisign"].as_str().expect("b64")),
+        "{keys}"
+    );
+    assert!(
+        old_pub.contains(keys["previous"][0]["minisign"].as_str().expect("b64")),
+        "{keys}"
+    );
+    assert!(
+        !h.opts.data_dir.join("signing").exists(),
+        "no key made beside a key file"
+    );
+    let built = h.post(&build_request("linux", "amd64")).await;
+    check(&h, dir.path(), &built.body, &dir.path().join("new.pub")).await;
+    // Not with the retired key.
+    let digest = sha256_hex(&built.body);
+    let sig = get(
+        &h.url(&format!("/_velox/v1/artifacts/{digest}.minisig")),
+        &[],
+    )
+    .await;
+    std::fs::write(dir.path().join("b"), &built.body).expect("write");
+    std::fs::write(dir.path().join("b.minisig"), &sig.body).expect("write");
+    let (ok, _) = verify(
+        &dir.path().join("b"),
+        &dir.path().join("b.minisig"),
+        &dir.path().join("old.pub"),
+    );
+    assert!(!ok);
+}
+
+#[test]
+fn a_bad_key_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let garbage = dir.path().join("garbage.key");
+    std::fs::write(&garbage, "untrusted comment: no\nAAAA\n").expect("write");
+    let public = dir.path().join("k.pub");
+    let d = dir.path().to_str().expect("utf-8");
+    assert_eq!(
+        server::run(&["keygen", "--dir", d, "--name", "k"], &[]).0,
+        0
+    );
+    for (env, value, key) in [
+        (
+            "VELOX_CACHE_SIGNING__KEY_FILE",
+            garbage.to_str().expect("utf-8").to_owned(),
+            "signing.key_file",
+        ),
+        (
+            "VELOX_CACHE_SIGNING__KEY_FILE",
+            "/nonexistent/key".to_owned(),
+            "signing.key_file",
+        ),
+        // A public key where the secret one is due.
+        (
+            "VELOX_CACHE_SIGNING__KEY_FILE",
+            public.to_str().expect("utf-8").to_owned(),
+            "signing.key_file",
+        ),
+        (
+            "VELOX_CACHE_SIGNING__PREVIOUS_PUBLIC_KEYS",
+            "[\"not a key\"]".to_owned(),
+            "signing.previous_public_keys[0]",
+        ),
+        (
+            "VELOX_CACHE_SIGNING__BUILDER_ID",
+            "no uri".to_owned(),
+            "signing.builder_id",
+        ),
+    ] {
+        let (code, _, err) = server::run(&["config"], &[(env, value.as_str())]);
+        assert_eq!(code, 2, "{env}={value}: {err}");
+        assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+    }
+}
