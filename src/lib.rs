@@ -18,5 +18,6 @@ pub(crate) mod redact;
 pub mod server;
 pub mod store;
 pub(crate) mod tls;
+pub mod trust;
 pub(crate) mod util;
 pub mod webhook;

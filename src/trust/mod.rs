@@ -1,0 +1,2 @@
+pub mod buildinfo;
+pub mod sbom;
