@@ -108,12 +108,10 @@ fn read_raw(bytes: &[u8]) -> Result<Option<(String, String)>, String> {
     }
     let version = std::str::from_utf8(version)
         .map_err(|_| "the Go version in the build information is not UTF-8")?;
-    let modinfo = std::str::from_utf8(modinfo)
+    // The sentinels are binary: strip them before reading the text.
+    let modinfo = std::str::from_utf8(strip_sentinels(modinfo))
         .map_err(|_| "the module information in the Go build information is not UTF-8")?;
-    Ok(Some((
-        version.to_string(),
-        strip_sentinels(modinfo).to_string(),
-    )))
+    Ok(Some((version.to_string(), modinfo.to_string())))
 }
 
 /// The address where Go's linker put the build information: its own section when there is one,
@@ -212,12 +210,11 @@ fn uvarint(data: &[u8]) -> Option<(u64, usize)> {
 
 /// Go frames the module text with two 16-byte sentinels; text without them counts as empty
 /// (as `debug/buildinfo` does), which is what a binary built outside module mode carries.
-fn strip_sentinels(modinfo: &str) -> &str {
-    let bytes = modinfo.as_bytes();
-    if bytes.len() >= 33 && bytes[bytes.len() - 17] == b'\n' {
-        modinfo.get(16..modinfo.len() - 16).unwrap_or("")
+fn strip_sentinels(modinfo: &[u8]) -> &[u8] {
+    if modinfo.len() >= 33 && modinfo[modinfo.len() - 17] == b'\n' {
+        &modinfo[16..modinfo.len() - 16]
     } else {
-        ""
+        &[]
     }
 }
 
@@ -595,9 +592,12 @@ mod tests {
 
     #[test]
     fn sentinels_frame_the_text_or_it_counts_as_empty() {
-        let framed = format!("{}path\tx\n{}", "s".repeat(16), "e".repeat(16));
-        assert_eq!(strip_sentinels(&framed), "path\tx\n");
-        assert_eq!(strip_sentinels("path\tx\n"), "");
+        // Go's sentinels are not UTF-8.
+        let mut framed = vec![0xffu8; 16];
+        framed.extend_from_slice(b"path\tx\n");
+        framed.extend_from_slice(&[0xf1; 16]);
+        assert_eq!(strip_sentinels(&framed), b"path\tx\n");
+        assert_eq!(strip_sentinels(b"path\tx\n"), b"");
     }
 
     #[test]
