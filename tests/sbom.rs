@@ -40,7 +40,7 @@ func main() { fmt.Println(lib.Hello(), orig.Name(), local.N(), v) }\n";
 fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let ws = GoWorkspace::new();
+        let ws = GoWorkspace::at(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sbom-go"));
         ws.publish(
             "example.com/Upper/Lib",
             "v1.2.0",

@@ -1,7 +1,7 @@
-//! Real Go builds without a network, for the SBOM tests and benchmark: a temp dir holding a
+//! Real Go builds without a network, for the SBOM tests and benchmark: a folder holding a
 //! file-system GOPROXY (`<module>/@v/list`, `<version>.info`, `.mod`, `.zip`, module paths
 //! case-encoded), a GOPATH, HOME and GOCACHE, and the `go` command (Debian's `golang-go`) run with
-//! `GOSUMDB=off` and `GOFLAGS=-mod=mod`, so go.sum gets the real `h1:` sums of what the proxy
+//! `GOSUMDB=off` and `GOFLAGS=-mod=mod -modcacherw`, so go.sum gets the real `h1:` sums of what the proxy
 //! serves.
 //!
 //! Included by path (`#[path = "support/gobuild.rs"]`) from the files that use it, so the other
@@ -11,26 +11,26 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use tempfile::TempDir;
-
 pub struct GoWorkspace {
-    pub dir: TempDir,
+    root: PathBuf,
 }
 
 impl GoWorkspace {
-    pub fn new() -> GoWorkspace {
-        let dir = tempfile::Builder::new()
-            .prefix("velox-go-")
-            .tempdir()
-            .expect("temp dir");
-        for sub in ["proxy", "home", "gopath", "cache", "src"] {
-            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+    /// A fresh workspace at `root` (what an earlier run left there is removed first). The callers
+    /// keep it in a `OnceLock`, which is never dropped, so it lives under the target dir's
+    /// temporary folder with a fixed name: one copy at most, never a leak per run.
+    pub fn at(root: PathBuf) -> GoWorkspace {
+        if root.exists() {
+            std::fs::remove_dir_all(&root).expect("remove an earlier workspace");
         }
-        GoWorkspace { dir }
+        for sub in ["proxy", "home", "gopath", "cache", "src"] {
+            std::fs::create_dir_all(root.join(sub)).expect("mkdir");
+        }
+        GoWorkspace { root }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
+        self.root.join(rel)
     }
 
     /// Writes `contents` at `rel` under the workspace, making folders as needed.
@@ -108,7 +108,8 @@ impl GoWorkspace {
                 format!("file://{}", self.path("proxy").display()),
             )
             .env("GOSUMDB", "off")
-            .env("GOFLAGS", "-mod=mod")
+            // -modcacherw: the module cache is otherwise read-only, and could not be removed.
+            .env("GOFLAGS", "-mod=mod -modcacherw")
             .env("GOTOOLCHAIN", "local")
             .env("CGO_ENABLED", "0");
         for (key, value) in env {
