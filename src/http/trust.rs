@@ -13,7 +13,8 @@ use crate::trust::service::Signed;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(readable("/_velox/v1/keys", keys))
         .service(readable("/_velox/v1/keys/minisign.pub", public_key))
-        .service(readable("/_velox/v1/artifacts/{digest}.minisig", signature));
+        .service(readable("/_velox/v1/artifacts/{digest}.minisig", signature))
+        .service(readable("/_velox/v1/artifacts/{digest}/sbom", sbom));
 }
 
 /// `GET /_velox/v1/keys`
@@ -90,4 +91,35 @@ async fn signature(
         .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
         .content_type("text/plain; charset=utf-8")
         .body(text))
+}
+
+/// `GET /_velox/v1/artifacts/{sha256}/sbom`: CycloneDX 1.5 JSON from the Go build information
+/// inside the binary.
+async fn sbom(
+    digest: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (digest, path, file_name) = local_blob(&state, &digest)?;
+    let bom = web::block(move || -> Result<Option<serde_json::Value>, String> {
+        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        // SAFETY: blobs are never written in place (a new blob is a new file, renamed in).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
+        let info = crate::trust::buildinfo::read(&map)?;
+        Ok(info.map(|i| crate::trust::sbom::cyclonedx(&i, &file_name, &digest.to_hex())))
+    })
+    .await
+    .map_err(|_| ApiError::internal())?
+    .map_err(|why| {
+        log::warn!("the SBOM of {digest} cannot be read: {why}");
+        ApiError::not_found(format!(
+            "the binary's Go build information cannot be read: {why}"
+        ))
+    })?
+    .ok_or_else(|| {
+        ApiError::not_found("the binary holds no Go build information: no SBOM can be made of it")
+    })?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
+        .content_type("application/vnd.cyclonedx+json; version=1.5")
+        .body(bom.to_string()))
 }
