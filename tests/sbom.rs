@@ -470,3 +470,78 @@ fn a_malformed_build_line_is_an_error_naming_the_line() {
         "{err}"
     );
 }
+
+#[allow(dead_code)]
+mod support;
+
+/// Through the real server: a Go binary Velox answers with is stored, and its SBOM is served.
+#[actix_web::test]
+async fn the_server_serves_the_sbom_of_a_go_binary_it_stored() {
+    let b = built();
+    let h = support::Harness::start();
+    std::fs::create_dir_all(&h.velox.dir).expect("artifact root");
+    let dest = h.velox.dir.join("go-app");
+    std::fs::copy(&b.linux, &dest).expect("copy the Go binary");
+    h.velox
+        .script([support::Behavior::Path(dest.display().to_string())]);
+    let r = h.post(&support::build_request("linux", "amd64")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let bytes = std::fs::read(&b.linux).expect("read");
+    assert_eq!(&r.body[..], &bytes[..]);
+    let digest = sha256_hex(&bytes);
+    let served = support::get(&h.url(&format!("/_velox/v1/artifacts/{digest}/sbom")), &[]).await;
+    assert_eq!(
+        served.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&served.body)
+    );
+    assert!(served
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("application/vnd.cyclonedx+json")));
+    let bom = served.json();
+    validate(&bom).expect("a valid CycloneDX 1.5 document");
+    assert_eq!(
+        bom["metadata"]["component"]["hashes"][0]["content"],
+        digest.as_str()
+    );
+    let go = go_version_m(&b.linux);
+    let components = bom["components"].as_array().expect("components");
+    assert_eq!(components.len(), go.deps.len(), "{bom}");
+    for dep in &go.deps {
+        assert!(
+            components
+                .iter()
+                .any(|c| c["purl"] == expected_purl(&dep.path, &dep.version)),
+            "{} {} missing: {bom}",
+            dep.path,
+            dep.version
+        );
+    }
+
+    // Bytes that are not a Go binary: a 404 saying so.
+    let other = h.post(&support::distinct_request(3)).await;
+    assert_eq!(other.status, 200);
+    let none = support::get(
+        &h.url(&format!(
+            "/_velox/v1/artifacts/{}/sbom",
+            sha256_hex(&other.body)
+        )),
+        &[],
+    )
+    .await;
+    let err = none.assert_error(404, "not_found");
+    assert!(
+        err["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Go build information")),
+        "{err}"
+    );
+    // And an unknown digest.
+    support::get(
+        &h.url(&format!("/_velox/v1/artifacts/{}/sbom", "ab".repeat(32))),
+        &[],
+    )
+    .await
+    .assert_error(404, "not_found");
+}
