@@ -471,7 +471,6 @@ fn a_malformed_build_line_is_an_error_naming_the_line() {
     );
 }
 
-#[allow(dead_code)]
 mod support;
 
 /// Through the real server: a Go binary Velox answers with is stored, and its SBOM is served.
