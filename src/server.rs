@@ -143,6 +143,48 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         crate::trust::service::Trust::open(&config, config.storage.backend == StorageBackend::S3)
             .map_err(|why| ServeError::Io(io::Error::other(why)))?,
     );
+    {
+        // Every binary this replica builds gets its provenance, signed (docs/provenance.md).
+        let (trust, builder_id) = (Arc::clone(&trust), config.signing.builder_id.clone());
+        let velox = crate::redact::url(&config.server_url);
+        builds.on_built(Arc::new(move |f: crate::builds::BuiltFacts| {
+            let mut asked = f.request.manifest_payload();
+            for r in &f.resolved {
+                if let Some(plugins) = asked["plugins"].as_array_mut() {
+                    for p in plugins.iter_mut() {
+                        if p["module_name"] == r.module.as_str() && p["tag"] == r.version.as_str() {
+                            p["tag"] = serde_json::Value::from(r.asked.clone());
+                        }
+                    }
+                }
+            }
+            let resolved: serde_json::Map<String, serde_json::Value> = f
+                .resolved
+                .iter()
+                .map(|r| (r.module.clone(), serde_json::Value::from(r.version.clone())))
+                .collect();
+            let facts = crate::trust::service::BuildFacts {
+                digest: &f.entry.digest,
+                file_name: &f.entry.file_name,
+                asked,
+                resolved: serde_json::Value::Object(resolved),
+                rr_version: &f.request.rr_version,
+                plugins: f
+                    .request
+                    .plugins
+                    .iter()
+                    .map(|p| (p.module_name.clone(), p.tag.clone()))
+                    .collect(),
+                velox_server: &velox,
+                request_id: f.request.request_id().unwrap_or_default(),
+                started: f.started,
+                finished: f.finished,
+            };
+            if let Err(e) = trust.record_provenance(&builder_id, &facts) {
+                log::warn!("cannot keep the provenance of {}: {e}", f.entry.digest);
+            }
+        }));
+    }
     let state = web::Data::new(AppState {
         config: Arc::clone(&config),
         store: Arc::clone(&store),

@@ -136,7 +136,11 @@ async fn a_channel_is_prebuilt_at_start_and_again_when_latest_moves() {
         "</_velox/v1/artifacts/{}.minisig>; rel=\"signature\"",
         amd["digest"].as_str().expect("digest")
     );
-    assert_eq!(r.header("link"), Some(signature.as_str()));
+    assert!(
+        r.header("link").is_some_and(|l| l.starts_with(&signature)),
+        "{:?}",
+        r.header("link")
+    );
     let etag = r.header("etag").expect("etag").to_owned();
     let not_modified = get(&url, &[("if-none-match", &etag)]).await;
     assert_eq!(not_modified.status, 304);

@@ -88,7 +88,9 @@ async fn every_binary_served_verifies_with_the_published_key() {
     let built = h.post(&build_request("linux", "amd64")).await;
     assert_eq!(built.status, 200);
     let digest = check(&h, dir.path(), &built.body, &pub_path).await;
-    let link = format!("</_velox/v1/artifacts/{digest}.minisig>; rel=\"signature\"");
+    let link = format!(
+        "</_velox/v1/artifacts/{digest}.minisig>; rel=\"signature\", </_velox/v1/artifacts/{digest}/provenance>; rel=\"provenance\""
+    );
     assert_eq!(built.header("link"), Some(link.as_str()));
     let hit = h.post(&build_request("linux", "amd64")).await;
     assert_eq!(hit.header("x-cache-status"), Some("HIT"));
@@ -232,4 +234,124 @@ fn a_bad_key_stops_the_start_naming_it() {
         assert_eq!(code, 2, "{env}={value}: {err}");
         assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
     }
+}
+
+/// Python's `cryptography` checks the envelope's Ed25519 signature over DSSE's PAE, computed in
+/// Python, with the key of the server's `minisign.pub`; prints the payload.
+const DSSE_VERIFY: &str = r#"
+import base64, json, sys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+env = json.load(open(sys.argv[1]))
+key = base64.b64decode(open(sys.argv[2]).read().splitlines()[1])[10:42]
+payload = base64.b64decode(env["payload"])
+t = env["payloadType"].encode()
+pae = b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+Ed25519PublicKey.from_public_bytes(key).verify(base64.b64decode(env["signatures"][0]["sig"]), pae)
+sys.stdout.write(payload.decode())
+"#;
+
+#[actix_web::test]
+async fn each_build_has_a_signed_provenance_naming_what_was_asked_and_resolved() {
+    use support::goproxy::GoProxy;
+    const HTTP: &str = "github.com/roadrunner-server/http/v5";
+    let proxy = GoProxy::start();
+    proxy.set_latest(HTTP, "v5.2.7");
+    let h = Harness::start_with(|o| {
+        o.env("VELOX_CACHE_RESOLVE__GOPROXY", &proxy.url).env(
+            "VELOX_CACHE_SIGNING__BUILDER_ID",
+            "https://ci.example.com/velox-cache",
+        )
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let public = get(&h.url("/_velox/v1/keys/minisign.pub"), &[]).await;
+    std::fs::write(dir.path().join("k.pub"), &public.body).expect("write");
+    let mut asked = build_request("linux", "amd64");
+    asked["plugins"][0]["tag"] = serde_json::json!("latest");
+    let built = h.post(&asked).await;
+    assert_eq!(built.status, 200);
+    let digest = sha256_hex(&built.body);
+    let url = h.url(&format!("/_velox/v1/artifacts/{digest}/provenance"));
+    let mut envelope = get(&url, &[]).await;
+    // Made beside the answer, on the blocking pool: a moment later at most.
+    for _ in 0..100 {
+        if envelope.status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        envelope = get(&url, &[]).await;
+    }
+    assert_eq!(
+        envelope.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&envelope.body)
+    );
+    assert_eq!(
+        envelope.header("content-type"),
+        Some("application/vnd.dsse.envelope.v1+json")
+    );
+    let env_path = dir.path().join("env.json");
+    std::fs::write(&env_path, &envelope.body).expect("write");
+    let out = Command::new("python3")
+        .args(["-c", DSSE_VERIFY])
+        .arg(&env_path)
+        .arg(dir.path().join("k.pub"))
+        .output()
+        .expect("python3 runs (scripts/test installs cryptography)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let statement: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the statement");
+    assert_eq!(statement["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(statement["subject"][0]["digest"]["sha256"], digest.as_str());
+    assert_eq!(statement["predicateType"], "https://slsa.dev/provenance/v1");
+    let def = &statement["predicate"]["buildDefinition"];
+    assert_eq!(
+        def["externalParameters"]["plugins"][0]["tag"], "latest",
+        "{statement}"
+    );
+    assert_eq!(
+        def["internalParameters"]["resolved"][HTTP], "v5.2.7",
+        "{statement}"
+    );
+    let deps = def["resolvedDependencies"].to_string();
+    assert!(
+        deps.contains("pkg:golang/github.com/roadrunner-server/http/v5@v5.2.7"),
+        "{deps}"
+    );
+    assert!(
+        deps.contains("pkg:golang/github.com/roadrunner-server/roadrunner/v2025@v2025.1.2"),
+        "{deps}"
+    );
+    let run = &statement["predicate"]["runDetails"];
+    assert_eq!(run["builder"]["id"], "https://ci.example.com/velox-cache");
+    assert_eq!(
+        run["metadata"]["invocationId"],
+        built.header("x-build-request-id").expect("id")
+    );
+
+    // A changed byte of the payload does not verify.
+    let mut tampered: serde_json::Value = serde_json::from_slice(&envelope.body).expect("json");
+    tampered["payloadType"] = serde_json::json!("application/json");
+    std::fs::write(&env_path, tampered.to_string()).expect("write");
+    let out = Command::new("python3")
+        .args(["-c", DSSE_VERIFY])
+        .arg(&env_path)
+        .arg(dir.path().join("k.pub"))
+        .output()
+        .expect("python3");
+    assert!(!out.status.success());
+
+    // No provenance for an unknown digest.
+    get(
+        &h.url(&format!(
+            "/_velox/v1/artifacts/{}/provenance",
+            "ab".repeat(32)
+        )),
+        &[],
+    )
+    .await
+    .assert_error(404, "not_found");
 }

@@ -86,7 +86,7 @@ fn preformat(digest: Digest, modified: HttpDate) -> Option<Preformatted> {
     let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
     let repr_digest = HeaderValue::from_str(&format!("sha-256=:{b64}:")).ok()?;
     let link = HeaderValue::from_str(&format!(
-        "</_velox/v1/artifacts/{hex}.minisig>; rel=\"signature\""
+        "</_velox/v1/artifacts/{hex}.minisig>; rel=\"signature\", </_velox/v1/artifacts/{hex}/provenance>; rel=\"provenance\""
     ))
     .ok()?;
     Some(Preformatted {

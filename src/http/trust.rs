@@ -14,7 +14,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(readable("/_velox/v1/keys", keys))
         .service(readable("/_velox/v1/keys/minisign.pub", public_key))
         .service(readable("/_velox/v1/artifacts/{digest}.minisig", signature))
-        .service(readable("/_velox/v1/artifacts/{digest}/sbom", sbom));
+        .service(readable("/_velox/v1/artifacts/{digest}/sbom", sbom))
+        .service(readable(
+            "/_velox/v1/artifacts/{digest}/provenance",
+            provenance,
+        ));
 }
 
 /// `GET /_velox/v1/keys`
@@ -122,4 +126,30 @@ async fn sbom(
         .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
         .content_type("application/vnd.cyclonedx+json; version=1.5")
         .body(bom.to_string()))
+}
+
+/// `GET /_velox/v1/artifacts/{sha256}/provenance`: the DSSE envelope made when this replica
+/// built the binary.
+async fn provenance(
+    digest: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (digest, _, _) = local_blob(&state, &digest)?;
+    let st = state.clone();
+    let envelope = web::block(move || st.trust.provenance(&digest))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(|e| {
+            log::error!("cannot read the provenance of {digest}: {e}");
+            ApiError::storage_unavailable()
+        })?
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "no provenance is kept for this binary: it was built before signing was on, by another replica, or while signing was off",
+            )
+        })?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
+        .content_type(crate::trust::dsse::MEDIA_TYPE)
+        .body(envelope))
 }

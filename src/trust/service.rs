@@ -181,3 +181,105 @@ fn own_key(data_dir: &Path) -> Result<SigningKey, String> {
     );
     Ok(key)
 }
+
+/// What a provenance statement is made of, as the build layer tells it.
+pub struct BuildFacts<'a> {
+    pub digest: &'a Digest,
+    pub file_name: &'a str,
+    /// The recipe as it was asked for (floating tags as asked).
+    pub asked: Value,
+    /// Module → version, for the floating tags that were resolved.
+    pub resolved: Value,
+    /// RoadRunner's version and each plugin's, resolved.
+    pub rr_version: &'a str,
+    pub plugins: Vec<(String, String)>,
+    pub velox_server: &'a str,
+    pub request_id: &'a str,
+    pub started: std::time::SystemTime,
+    pub finished: std::time::SystemTime,
+}
+
+/// RoadRunner's module path for `version`: Go's major-version suffix from v2 on.
+fn roadrunner_module(version: &str) -> String {
+    let major = version
+        .strip_prefix('v')
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u64>().ok());
+    match major {
+        Some(m) if m >= 2 => format!("github.com/roadrunner-server/roadrunner/v{m}"),
+        _ => "github.com/roadrunner-server/roadrunner".into(),
+    }
+}
+
+impl Trust {
+    fn provenance_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.to_hex();
+        self.dir
+            .join(&hex[..2])
+            .join(format!("{hex}.provenance.json"))
+    }
+
+    /// Makes, signs and keeps the provenance of a binary this replica built (a DSSE envelope of
+    /// an in-toto Statement v1 with SLSA provenance v1, docs/provenance.md). The first one kept
+    /// for a digest stays. Nothing when signing is off. Blocks.
+    pub fn record_provenance(&self, builder_id: &str, facts: &BuildFacts<'_>) -> io::Result<()> {
+        use super::{dsse, provenance};
+        let Some(key) = &self.key else {
+            return Ok(());
+        };
+        let path = self.provenance_path(facts.digest);
+        if path.exists() {
+            return Ok(());
+        }
+        let digest_hex = facts.digest.to_hex();
+        let mut dependencies = vec![(
+            provenance::purl_go(&roadrunner_module(facts.rr_version), facts.rr_version),
+            None,
+        )];
+        dependencies.extend(
+            facts
+                .plugins
+                .iter()
+                .map(|(m, v)| (provenance::purl_go(m, v), None)),
+        );
+        let statement = provenance::statement(&provenance::Provenance {
+            subject_name: facts.file_name,
+            digest_hex: &digest_hex,
+            build_type: provenance::BUILD_TYPE,
+            external_parameters: facts.asked.clone(),
+            internal_parameters: json!({"resolved": facts.resolved}),
+            resolved_dependencies: dependencies,
+            builder_id,
+            builder_version: env!("CARGO_PKG_VERSION"),
+            velox_server: facts.velox_server,
+            invocation_id: facts.request_id,
+            started_on: facts.started,
+            finished_on: facts.finished,
+        });
+        let payload = serde_json::to_vec(&statement).map_err(io::Error::other)?;
+        let envelope = dsse::envelope(dsse::IN_TOTO_PAYLOAD_TYPE, &payload, key);
+        let text = serde_json::to_vec(&envelope).map_err(io::Error::other)?;
+        let dir = path
+            .parent()
+            .ok_or_else(|| io::Error::other("a provenance path has no folder"))?;
+        fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+        fs::write(&tmp, &text)?;
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The kept provenance envelope of `digest`, if this replica built it.
+    pub fn provenance(&self, digest: &Digest) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.provenance_path(digest)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -61,6 +61,19 @@ impl BuildService {
                 m.builds_success.fetch_add(1, Ordering::Relaxed);
                 m.build_duration.observe(b.build_time);
                 log::info!("built {key} in {:.1}s", b.build_time.as_secs_f64());
+                if let (Some(hook), None) = (self.on_built.get(), &b.unstored) {
+                    let finished = std::time::SystemTime::now();
+                    let facts = super::BuiltFacts {
+                        key,
+                        entry: b.entry.clone(),
+                        request: request.clone(),
+                        resolved: self.resolved(&key).map(|r| r.to_vec()).unwrap_or_default(),
+                        started: finished.checked_sub(b.build_time).unwrap_or(finished),
+                        finished,
+                    };
+                    let hook = Arc::clone(hook);
+                    actix_web::rt::task::spawn_blocking(move || hook(facts));
+                }
             }
             Err(BuildError::Velox(VeloxError::Timeout)) => {
                 m.builds_timeout.fetch_add(1, Ordering::Relaxed);

@@ -75,7 +75,24 @@ pub struct BuildService {
     short_of: Arc<AtomicU64>,
     /// What replicas share (docs/object-storage.md); a single replica shares nothing.
     shared: Arc<dyn SharedStore>,
+    /// Told of every binary this replica built and stored (the provenance is made there).
+    on_built: std::sync::OnceLock<OnBuilt>,
 }
+
+/// What a build that this replica ran and stored was: for its provenance.
+pub struct BuiltFacts {
+    pub key: CacheKey,
+    pub entry: EntryRecord,
+    /// The request Velox built (floating tags resolved).
+    pub request: BuildRequest,
+    /// The floating tags resolved for it: module, tag asked, version.
+    pub resolved: Vec<Resolution>,
+    pub started: SystemTime,
+    pub finished: SystemTime,
+}
+
+/// See [`BuildService::on_built`].
+pub type OnBuilt = Arc<dyn Fn(BuiltFacts) + Send + Sync>;
 
 impl BuildService {
     pub fn new(store: Arc<Store>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
@@ -92,7 +109,14 @@ impl BuildService {
             velox_health: AtomicU8::new(0),
             short_of: Arc::new(AtomicU64::new(0)),
             shared: Arc::new(LocalOnly),
+            on_built: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Has `hook` told of every build this replica runs and stores, on the blocking pool,
+    /// after its waiters have their answer.
+    pub fn on_built(&self, hook: OnBuilt) {
+        let _ = self.on_built.set(hook);
     }
 
     /// The size of the last binary that could not be stored for lack of space, while no binary
