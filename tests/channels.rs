@@ -131,6 +131,12 @@ async fn a_channel_is_prebuilt_at_start_and_again_when_latest_moves() {
         amd["artifact_url"].as_str(),
         "{amd}"
     );
+    let minisig = get(
+        &h.url(amd["signature_url"].as_str().expect("signature_url")),
+        &[],
+    )
+    .await;
+    assert_eq!(minisig.status, 200, "the release's signature");
     assert_eq!(r.header("x-velox-channel-release"), current["id"].as_str());
     let signature = format!(
         "</_velox/v1/artifacts/{}.minisig>; rel=\"signature\"",

@@ -200,6 +200,8 @@ pub fn release_json(release: &Release) -> Value {
                     "digest": digest,
                     "size": b.size,
                     "artifact_url": format!("/_velox/v1/artifacts/{digest}"),
+                    "signature_url": format!("/_velox/v1/artifacts/{digest}.minisig"),
+                    "provenance_url": format!("/_velox/v1/artifacts/{digest}/provenance"),
                 }),
             )
         })
