@@ -146,6 +146,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     {
         // Every binary this replica builds gets its provenance, signed (docs/provenance.md).
         let (trust, builder_id) = (Arc::clone(&trust), config.signing.builder_id.clone());
+        let store_for_signing = Arc::clone(&store);
         let velox = crate::redact::url(&config.server_url);
         builds.on_built(Arc::new(move |f: crate::builds::BuiltFacts| {
             let mut asked = f.request.manifest_payload();
@@ -182,6 +183,19 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             };
             if let Err(e) = trust.record_provenance(&builder_id, &facts) {
                 log::warn!("cannot keep the provenance of {}: {e}", f.entry.digest);
+            }
+            // Signed now, naming its key and RoadRunner version: the first `.minisig` request
+            // then finds it made.
+            let key = f.key.to_hex();
+            let signed = crate::trust::service::Signed {
+                digest: &f.entry.digest,
+                file_name: &f.entry.file_name,
+                key: Some(&key),
+                rr_version: Some(&f.request.rr_version),
+            };
+            let blob = store_for_signing.blob_path(&f.entry.digest);
+            if let Err(e) = trust.signature(&blob, &signed) {
+                log::warn!("cannot sign {} after its build: {e}", f.entry.digest);
             }
         }));
     }

@@ -332,6 +332,25 @@ async fn each_build_has_a_signed_provenance_naming_what_was_asked_and_resolved()
         built.header("x-build-request-id").expect("id")
     );
 
+    // The build signed its binary too, naming its cache key and RoadRunner version.
+    let kept = h
+        .opts
+        .data_dir
+        .join(format!("signatures/{}/{digest}.minisig", &digest[..2]));
+    let signed = eventually(std::time::Duration::from_secs(5), async || kept.exists()).await;
+    assert!(signed, "{}", kept.display());
+    let pub_path = dir.path().join("k.pub");
+    check(&h, dir.path(), &built.body, &pub_path).await;
+    let sig = get(
+        &h.url(&format!("/_velox/v1/artifacts/{digest}.minisig")),
+        &[],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&sig.body);
+    let key = built.header("x-velox-cache-key").expect("key");
+    assert!(text.contains(&format!("key:{key}")), "{text}");
+    assert!(text.contains("rr_version:v2025.1.2"), "{text}");
+
     // A changed byte of the payload does not verify.
     let mut tampered: serde_json::Value = serde_json::from_slice(&envelope.body).expect("json");
     tampered["payloadType"] = serde_json::json!("application/json");

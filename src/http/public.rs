@@ -204,26 +204,6 @@ pub fn binary_response(
             headers.push((HeaderName::from_static(name), v));
         }
     };
-    if matches!(status, CacheStatus::Miss { .. }) && stored && state.trust.signing() {
-        // Signed at once, beside the download (the signature reads the stored file): the
-        // first `.minisig` request then finds it made. Never on a hit.
-        let (trust, path) = (
-            std::sync::Arc::clone(&state.trust),
-            state.store.blob_path(&entry.digest),
-        );
-        let (digest, name) = (entry.digest, file_name.clone());
-        actix_web::rt::task::spawn_blocking(move || {
-            let signed = crate::trust::service::Signed {
-                digest: &digest,
-                file_name: &name,
-                key: None,
-                rr_version: None,
-            };
-            if let Err(e) = trust.signature(&path, &signed) {
-                log::warn!("cannot sign {digest} after its build: {e}");
-            }
-        });
-    }
     match status {
         CacheStatus::Hit => {
             add("x-cache-status", "HIT".into());
