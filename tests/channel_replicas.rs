@@ -102,11 +102,18 @@ async fn replicas_serve_one_release_built_once_and_share_changes() {
     assert_eq!(on_b["current"]["id"], second.as_str());
     assert_eq!(on_b["current"]["resolved"][HTTP], "v5.2.8");
     assert_eq!(on_b["releases"][1]["id"], first.as_str());
-    // Both replicas pin the release they serve.
+    // Both replicas pin the release they serve: B may have left the builds to A and hold no copy
+    // yet; its first download fills its tier, and the entry is pinned there.
     let key = on_b["current"]["binaries"]["linux/arm64"]["key"]
         .as_str()
         .expect("key")
         .to_owned();
+    let from_b = get(&b.url("/_velox/v1/channels/prod/linux/arm64"), &[]).await;
+    assert_eq!(from_b.status, 200);
+    assert_eq!(
+        from_b.header("x-velox-channel-release"),
+        Some(second.as_str())
+    );
     let pinned_on_b = eventually(Duration::from_secs(10), async || {
         let r = get(&b.admin_url(&format!("/v1/cache/{key}")), &[]).await;
         r.status == 200 && r.json()["pins"] == json!(["channel:prod"])
