@@ -258,6 +258,7 @@ fn main() {
         min_free_bytes: 1 << 30,
         velox_up: true,
         index_reopens: (0, 0),
+        index_snapshots: 0,
     };
     let totals = Some(CacheTotals {
         entries: 1_000_000,

@@ -103,6 +103,7 @@ async fn heavy_writing_snapshots_the_index_while_running_and_a_kill_loses_nothin
     let running = snapshots(&data_dir);
     assert_eq!(running.len(), 1, "{running:?}");
     assert_ne!(running, at_start, "the snapshot was written while running");
+    assert!(metric(h.server(), "velox_cache_index_snapshots_total").await >= 1.0);
 
     // Written after the snapshot: only this is replayed after the kill.
     let after: Vec<_> = (5..7).map(distinct_request).collect();

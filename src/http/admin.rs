@@ -122,6 +122,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             min_free_bytes: Limits::from(&state.config.cache).min_free_bytes,
             velox_up: state.builds.velox_health() != VeloxHealth::Unreachable,
             index_reopens: state.store.index_reopens(),
+            index_snapshots: state.store.index_snapshots(),
         },
     );
     let stats = &state.webhook_stats;

@@ -83,6 +83,8 @@ pub struct Gauges {
     pub velox_up: bool,
     /// Reopens of the index that succeeded and that failed (docs/storage.md, "Disk full").
     pub index_reopens: (u64, u64),
+    /// Snapshots of the index taken while running (`cache.index_snapshot_writes`).
+    pub index_snapshots: u64,
 }
 
 impl Default for Metrics {
@@ -186,6 +188,13 @@ impl Metrics {
              # TYPE velox_cache_index_reopens_total counter\n\
              velox_cache_index_reopens_total{{result=\"ok\"}} {ok}\n\
              velox_cache_index_reopens_total{{result=\"error\"}} {error}"
+        );
+        one(
+            out,
+            "counter",
+            "velox_cache_index_snapshots_total",
+            "Snapshots of the index taken while running (cache.index_snapshot_writes).",
+            g.index_snapshots,
         );
     }
 
