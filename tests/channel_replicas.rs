@@ -49,25 +49,35 @@ async fn same_release(replicas: &[&Server], name: &str, not: Option<&str>) -> St
     seen[0].as_str().unwrap_or_default().to_owned()
 }
 
-#[actix_web::test]
-async fn replicas_serve_one_release_built_once_and_share_changes() {
-    let proxy = GoProxy::start();
-    proxy.set_latest(HTTP, "v5.2.7");
-    let cluster = Cluster::start("chan/");
+/// Replicas on one bucket under `prefix`, resolving with `proxy`, polling every second, each given
+/// the same file with channel `prod` (`http/v5@latest`, plus `extra` lines).
+fn channel_cluster(prefix: &str, proxy: &GoProxy, extra: &str) -> Cluster {
+    let cluster = Cluster::start(prefix);
     let config = cluster.tmp.path().join("velox-cache.toml");
     std::fs::write(
         &config,
         format!(
-            "[channels.prod]\nrr_version = \"v2025.1.2\"\nplugins = [{{ module_name = \"{HTTP}\", tag = \"latest\" }}]\nplatforms = [\"linux/amd64\", \"linux/arm64\"]\n"
+            "[channels.prod]\nrr_version = \"v2025.1.2\"\nplugins = [{{ module_name = \"{HTTP}\", tag = \"latest\" }}]\n{extra}"
         ),
     )
     .expect("config");
-    let mut cluster = cluster
+    cluster
         .with("VELOX_CACHE_CONFIG", config.to_str().expect("utf-8"))
         .with("VELOX_CACHE_RESOLVE__GOPROXY", &proxy.url)
         .with("VELOX_CACHE_RESOLVE__TTL", "0s")
         .with("VELOX_CACHE_PREBUILD__POLL", "1s")
-        .with("VELOX_CACHE_STORAGE__S3__TOMBSTONE_POLL", "1s");
+        .with("VELOX_CACHE_STORAGE__S3__TOMBSTONE_POLL", "1s")
+}
+
+#[actix_web::test]
+async fn replicas_serve_one_release_built_once_and_share_changes() {
+    let proxy = GoProxy::start();
+    proxy.set_latest(HTTP, "v5.2.7");
+    let mut cluster = channel_cluster(
+        "chan/",
+        &proxy,
+        "platforms = [\"linux/amd64\", \"linux/arm64\"]\n",
+    );
     let a = cluster.replica();
     let b = cluster.replica();
 
@@ -169,21 +179,7 @@ async fn replicas_serve_one_release_built_once_and_share_changes() {
 async fn a_damaged_record_in_the_bucket_is_served_around_and_written_again() {
     let proxy = GoProxy::start();
     proxy.set_latest(HTTP, "v5.2.7");
-    let cluster = Cluster::start("damaged/");
-    let config = cluster.tmp.path().join("velox-cache.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[channels.prod]\nrr_version = \"v2025.1.2\"\nplugins = [{{ module_name = \"{HTTP}\", tag = \"latest\" }}]\n"
-        ),
-    )
-    .expect("config");
-    let mut cluster = cluster
-        .with("VELOX_CACHE_CONFIG", config.to_str().expect("utf-8"))
-        .with("VELOX_CACHE_RESOLVE__GOPROXY", &proxy.url)
-        .with("VELOX_CACHE_RESOLVE__TTL", "0s")
-        .with("VELOX_CACHE_PREBUILD__POLL", "1s")
-        .with("VELOX_CACHE_STORAGE__S3__TOMBSTONE_POLL", "1s");
+    let mut cluster = channel_cluster("damaged/", &proxy, "");
     let a = cluster.replica();
     let first = same_release(&[&a], "prod", None).await;
 

@@ -5,10 +5,7 @@
 
 use futures_util::TryStreamExt;
 use object_store::path::Path;
-use object_store::{
-    Attribute, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
-    PutPayload, UpdateVersion,
-};
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, UpdateVersion};
 
 use super::checked::{self, Capped};
 use super::{bucket_err, Bucket, BucketOp};
@@ -69,33 +66,8 @@ impl Bucket {
             }),
             Expect::Any => PutMode::Overwrite,
         };
-        let mut attributes = Attributes::new();
-        attributes.insert(Attribute::ContentType, "application/json".into());
-        let opts = PutOptions {
-            mode,
-            attributes,
-            ..Default::default()
-        };
-        let n = bytes.len();
-        let path = self.channel_path(name);
-        match self
-            .counted(
-                BucketOp::ChannelPut,
-                self.0.s3.put_opts(&path, PutPayload::from(bytes), opts),
-            )
-            .await?
-        {
-            Ok(_) => {
-                self.0.counters.written(n);
-                Ok(true)
-            }
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. }
-                | object_store::Error::NotFound { .. },
-            ) => Ok(false),
-            Err(e) => Err(bucket_err(e)),
-        }
+        self.put_json(BucketOp::ChannelPut, &self.channel_path(name), bytes, mode)
+            .await
     }
 
     pub(super) async fn delete_channel(&self, name: &str) -> Result<(), SharedError> {

@@ -398,6 +398,22 @@ impl Bucket {
         mode: PutMode,
     ) -> Result<Result<(), ()>, SharedError> {
         let bytes = serde_json::to_vec_pretty(manifest).map_err(io_err)?;
+        let path = self.manifest_path(&key);
+        let written = self
+            .put_json(BucketOp::ManifestPut, &path, bytes, mode)
+            .await?;
+        Ok(if written { Ok(()) } else { Err(()) })
+    }
+
+    /// One conditional write of a small JSON object (a manifest, a channel record): `Ok(false)`
+    /// when the condition failed (the object exists, or changed since it was read).
+    pub(super) async fn put_json(
+        &self,
+        op: BucketOp,
+        path: &Path,
+        bytes: Vec<u8>,
+        mode: PutMode,
+    ) -> Result<bool, SharedError> {
         let mut attributes = Attributes::new();
         attributes.insert(Attribute::ContentType, "application/json".into());
         let opts = PutOptions {
@@ -406,23 +422,19 @@ impl Bucket {
             ..Default::default()
         };
         let n = bytes.len();
-        let path = self.manifest_path(&key);
         match self
-            .counted(
-                BucketOp::ManifestPut,
-                self.0.s3.put_opts(&path, PutPayload::from(bytes), opts),
-            )
+            .counted(op, self.0.s3.put_opts(path, PutPayload::from(bytes), opts))
             .await?
         {
             Ok(_) => {
                 self.0.counters.written(n);
-                Ok(Ok(()))
+                Ok(true)
             }
             Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. }
                 | object_store::Error::NotFound { .. },
-            ) => Ok(Err(())),
+            ) => Ok(false),
             Err(e) => Err(bucket_err(e)),
         }
     }
