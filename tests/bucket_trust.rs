@@ -374,8 +374,16 @@ async fn manifests_with_absurd_fields_reach_no_header() {
     assert_eq!(hit.header("x-cache-status"), Some("HIT"));
     assert_eq!(&hit.body[..], &whole[..]);
     assert!(hit.header("x-injected").is_none());
-    // The whole download filled the local tier; the digest's URL names the blob by the
-    // manifest's (cleaned) name.
+    // The whole download filled the local tier (committed just after the last byte went out);
+    // the digest's URL names the blob by the manifest's (cleaned) name.
+    let filled = eventually(Duration::from_secs(10), async || {
+        get(&b.admin_url(&format!("/v1/cache/{key}")), &[])
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(filled, "{}", b.log_text());
     let digest = sha256_hex(&whole);
     let by_digest = get(&b.url(&format!("/_velox/v1/artifacts/{digest}")), &[]).await;
     assert_eq!(by_digest.status, 200);
