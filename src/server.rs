@@ -147,6 +147,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         // Every binary this replica builds gets its provenance, signed (docs/provenance.md).
         let (trust, builder_id) = (Arc::clone(&trust), config.signing.builder_id.clone());
         let store_for_signing = Arc::clone(&store);
+        let shared = Arc::clone(builds.shared());
         let velox = crate::redact::url(&config.server_url);
         builds.on_built(Arc::new(move |f: crate::builds::BuiltFacts| {
             let mut asked = f.request.manifest_payload();
@@ -181,8 +182,22 @@ async fn serve(config: Config) -> Result<(), ServeError> {
                 started: f.started,
                 finished: f.finished,
             };
-            if let Err(e) = trust.record_provenance(&builder_id, &facts) {
-                log::warn!("cannot keep the provenance of {}: {e}", f.entry.digest);
+            // Kept here and, with replicas, in the bucket: the first one there is every
+            // replica's answer (this hook runs on the blocking pool; the bucket's calls run on
+            // its own runtime).
+            let digest = f.entry.digest;
+            match trust.record_provenance(&builder_id, &facts) {
+                Ok(Some(envelope)) => {
+                    if let Err(e) = tokio::runtime::Handle::current().block_on(shared.trust_put(
+                        digest,
+                        "provenance.json",
+                        envelope,
+                    )) {
+                        log::warn!("cannot keep the provenance of {digest} in the bucket: {e}");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!("cannot keep the provenance of {digest}: {e}"),
             }
             // Signed now, naming its key and RoadRunner version: the first `.minisig` request
             // then finds it made.
@@ -194,8 +209,18 @@ async fn serve(config: Config) -> Result<(), ServeError> {
                 rr_version: Some(&f.request.rr_version),
             };
             let blob = store_for_signing.blob_path(&f.entry.digest);
-            if let Err(e) = trust.signature(&blob, &signed) {
-                log::warn!("cannot sign {} after its build: {e}", f.entry.digest);
+            match trust.signature(&blob, &signed) {
+                Ok(Some(text)) => {
+                    if let Err(e) = tokio::runtime::Handle::current().block_on(shared.trust_put(
+                        digest,
+                        "minisig",
+                        text.into_bytes(),
+                    )) {
+                        log::warn!("cannot keep the signature of {digest} in the bucket: {e}");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!("cannot sign {digest} after its build: {e}"),
             }
         }));
     }

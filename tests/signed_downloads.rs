@@ -7,6 +7,7 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use support::*;
 
@@ -373,4 +374,127 @@ async fn each_build_has_a_signed_provenance_naming_what_was_asked_and_resolved()
     )
     .await
     .assert_error(404, "not_found");
+}
+
+/// One byte changed in place, as an attacker or a failing disk does.
+fn flip_byte(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open the blob for writing");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).expect("read the byte");
+    b[0] ^= 0xff;
+    f.write_all_at(&b, offset).expect("write the byte");
+    f.sync_all().expect("sync");
+}
+
+/// The files kept about a blob: its blob path, signature and provenance.
+fn kept(data_dir: &Path, digest: &str) -> [std::path::PathBuf; 3] {
+    let fan = &digest[..2];
+    [
+        data_dir.join("blobs/sha256").join(fan).join(digest),
+        data_dir
+            .join("signatures")
+            .join(fan)
+            .join(format!("{digest}.minisig")),
+        data_dir
+            .join("signatures")
+            .join(fan)
+            .join(format!("{digest}.provenance.json")),
+    ]
+}
+
+#[actix_web::test]
+async fn a_blob_the_scrub_condemns_loses_its_signature_and_provenance() {
+    let h = Harness::start_with(|o| o.env("VELOX_CACHE_CACHE__SCRUB_INTERVAL", "200ms"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let built = h.post(&build_request("linux", "amd64")).await;
+    assert_eq!(built.status, 200);
+    let digest = sha256_hex(&built.body);
+    let [blob, sig, prov] = kept(&h.opts.data_dir, &digest);
+    // Both are made in the background right after the build.
+    let made = eventually(Duration::from_secs(10), async || {
+        sig.exists() && prov.exists()
+    })
+    .await;
+    assert!(
+        made,
+        "no signature or provenance kept: {}",
+        h.server().log_text()
+    );
+
+    flip_byte(&blob, 77);
+    let gone = eventually(Duration::from_secs(20), async || {
+        !blob.exists() && !sig.exists() && !prov.exists()
+    })
+    .await;
+    assert!(
+        gone,
+        "blob {} signature {} provenance {}:\n{}",
+        blob.exists(),
+        sig.exists(),
+        prov.exists(),
+        h.server().log_text()
+    );
+    for path in [
+        format!("/_velox/v1/artifacts/{digest}.minisig"),
+        format!("/_velox/v1/artifacts/{digest}/provenance"),
+    ] {
+        get(&h.url(&path), &[]).await.assert_error(404, "not_found");
+    }
+
+    // Built again: signed again, and the signature verifies.
+    let again = h.post(&build_request("linux", "amd64")).await;
+    assert_eq!(again.header("x-cache-status"), Some("MISS"));
+    let public = get(&h.url("/_velox/v1/keys/minisign.pub"), &[]).await;
+    let pub_path = dir.path().join("minisign.pub");
+    std::fs::write(&pub_path, &public.body).expect("write");
+    check(&h, dir.path(), &again.body, &pub_path).await;
+}
+
+#[actix_web::test]
+async fn a_blob_signed_at_its_first_request_names_its_key_and_is_hashed_first() {
+    let h = Harness::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let public = get(&h.url("/_velox/v1/keys/minisign.pub"), &[]).await;
+    let pub_path = dir.path().join("minisign.pub");
+    std::fs::write(&pub_path, &public.body).expect("write");
+    let built = h.post(&build_request("linux", "amd64")).await;
+    let key = built.header("x-velox-cache-key").expect("a key").to_owned();
+    let digest = sha256_hex(&built.body);
+    let [blob, sig, _] = kept(&h.opts.data_dir, &digest);
+    assert!(
+        eventually(Duration::from_secs(10), async || sig.exists()).await,
+        "never signed"
+    );
+    // As for an entry stored before signing existed: no signature yet.
+    std::fs::remove_file(&sig).expect("rm");
+    let out = check(&h, dir.path(), &built.body, &pub_path).await;
+    let sig_text = get(
+        &h.url(&format!("/_velox/v1/artifacts/{digest}.minisig")),
+        &[],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&sig_text.body).into_owned();
+    assert_eq!(out, digest);
+    assert!(text.contains(&format!("\tkey:{key}")), "{text}");
+    assert!(text.contains("\trr_version:v2025.1.2"), "{text}");
+
+    // A damaged blob is never signed: it is taken out of service instead.
+    std::fs::remove_file(&sig).expect("rm");
+    flip_byte(&blob, 99);
+    get(
+        &h.url(&format!("/_velox/v1/artifacts/{digest}.minisig")),
+        &[],
+    )
+    .await
+    .assert_error(404, "not_found");
+    assert!(!sig.exists(), "a damaged blob was signed");
+    assert!(!blob.exists(), "the damaged blob is still in service");
+    let rebuilt = h.post(&build_request("linux", "amd64")).await;
+    assert_eq!(rebuilt.header("x-cache-status"), Some("MISS"));
+    assert!(rebuilt.body == built.body);
 }

@@ -24,10 +24,13 @@ pub enum BucketOp {
     ChannelPut,
     ChannelDelete,
     ChannelList,
+    TrustGet,
+    TrustPut,
+    TrustDelete,
 }
 
 impl BucketOp {
-    pub const ALL: [BucketOp; 17] = [
+    pub const ALL: [BucketOp; 20] = [
         BucketOp::ManifestGet,
         BucketOp::ManifestPut,
         BucketOp::ManifestDelete,
@@ -45,6 +48,9 @@ impl BucketOp {
         BucketOp::ChannelPut,
         BucketOp::ChannelDelete,
         BucketOp::ChannelList,
+        BucketOp::TrustGet,
+        BucketOp::TrustPut,
+        BucketOp::TrustDelete,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +72,9 @@ impl BucketOp {
             BucketOp::ChannelPut => "channel_put",
             BucketOp::ChannelDelete => "channel_delete",
             BucketOp::ChannelList => "channel_list",
+            BucketOp::TrustGet => "trust_get",
+            BucketOp::TrustPut => "trust_put",
+            BucketOp::TrustDelete => "trust_delete",
         }
     }
 

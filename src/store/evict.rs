@@ -54,7 +54,7 @@ impl Store {
         for (key, orphan) in group.gone {
             let manifest_gone = remove_file_logged(&self.manifest_path(&key));
             if let Some(digest) = orphan {
-                remove_file_logged(&self.blob_path(&digest));
+                self.remove_blob_file(&digest);
             }
             // The removal's tombstone (index.rs) has done its work once the manifest is gone; a
             // tombstone left behind is cleared by the next start's pass.

@@ -123,7 +123,7 @@ impl Store {
         pause_for_a_crash_test();
         let manifest_gone = remove_file_logged(&self.manifest_path(key));
         if let Some(digest) = orphan {
-            remove_file_logged(&self.blob_path(&digest));
+            self.remove_blob_file(&digest);
         }
         if manifest_gone {
             self.clear_tombstone(key)?;

@@ -23,6 +23,7 @@ mod recover;
 mod reopen;
 mod scrub;
 pub mod shared;
+mod sidecars;
 mod tier;
 mod verify;
 
@@ -43,6 +44,7 @@ pub use record::{BlobRecord, EntryRecord, RecordError};
 pub use recover::{Problems, ReconcileReport};
 pub use reopen::{IndexState, FULL_BELOW, REOPEN_ATTEMPTS, SNAPSHOT_AFTER_WRITES};
 pub use scrub::{is_revoked, revocation_generation, ScrubReport, Throttle};
+pub use sidecars::SIDECAR_DIR;
 
 pub use bucket::{Bucket, BucketCounters, BucketOp};
 pub use shared::{BlobSource, SharedStore};

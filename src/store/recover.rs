@@ -401,7 +401,7 @@ impl Store {
         if file_size(&self.blob_path(&entry.digest)) == Some(manifest.size) {
             log::info!("re-indexing {key} from its manifest");
             if let Some(orphan) = self.commit_entry(&key, &entry, manifest.created_ms, false)? {
-                let _ = fs::remove_file(self.blob_path(&orphan));
+                self.remove_blob_file(&orphan);
             }
             report.reindexed += 1;
         } else if current.is_none() {

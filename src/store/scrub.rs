@@ -348,6 +348,7 @@ impl Store {
             return Ok(0);
         }
         let aside = self.set_aside(&path, &digest.to_hex())?;
+        self.forget_sidecars(digest);
         if let Some(file) = held {
             revoke(file);
         }
@@ -360,6 +361,14 @@ impl Store {
         );
         self.count_corrupt();
         Ok(removed)
+    }
+
+    /// Takes the blob `digest` out of service because a reader found that `file` (its handle
+    /// on the blob) does not hash to its name, as the scrub would: quarantined, entries removed.
+    pub fn report_damaged(&self, digest: &Digest, file: &File, why: &str) {
+        if let Err(e) = self.condemn(digest, Some(file), why) {
+            log::error!("cannot quarantine the blob {digest}: {e}");
+        }
     }
 
     fn count_corrupt(&self) {

@@ -298,6 +298,26 @@ pub trait SharedStore: Send + Sync {
     fn channel_names(&self) -> BoxFuture<'static, Result<Vec<String>, SharedError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+
+    /// A file kept about the blob `digest` for every replica (`minisig`, `provenance.json`:
+    /// docs/signing.md), when the shared store has one. Unchecked input: the caller checks it.
+    fn trust_get(
+        &self,
+        _digest: Digest,
+        _name: &'static str,
+    ) -> BoxFuture<'static, Result<Option<Vec<u8>>, SharedError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Keeps `bytes` as `name` of `digest` unless one is kept already; whether this one was.
+    fn trust_put(
+        &self,
+        _digest: Digest,
+        _name: &'static str,
+        _bytes: Vec<u8>,
+    ) -> BoxFuture<'static, Result<bool, SharedError>> {
+        Box::pin(async { Ok(true) })
+    }
 }
 
 /// One replica alone: the data dir is the store.

@@ -4,7 +4,7 @@
 //! same way, with the entry's creation time taken from its manifest so that every replica reports
 //! the same age and `Last-Modified`.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -185,9 +185,7 @@ impl Store {
         drop(mfile);
         place(&mut mtmp, &self.manifest_path(&key))?;
         if let Some(orphan) = self.commit_entry(&key, &entry, crate::util::now_ms(), true)? {
-            if let Err(e) = fs::remove_file(self.blob_path(&orphan)) {
-                log::warn!("cannot delete the unused blob {}: {e}", orphan.to_hex());
-            }
+            self.remove_blob_file(&orphan);
         }
         Ok(entry)
     }

@@ -326,6 +326,26 @@ impl PublicKey {
         self.key
     }
 
+    /// The trusted comment of a `.minisig` text made with this key, when its key id is this
+    /// key's and its global signature (over the signature and the trusted comment) verifies.
+    /// This checks what a signature says without the signed bytes: a signature read back from
+    /// shared storage must be this key's before it is served.
+    pub fn minisig_comment(&self, text: &str) -> Option<String> {
+        let mut lines = text.lines();
+        let _untrusted = lines.next()?.strip_prefix(UNTRUSTED_PREFIX)?;
+        let sig = B64.decode(lines.next()?.trim()).ok()?;
+        let comment = lines.next()?.strip_prefix("trusted comment: ")?;
+        let global = B64.decode(lines.next()?.trim()).ok()?;
+        // "ED" (prehashed), the key id, the 64 bytes of the signature.
+        if sig.len() != 2 + 8 + 64 || sig[0..2] != *b"ED" || sig[2..10] != self.key_id {
+            return None;
+        }
+        let mut signed = sig[10..].to_vec();
+        signed.extend_from_slice(comment.as_bytes());
+        self.verify_raw(&signed, &global)
+            .then(|| comment.to_string())
+    }
+
     /// Whether `signature` is this key's raw Ed25519 signature of `message` (for tests and rotation).
     pub fn verify_raw(&self, message: &[u8], signature: &[u8]) -> bool {
         UnparsedPublicKey::new(&ED25519, self.key)

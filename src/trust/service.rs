@@ -73,7 +73,7 @@ impl Trust {
         Ok(Trust {
             key,
             previous,
-            dir: config.data_dir.join("signatures"),
+            dir: config.data_dir.join(crate::store::SIDECAR_DIR),
         })
     }
 
@@ -100,42 +100,154 @@ impl Trust {
         self.dir.join(&hex[..2]).join(format!("{hex}.minisig"))
     }
 
+    /// The signature kept for `digest`, if any.
+    pub fn kept_signature(&self, digest: &Digest) -> io::Result<Option<String>> {
+        match fs::read_to_string(self.signature_path(digest)) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Signs everything `data` yields as the blob `what.digest`, checking as it reads that the
+    /// bytes hash to that digest (a damaged file is never signed: `InvalidData`). `None` when
+    /// signing is off. Blocks.
+    pub fn make_signature(
+        &self,
+        data: impl io::Read,
+        what: &Signed<'_>,
+    ) -> io::Result<Option<String>> {
+        let Some(key) = &self.key else {
+            return Ok(None);
+        };
+        let mut reader = HashingReader {
+            inner: data,
+            hasher: sha2::Sha256::default(),
+        };
+        let text = key
+            .sign_minisig(&mut reader, &trusted_comment(what))
+            .map_err(io::Error::other)?;
+        let read = Digest(sha2::Digest::finalize(reader.hasher).into());
+        if read != *what.digest {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the bytes read hash to {read}, not to {}: not signed",
+                    what.digest
+                ),
+            ));
+        }
+        Ok(Some(text))
+    }
+
+    /// Keeps `text` as the signature of `digest` unless one is kept already; the one kept.
+    pub fn keep_signature(&self, digest: &Digest, text: &str) -> io::Result<String> {
+        let kept = keep_first(&self.signature_path(digest), text.as_bytes())?;
+        String::from_utf8(kept).map_err(io::Error::other)
+    }
+
     /// The signature of the blob at `blob` (whose digest is `what.digest`): the one kept, or made
     /// now from the file and kept. `None` when signing is off. Blocks (reads the whole blob the
     /// first time): run it on the blocking pool.
     pub fn signature(&self, blob: &Path, what: &Signed<'_>) -> io::Result<Option<String>> {
-        let Some(key) = &self.key else {
+        if self.key.is_none() {
             return Ok(None);
-        };
-        let path = self.signature_path(what.digest);
-        match fs::read_to_string(&path) {
-            Ok(text) => return Ok(Some(text)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        }
+        if let Some(text) = self.kept_signature(what.digest)? {
+            return Ok(Some(text));
         }
         let file = fs::File::open(blob)?;
-        let comment = trusted_comment(what);
-        let text = key
-            .sign_minisig(io::BufReader::with_capacity(1 << 20, file), &comment)
-            .map_err(io::Error::other)?;
-        let dir = path
-            .parent()
-            .ok_or_else(|| io::Error::other("a signature path has no folder"))?;
-        fs::create_dir_all(dir)?;
-        // Written aside and linked into place, which fails when it is there: a reader never
-        // sees half a signature, and of two that signed at once the first one kept is the one
-        // every answer gives (the other returns it too).
-        let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
-        fs::write(&tmp, &text)?;
-        let linked = fs::hard_link(&tmp, &path);
-        let _ = fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => Ok(Some(text)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                fs::read_to_string(&path).map(Some)
-            }
-            Err(e) => Err(e),
+        match self.make_signature(io::BufReader::with_capacity(1 << 20, file), what)? {
+            Some(text) => self.keep_signature(what.digest, &text).map(Some),
+            None => Ok(None),
         }
+    }
+
+    /// Whether `text`, read from storage other replicas write, is a signature of `digest` made
+    /// with the key in force or a previous one (its key id, its global signature and the digest
+    /// its trusted comment names). Nothing else is served.
+    pub fn accepts_signature(&self, digest: &Digest, text: &str) -> bool {
+        let named = format!("\tsha256:{}", digest.to_hex());
+        self.known_keys()
+            .filter_map(|k| k.minisig_comment(text))
+            .any(|comment| comment.contains(&named))
+    }
+
+    /// Whether `bytes`, read from storage other replicas write, is a DSSE envelope of a statement
+    /// about `digest`, signed with the key in force or a previous one.
+    pub fn accepts_provenance(&self, digest: &Digest, bytes: &[u8]) -> bool {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let Ok(envelope) = serde_json::from_slice::<Value>(bytes) else {
+            return false;
+        };
+        let (Some(kind), Some(payload)) = (
+            envelope["payloadType"].as_str(),
+            envelope["payload"]
+                .as_str()
+                .and_then(|p| b64.decode(p).ok()),
+        ) else {
+            return false;
+        };
+        let about = serde_json::from_slice::<Value>(&payload)
+            .ok()
+            .is_some_and(|st| {
+                st["subject"].as_array().is_some_and(|s| {
+                    s.iter()
+                        .any(|s| s["digest"]["sha256"] == digest.to_hex().as_str())
+                })
+            });
+        let pae = super::dsse::pae(kind, &payload);
+        let signed = envelope["signatures"].as_array().is_some_and(|sigs| {
+            sigs.iter().any(|sig| {
+                let Some(sig) = sig["sig"].as_str().and_then(|s| b64.decode(s).ok()) else {
+                    return false;
+                };
+                self.known_keys().any(|k| k.verify_raw(&pae, &sig))
+            })
+        });
+        about && signed
+    }
+
+    /// The key in force, then the previous ones.
+    fn known_keys(&self) -> impl Iterator<Item = PublicKey> + '_ {
+        self.key
+            .iter()
+            .map(SigningKey::public)
+            .chain(self.previous.iter().cloned())
+    }
+}
+
+/// Hashes what it reads.
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+}
+
+impl<R: io::Read> io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Writes `bytes` at `path` unless a file is there, atomically (written aside and linked into
+/// place, which fails when one is there: a reader never sees half a file, and of two written at
+/// once the first stays); the bytes kept at `path`.
+fn keep_first(path: &Path, bytes: &[u8]) -> io::Result<Vec<u8>> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("a kept file's path has no folder"))?;
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+    fs::write(&tmp, bytes)?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(bytes.to_vec()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => fs::read(path),
+        Err(e) => Err(e),
     }
 }
 
@@ -222,14 +334,17 @@ impl Trust {
     /// Makes, signs and keeps the provenance of a binary this replica built (a DSSE envelope of
     /// an in-toto Statement v1 with SLSA provenance v1, docs/provenance.md). The first one kept
     /// for a digest stays. Nothing when signing is off. Blocks.
-    pub fn record_provenance(&self, builder_id: &str, facts: &BuildFacts<'_>) -> io::Result<()> {
+    pub fn record_provenance(
+        &self,
+        builder_id: &str,
+        facts: &BuildFacts<'_>,
+    ) -> io::Result<Option<Vec<u8>>> {
         use super::{dsse, provenance};
         let Some(key) = &self.key else {
-            return Ok(());
+            return Ok(None);
         };
-        let path = self.provenance_path(facts.digest);
-        if path.exists() {
-            return Ok(());
+        if let Some(kept) = self.provenance(facts.digest)? {
+            return Ok(Some(kept));
         }
         let digest_hex = facts.digest.to_hex();
         let mut dependencies = vec![(
@@ -259,22 +374,15 @@ impl Trust {
         let payload = serde_json::to_vec(&statement).map_err(io::Error::other)?;
         let envelope = dsse::envelope(dsse::IN_TOTO_PAYLOAD_TYPE, &payload, key);
         let text = serde_json::to_vec(&envelope).map_err(io::Error::other)?;
-        let dir = path
-            .parent()
-            .ok_or_else(|| io::Error::other("a provenance path has no folder"))?;
-        fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
-        fs::write(&tmp, &text)?;
-        let linked = fs::hard_link(&tmp, &path);
-        let _ = fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.keep_provenance(facts.digest, &text).map(Some)
     }
 
-    /// The kept provenance envelope of `digest`, if this replica built it.
+    /// Keeps `bytes` as the provenance of `digest` unless one is kept already; the one kept.
+    pub fn keep_provenance(&self, digest: &Digest, bytes: &[u8]) -> io::Result<Vec<u8>> {
+        keep_first(&self.provenance_path(digest), bytes)
+    }
+
+    /// The kept provenance envelope of `digest`, if any.
     pub fn provenance(&self, digest: &Digest) -> io::Result<Option<Vec<u8>>> {
         match fs::read(self.provenance_path(digest)) {
             Ok(bytes) => Ok(Some(bytes)),

@@ -23,6 +23,7 @@ mod repair;
 mod seam;
 mod tombstone;
 mod transfer;
+mod trust;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -43,5 +43,7 @@ impl Bucket {
             Ok(Err(e)) => log::error!("cannot delete the damaged blob {digest}: {}", bucket_err(e)),
             Err(e) => log::error!("cannot delete the damaged blob {digest}: {e}"),
         }
+        // Its signature and provenance speak for bytes that are no longer there.
+        self.delete_trust(digest).await;
     }
 }

@@ -276,4 +276,23 @@ impl SharedStore for Bucket {
         let this = self.clone();
         self.run(async move { this.channel_names().await })
     }
+
+    fn trust_get(
+        &self,
+        digest: Digest,
+        name: &'static str,
+    ) -> BoxFuture<'static, Result<Option<Vec<u8>>, SharedError>> {
+        let this = self.clone();
+        self.run(async move { this.get_trust(digest, name).await })
+    }
+
+    fn trust_put(
+        &self,
+        digest: Digest,
+        name: &'static str,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'static, Result<bool, SharedError>> {
+        let this = self.clone();
+        self.run(async move { this.put_trust(digest, name, bytes).await })
+    }
 }
