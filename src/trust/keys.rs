@@ -359,6 +359,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_signatures_comment_is_read_only_for_its_own_key_and_unchanged() {
+        let key = SigningKey::generate().expect("generate");
+        let other = SigningKey::generate().expect("generate");
+        let text = key
+            .sign_minisig(&b"bytes"[..], "timestamp:1\tsha256:ab")
+            .expect("sign");
+        assert_eq!(
+            key.public().minisig_comment(&text).as_deref(),
+            Some("timestamp:1\tsha256:ab")
+        );
+        assert_eq!(other.public().minisig_comment(&text), None);
+        // The trusted comment edited: its global signature no longer verifies.
+        let edited = text.replace("sha256:ab", "sha256:cd");
+        assert_eq!(key.public().minisig_comment(&edited), None);
+        assert_eq!(key.public().minisig_comment("not a signature"), None);
+        assert_eq!(key.public().minisig_comment(""), None);
+    }
+
+    #[test]
     fn debug_never_shows_the_secret() {
         let key = SigningKey::generate().expect("generate");
         let shown = format!("{key:?}");
