@@ -209,6 +209,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         channels: Arc::clone(&channels),
         webhook_stats,
         trust,
+        history: Arc::default(),
     });
 
     let public_state = state.clone();
@@ -302,6 +303,9 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         goproxy_client(&tls),
         prebuilds_stop.clone(),
     ));
+    actix_web::rt::spawn(
+        Arc::clone(&state.history).run(Arc::clone(&state.metrics), prebuilds_stop.clone()),
+    );
     actix_web::rt::spawn(
         Arc::clone(&channels).run_refresh(config.storage.s3.tombstone_poll(), prebuilds_stop),
     );
