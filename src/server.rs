@@ -210,6 +210,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         webhook_stats,
         trust,
         history: Arc::default(),
+        public_addr: Arc::default(),
     });
 
     let public_state = state.clone();
@@ -266,6 +267,9 @@ async fn serve(config: Config) -> Result<(), ServeError> {
 
     for addr in public.addrs() {
         println!("velox-cache: public listener on http://{addr}");
+    }
+    if let Some(addr) = public.addrs().first() {
+        let _ = state.public_addr.set(*addr);
     }
     for addr in admin.addrs() {
         println!("velox-cache: admin listener on http://{addr}");

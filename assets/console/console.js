@@ -192,7 +192,7 @@
           : el("span", { class: "elapsed muted", "data-started": str(b.started_ms) }, duration((Date.now() - b.started_ms) / 1000))),
       el("p", {}, plugins(b.plugins).join(", ")));
     if (failed) {
-      li.append(el("p", { class: "state-failed" }, str(b.message)));
+      li.append(el("pre", { class: "logs state-failed" }, str(b.message)));
       if (b.logs) li.append(el("details", {}, el("summary", {}, "compiler output"), el("pre", { class: "logs" }, str(b.logs))));
     }
     return li;

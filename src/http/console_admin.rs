@@ -47,10 +47,14 @@ async fn history(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// `GET /v1/console`: what the page needs to write commands for the public listener (its
-/// address as configured, the signing keys) and which optional admin routes this server has
+/// address as bound, the signing keys) and which optional admin routes this server has
 /// (`builders`: `GET /v1/builders`), so that the page asks only for what exists.
 async fn console(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let listen = state.config.listen;
+    let listen = state
+        .public_addr
+        .get()
+        .copied()
+        .unwrap_or(state.config.listen);
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .json(json!({

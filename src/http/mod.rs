@@ -46,6 +46,8 @@ pub struct AppState {
     pub async_cors: cors_grants::CorsGrants,
     /// The last hour of traffic per minute, for the console (docs/console.md).
     pub history: Arc<crate::metrics::History>,
+    /// The public listener's address once bound (port 0 resolved), for the console's commands.
+    pub public_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
 
 /// The worker's HTTP client for the Go module proxy (awc's client is not `Send`).

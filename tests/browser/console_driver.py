@@ -6,7 +6,7 @@ does what it is told and records what the browser saw: console errors, page erro
 (an `alert` from injected markup would be one) and every request the page made.
 
 Commands (each answers {"ok": true, ...} or {"ok": false, "error": "..."}):
-  {"cmd": "open", "url": U, "width": W, "height": H}  new page; answers `first_paint_ms`
+  {"cmd": "open", "url": U, "width": W, "height": H}  a new page (the last one closed); answers `first_paint_ms`
       (first contentful paint) and `rendered_ms` (navigation start to the first channel card)
   {"cmd": "viewport", "width": W, "height": H}
   {"cmd": "wait", "selector": S, "text": T, "timeout_ms": N}  until S exists (and contains T)
@@ -68,6 +68,8 @@ def main():
                 out = {"ok": True}
                 timeout = c.get("timeout_ms", 15000)
                 if cmd == "open":
+                    if page is not None:
+                        page.close()
                     page = context.new_page()
                     page.set_viewport_size({"width": c.get("width", 1280), "height": c.get("height", 900)})
                     page.on("console", on_console)
