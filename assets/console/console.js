@@ -211,9 +211,13 @@
   }
 
   let refreshSoon = null;
+  let refreshLater = null;
   function refreshAfterBuild() {
     clearTimeout(refreshSoon);
     refreshSoon = setTimeout(() => { loadChannels(); if (admin) { loadEntries(); loadPins(); } }, 300);
+    // A channel's release flips once every platform is stored, a moment after the build.
+    clearTimeout(refreshLater);
+    refreshLater = setTimeout(loadChannels, 3000);
   }
 
   function live() {

@@ -5,7 +5,7 @@
 //! The service tells it of each build it runs; nothing here decides anything about a build.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -14,6 +14,31 @@ use tokio::sync::broadcast;
 use super::outcome::{BuildError, Outcome};
 use super::velox::VeloxError;
 use super::{BuildRequest, CacheKey};
+
+/// A build being tracked; see [`Activity::track`].
+pub(super) struct Tracked {
+    activity: Arc<Activity>,
+    key: CacheKey,
+    ended: bool,
+}
+
+impl Tracked {
+    pub(super) fn ended(mut self, outcome: &Outcome) {
+        self.ended = true;
+        self.activity.ended(self.key, outcome);
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if !self.ended {
+            let lost = Err(BuildError::Internal(
+                "the build task ended without an outcome",
+            ));
+            self.activity.ended(self.key, &lost);
+        }
+    }
+}
 
 /// Failures kept for the list, newest first.
 pub const KEPT_FAILURES: usize = 20;
@@ -137,8 +162,19 @@ impl Activity {
         let _ = self.events.send(BuildEvent { kind, data });
     }
 
-    /// A build of `key` starts.
-    pub(super) fn started(&self, key: CacheKey, request: &BuildRequest) {
+    /// A build of `key` starts. Unless [`Tracked::ended`] is called, dropping the guard (a task
+    /// that panicked or whose worker stopped) reports the build as failed, so that it never
+    /// stays listed as under way.
+    pub(super) fn track(self: &Arc<Self>, key: CacheKey, request: &BuildRequest) -> Tracked {
+        self.started(key, request);
+        Tracked {
+            activity: Arc::clone(self),
+            key,
+            ended: false,
+        }
+    }
+
+    fn started(&self, key: CacheKey, request: &BuildRequest) {
         let now = SystemTime::now();
         let data = describe(&key, request, now);
         if let Ok(mut running) = self.running.lock() {
@@ -154,7 +190,7 @@ impl Activity {
     }
 
     /// The build of `key` ended with `outcome`.
-    pub(super) fn ended(&self, key: CacheKey, outcome: &Outcome) {
+    fn ended(&self, key: CacheKey, outcome: &Outcome) {
         let now = SystemTime::now();
         let Some(run) = self.running.lock().ok().and_then(|mut r| r.remove(&key)) else {
             return;
@@ -230,6 +266,44 @@ mod tests {
         let t = tail(&long);
         assert!(t.ends_with("end"));
         assert!(t.len() <= MAX_LOGS);
+    }
+
+    fn request() -> BuildRequest {
+        serde_json::from_value(json!({
+            "request_id": "r1", "rr_version": "v2025.1.2",
+            "target_platform": {"os": "linux", "arch": "amd64"},
+            "plugins": [{"module_name": "github.com/roadrunner-server/http/v5", "tag": "v5.2.7"}]
+        }))
+        .expect("request")
+    }
+
+    #[test]
+    fn a_build_dropped_without_an_outcome_is_reported_failed_not_left_running() {
+        let activity = Arc::new(Activity::default());
+        let mut events = activity.subscribe();
+        let key = CacheKey([7; 32]);
+        let tracked = activity.track(key, &request());
+        assert_eq!(activity.json()["running"][0]["key"], key.to_hex());
+        assert_eq!(activity.json()["running"][0]["plugins"][0]["tag"], "v5.2.7");
+        drop(tracked);
+        let v = activity.json();
+        assert_eq!(v["running"], json!([]));
+        assert_eq!(v["failures"][0]["error"], "internal");
+        assert_eq!(events.try_recv().map(|e| e.kind).ok(), Some("started"));
+        assert_eq!(events.try_recv().map(|e| e.kind).ok(), Some("failed"));
+    }
+
+    #[test]
+    fn only_the_last_failures_are_kept_newest_first() {
+        let activity = Arc::new(Activity::default());
+        for i in 0..(KEPT_FAILURES + 5) {
+            let t = activity.track(CacheKey([i as u8; 32]), &request());
+            t.ended(&Err(BuildError::Overloaded));
+        }
+        let failures = activity.json()["failures"].clone();
+        let failures = failures.as_array().expect("failures");
+        assert_eq!(failures.len(), KEPT_FAILURES);
+        assert_eq!(failures[0]["key"], CacheKey([24; 32]).to_hex());
     }
 
     #[test]
