@@ -488,6 +488,17 @@ async fn the_console_in_headless_chromium() {
     );
     b.call(json!({"cmd": "fill", "selector": "#token", "text": TOKEN}));
     b.call(json!({"cmd": "click", "selector": "#token-form button[type=submit]"}));
+    // Pin and unpin by the row's buttons, checked on the server.
+    b.call(json!({"cmd": "click", "selector": format!("{row} [data-action=pin]")}));
+    b.wait("#notice", "pinned");
+    b.wait("#pins", &entry[..12]);
+    let pins = get(&format!("{admin}/v1/cache/{entry}"), &[]).await.json();
+    assert_eq!(pins["pins"], json!(["manual"]), "{pins}");
+    b.call(json!({"cmd": "click", "selector": format!("{row} [data-action=unpin]")}));
+    b.wait("#notice", "unpinned");
+    b.wait(&format!("{row} [data-action=pin]"), "Pin");
+    let pins = get(&format!("{admin}/v1/cache/{entry}"), &[]).await.json();
+    assert_eq!(pins["pins"], json!([]), "{pins}");
     b.call(json!({"cmd": "click", "selector": delete}));
     b.call(json!({"cmd": "click", "selector": delete}));
     b.wait("#notice", "deleted");

@@ -282,11 +282,11 @@
     const out = [];
     const key = str(e.key);
     if (pins.includes("manual")) {
-      out.push(el("button", { type: "button", onclick: async () => {
+      out.push(el("button", { type: "button", "data-action": "unpin", onclick: async () => {
         if (await act("DELETE", "/v1/cache/" + encodeURIComponent(key) + "/pin", "unpinned " + short(key))) refreshAfterBuild();
       } }, "Unpin"));
     } else {
-      out.push(el("button", { type: "button", onclick: async () => {
+      out.push(el("button", { type: "button", "data-action": "pin", onclick: async () => {
         if (await act("POST", "/v1/cache/" + encodeURIComponent(key) + "/pin", "pinned " + short(key))) refreshAfterBuild();
       } }, "Pin"));
     }
