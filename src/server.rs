@@ -234,6 +234,8 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         channels: Arc::clone(&channels),
         webhook_stats,
         trust,
+        history: Arc::default(),
+        public_addr: Arc::default(),
     });
 
     let public_state = state.clone();
@@ -291,6 +293,9 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     for addr in public.addrs() {
         println!("velox-cache: public listener on http://{addr}");
     }
+    if let Some(addr) = public.addrs().first() {
+        let _ = state.public_addr.set(*addr);
+    }
     for addr in admin.addrs() {
         println!("velox-cache: admin listener on http://{addr}");
     }
@@ -327,6 +332,9 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         goproxy_client(&tls),
         prebuilds_stop.clone(),
     ));
+    actix_web::rt::spawn(
+        Arc::clone(&state.history).run(Arc::clone(&state.metrics), prebuilds_stop.clone()),
+    );
     actix_web::rt::spawn(
         Arc::clone(&channels).run_refresh(config.storage.s3.tombstone_poll(), prebuilds_stop),
     );

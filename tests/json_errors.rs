@@ -72,8 +72,8 @@ async fn the_admin_listener_answers_json() {
 async fn the_public_listener_answers_json() {
     let h = Harness::start();
     for (method, path, allow) in [
-        ("GET", "/_velox/v1/builds", "POST"),
-        ("DELETE", "/_velox/v1/builds", "POST"),
+        ("PUT", "/_velox/v1/builds", "GET, HEAD, POST"),
+        ("DELETE", "/_velox/v1/builds", "GET, HEAD, POST"),
         (
             "POST",
             &format!("/_velox/v1/artifacts/{}", "0".repeat(64)),

@@ -2,6 +2,7 @@
 //! the checks on the artifact Velox names (`artifact`), Go's module path rules (`modpath`), and the service that coalesces identical
 //! builds and limits concurrency (`service`).
 
+pub mod activity;
 pub mod artifact;
 pub mod floating;
 pub mod modpath;

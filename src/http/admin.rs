@@ -18,6 +18,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(readable("/readyz", readyz))
         .service(readable("/metrics", metrics))
         .configure(super::channels_admin::configure)
+        .configure(super::console_admin::configure)
         .configure(super::cache_admin::configure);
 }
 

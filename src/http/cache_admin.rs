@@ -38,7 +38,7 @@ fn rfc3339(ms: u64) -> String {
 }
 
 /// An entry as JSON from its index record alone, with the hits not yet written counted in.
-fn view(state: &AppState, key: &CacheKey, e: &EntryRecord) -> Value {
+pub(super) fn view(state: &AppState, key: &CacheKey, e: &EntryRecord) -> Value {
     let pending = state.store.pending_hits(key);
     let digest = e.digest.to_hex();
     json!({

@@ -9,6 +9,8 @@ pub(crate) mod builds_status;
 pub(crate) mod cache_admin;
 pub(crate) mod channels;
 pub(crate) mod channels_admin;
+pub(crate) mod console;
+pub(crate) mod console_admin;
 pub(crate) mod cors_grants;
 pub(crate) mod prefer;
 pub(crate) mod proxy;
@@ -42,6 +44,10 @@ pub struct AppState {
     pub trust: Arc<crate::trust::service::Trust>,
     /// The PHP app's CORS grants per key, for the build status route.
     pub async_cors: cors_grants::CorsGrants,
+    /// The last hour of traffic per minute, for the console (docs/console.md).
+    pub history: Arc<crate::metrics::History>,
+    /// The public listener's address once bound (port 0 resolved), for the console's commands.
+    pub public_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
 
 /// The worker's HTTP client for the Go module proxy (awc's client is not `Send`).

@@ -21,10 +21,16 @@ use crate::store::BlobSource;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // Before the artifact route: `{digest}` would take `<sha256>.minisig` too.
     cfg.configure(super::trust::configure);
+    // Before `/_velox/v1/builds/{key}`: it would take `events`.
+    cfg.configure(super::console::configure);
     cfg.service(
         web::resource("/_velox/v1/builds")
             .route(web::post().to(create_build))
-            .default_service(web::to(|| async { ApiError::method_not_allowed("POST") })),
+            .route(web::get().to(super::console::list))
+            .route(web::head().to(super::console::list))
+            .default_service(web::to(|| async {
+                ApiError::method_not_allowed("GET, HEAD, POST")
+            })),
     )
     .service(
         web::resource("/_velox/v1/builds/{key}")

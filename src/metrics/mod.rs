@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 mod bucket;
 mod channels;
 mod histogram;
+mod history;
 mod labels;
 
 pub use bucket::{BucketCounters, BucketOp};
 pub use channels::{ChannelCounters, ChannelGauges};
 pub use histogram::Histogram;
+pub use history::History;
 pub use labels::{EvictionReason, ResolveCounters, RetryReason, StoreErrorReason};
 
 const LOOKUP_BOUNDS: &[f64] = &[

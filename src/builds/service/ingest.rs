@@ -37,6 +37,7 @@ impl BuildService {
             key,
         };
         let started = Instant::now();
+        let tracked = self.activity.track(key, &request);
         let outcome = match tokio::time::timeout_at(
             deadline,
             self.build(&request, key, &velox, deadline, &progress),
@@ -85,6 +86,7 @@ impl BuildService {
             }
         }
         self.remember(key, &outcome);
+        tracked.ended(&outcome);
         // A binary that was served but not stored cannot be fetched later: the status route
         // says so to whoever asks after the build.
         let not_stored = outcome

@@ -77,6 +77,8 @@ pub struct BuildService {
     shared: Arc<dyn SharedStore>,
     /// Told of every binary this replica built and stored (the provenance is made there).
     on_built: std::sync::OnceLock<OnBuilt>,
+    /// The builds under way and the last failures, for people (docs/console.md).
+    activity: Arc<super::activity::Activity>,
 }
 
 /// What a build that this replica ran and stored was: for its provenance.
@@ -110,7 +112,13 @@ impl BuildService {
             short_of: Arc::new(AtomicU64::new(0)),
             shared: Arc::new(LocalOnly),
             on_built: std::sync::OnceLock::new(),
+            activity: Arc::default(),
         }
+    }
+
+    /// The builds under way, the last failures and their event stream (docs/console.md).
+    pub fn activity(&self) -> &Arc<super::activity::Activity> {
+        &self.activity
     }
 
     /// Has `hook` told of every build this replica runs and stores, on the blocking pool,
