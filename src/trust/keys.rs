@@ -174,7 +174,7 @@ impl SigningKey {
         Ok(())
     }
 
-    /// 16 hex digits, as minisign shows the key id.
+    /// Up to 16 hex digits, as minisign shows the key id.
     pub fn key_id(&self) -> String {
         self.public.key_id()
     }
@@ -293,9 +293,10 @@ impl PublicKey {
         Ok(PublicKey { key_id, key })
     }
 
-    /// 16 upper-case hex digits: the little-endian key id as a number, as minisign prints it.
+    /// Upper-case hex digits of the little-endian key id as a number, exactly as minisign
+    /// prints it (`%PRIX64`: no leading zeros, so an id may be shorter than 16 digits).
     pub fn key_id(&self) -> String {
-        format!("{:016X}", u64::from_le_bytes(self.key_id))
+        format!("{:X}", u64::from_le_bytes(self.key_id))
     }
 
     /// "Ed", the key id and the key: the bytes behind the base64 line.
@@ -396,9 +397,23 @@ mod tests {
         let public = key.public();
         assert_eq!(PublicKey::parse(&public.file()), Ok(public.clone()));
         assert_eq!(PublicKey::parse(&public.base64()), Ok(public.clone()));
-        assert_eq!(public.key_id().len(), 16);
+        assert!((1..=16).contains(&public.key_id().len()));
         assert!(public.key_id().chars().all(|c| c.is_ascii_hexdigit()));
         assert!(public.file().contains(&public.key_id()));
+    }
+
+    #[test]
+    fn key_id_has_no_leading_zeros_like_minisign_prints_it() {
+        // CI once made a key whose id began with a zero nibble: minisign wrote
+        // "015D22B59064D5CB" as "15D22B59064D5CB" (printf's %PRIX64, no padding).
+        let public = PublicKey {
+            key_id: 0x015D_22B5_9064_D5CB_u64.to_le_bytes(),
+            key: [7; 32],
+        };
+        assert_eq!(public.key_id(), "15D22B59064D5CB");
+        assert!(public
+            .file()
+            .starts_with("untrusted comment: minisign public key 15D22B59064D5CB\n"));
     }
 
     #[test]

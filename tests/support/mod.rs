@@ -232,6 +232,10 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Resp {
     finish(req.send().await).await
 }
 
+pub async fn delete(url: &str) -> Resp {
+    finish(client().delete(url).send().await).await
+}
+
 pub async fn head(url: &str, headers: &[(&str, &str)]) -> Resp {
     let mut req = client().head(url);
     for (k, v) in headers {

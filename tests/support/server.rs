@@ -38,7 +38,11 @@ impl Options {
             server_url: server_url.to_owned(),
             artifact_root: artifact_root.to_path_buf(),
             // Fast retries so that the retry tests take milliseconds.
+            // No free-space floor: a test's outcome must not depend on how full the host's disk
+            // is (with the 1 GB default, a CI machine short of space evicted what a test had
+            // just built). Tests of the floor set it themselves.
             env: vec![
+                ("VELOX_CACHE_CACHE__MIN_FREE_GB".into(), "0".into()),
                 ("VELOX_CACHE_RETRY__INITIAL_DELAY".into(), "20ms".into()),
                 ("VELOX_CACHE_RETRY__MAX_DELAY".into(), "100ms".into()),
             ],
