@@ -319,6 +319,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     };
     for addr in registry.iter().flat_map(|r| r.addrs()) {
         println!("velox-cache: registry listener on http://{addr}");
+        log::info!("registry listener on http://{addr}");
     }
     for addr in public.addrs() {
         println!("velox-cache: public listener on http://{addr}");
