@@ -13,6 +13,7 @@ pub(crate) mod error;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod oci;
 pub mod preflight;
 pub(crate) mod redact;
 pub mod server;

@@ -236,6 +236,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         trust,
         history: Arc::default(),
         public_addr: Arc::default(),
+        images: Arc::default(),
     });
 
     let public_state = state.clone();
@@ -259,6 +260,12 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             .wrap(body_timeout::CutStalledBodies::new(
                 cfg.request_body_timeout,
             ))
+            // `/v2/` belongs to the PHP app in proxy mode (docs/images.md).
+            .configure(|c| {
+                if cfg.upstream.is_none() {
+                    crate::http::registry::configure(c);
+                }
+            })
             .configure(public::configure)
             .default_service(web::to(proxy::forward))
     })
@@ -290,6 +297,30 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         source,
     })?;
 
+    let registry_state = state.clone();
+    let registry = match config.registry_listen {
+        Some(addr) => Some(
+            HttpServer::new(move || {
+                App::new()
+                    .app_data(registry_state.clone())
+                    .wrap(middleware::Logger::new("%a \"%r\" %s %b %T"))
+                    .configure(crate::http::registry::configure)
+                    .default_service(web::to(crate::http::registry::not_found))
+            })
+            .on_connect(no_delay)
+            .workers(workers)
+            .disable_signals()
+            .shutdown_timeout(DRAIN_SECS)
+            .client_request_timeout(HEAD_TIMEOUT)
+            .bind(addr)
+            .map_err(|source| ServeError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    for addr in registry.iter().flat_map(|r| r.addrs()) {
+        println!("velox-cache: registry listener on http://{addr}");
+        log::info!("registry listener on http://{addr}");
+    }
     for addr in public.addrs() {
         println!("velox-cache: public listener on http://{addr}");
     }
@@ -341,12 +372,30 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     let public = public.run();
     let admin = admin.run();
     let (public_handle, admin_handle) = (public.handle(), admin.handle());
+    let registry = registry.map(|r| r.run());
+    let registry_handle = registry.as_ref().map(|r| r.handle());
     actix_web::rt::spawn(async move {
         wait_for_signal().await;
         log::info!("stopping: no new connections; open downloads get {DRAIN_SECS}s");
-        futures_util::future::join(public_handle.stop(true), admin_handle.stop(true)).await;
+        let registry_stop = async {
+            if let Some(h) = registry_handle {
+                h.stop(true).await;
+            }
+        };
+        futures_util::future::join3(
+            public_handle.stop(true),
+            admin_handle.stop(true),
+            registry_stop,
+        )
+        .await;
     });
-    let (a, b) = futures_util::future::join(public, admin).await;
+    let registry = async {
+        match registry {
+            Some(r) => r.await,
+            None => Ok(()),
+        }
+    };
+    let (a, b, r) = futures_util::future::join3(public, admin, registry).await;
     let _ = stop_prebuilds.send(true);
     background.stop().await;
     // The last batch of access statistics, then everything to disk.
@@ -356,6 +405,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     let flushed = store.flush();
     a?;
     b?;
+    r?;
     flushed?;
     log::info!("stopped");
     Ok(())

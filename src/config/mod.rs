@@ -20,6 +20,7 @@ mod channels;
 pub mod duration;
 mod lenient;
 mod load;
+mod oci;
 mod sections;
 mod signing;
 mod storage;
@@ -40,6 +41,7 @@ pub use channels::{
     parse_platform, valid_channel_name, ChannelConfig, PrebuildConfig, Recipe, RecipeExclude,
     RecipePlugin, RecipeReplace, MAX_CHANNELS,
 };
+pub use oci::OciConfig;
 pub use sections::{
     CacheConfig, EvictionPolicy, ResolveConfig, RetryConfig, INDEX_SNAPSHOT_WRITES,
 };
@@ -112,6 +114,11 @@ pub struct Config {
     pub prebuild: PrebuildConfig,
     /// The key that signs binaries and provenance (docs/signing.md).
     pub signing: SigningConfig,
+    /// A listener for the OCI pull API alone (docs/images.md); none by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_listen: Option<SocketAddr>,
+    /// `[oci]` (docs/images.md).
+    pub oci: OciConfig,
 }
 
 impl Default for Config {
@@ -143,6 +150,8 @@ impl Default for Config {
             channels: Default::default(),
             prebuild: PrebuildConfig::default(),
             signing: SigningConfig::default(),
+            registry_listen: None,
+            oci: OciConfig::default(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub(crate) mod cors_grants;
 pub(crate) mod prefer;
 pub(crate) mod proxy;
 pub(crate) mod public;
+pub mod registry;
 mod resource;
 pub(crate) mod trust;
 
@@ -48,6 +49,8 @@ pub struct AppState {
     pub history: Arc<crate::metrics::History>,
     /// The public listener's address once bound (port 0 resolved), for the console's commands.
     pub public_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    /// Image layers being made (docs/images.md).
+    pub images: Arc<registry::Layers>,
 }
 
 /// The worker's HTTP client for the Go module proxy (awc's client is not `Send`).

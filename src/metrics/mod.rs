@@ -14,12 +14,14 @@ mod channels;
 mod histogram;
 mod history;
 mod labels;
+mod registry;
 
 pub use bucket::{BucketCounters, BucketOp};
 pub use channels::{ChannelCounters, ChannelGauges};
 pub use histogram::Histogram;
 pub use history::History;
 pub use labels::{EvictionReason, ResolveCounters, RetryReason, StoreErrorReason};
+pub use registry::RegistryCounters;
 
 const LOOKUP_BOUNDS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.005, 0.01, 0.1,
@@ -58,6 +60,8 @@ pub struct Metrics {
     pub bucket: std::sync::Arc<BucketCounters>,
     /// `velox_channel_*` (docs/channels.md).
     pub channels: ChannelCounters,
+    /// `velox_registry_*` (docs/images.md).
+    pub registry: RegistryCounters,
 }
 
 /// The index's totals (`velox_cache_entries_count`, `velox_cache_size_bytes`).
@@ -114,6 +118,7 @@ impl Default for Metrics {
             store_errors_corrupt: AtomicU64::new(0),
             bucket: Default::default(),
             channels: Default::default(),
+            registry: Default::default(),
         }
     }
 }
@@ -345,6 +350,7 @@ impl Metrics {
             c(&self.bucket.corrupt)
         );
         self.bucket.render(&mut out);
+        self.registry.render(&mut out);
         out
     }
 }

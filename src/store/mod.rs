@@ -14,6 +14,7 @@
 mod bucket;
 mod evict;
 mod handles;
+pub mod images;
 mod index;
 mod ingest;
 mod maintain;
@@ -108,6 +109,8 @@ pub(super) struct Index {
     pins: sled::Tree,
     channels: sled::Tree,
     channel_keys: sled::Tree,
+    /// Image layers, documents and what they were made from ([`images`]).
+    images: sled::Tree,
 }
 
 impl Index {
@@ -123,6 +126,7 @@ impl Index {
             pins: db.open_tree("pins")?,
             channels: db.open_tree("channels")?,
             channel_keys: db.open_tree("channel_keys")?,
+            images: db.open_tree("images")?,
             db,
         })
     }
