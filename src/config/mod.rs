@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 mod channels;
+mod compression;
 pub mod duration;
 mod lenient;
 mod load;
@@ -43,6 +44,7 @@ pub use channels::{
 pub use sections::{
     CacheConfig, EvictionPolicy, ResolveConfig, RetryConfig, INDEX_SNAPSHOT_WRITES,
 };
+pub use compression::{CompressionConfig, ZSTD_LEVEL};
 pub use signing::{SigningConfig, BUILDER_ID};
 pub use storage::{S3Config, StorageBackend, StorageConfig};
 
@@ -112,6 +114,8 @@ pub struct Config {
     pub prebuild: PrebuildConfig,
     /// The key that signs binaries and provenance (docs/signing.md).
     pub signing: SigningConfig,
+    /// Compressed variants of stored binaries (docs/compression.md).
+    pub compression: CompressionConfig,
 }
 
 impl Default for Config {
@@ -143,6 +147,7 @@ impl Default for Config {
             channels: Default::default(),
             prebuild: PrebuildConfig::default(),
             signing: SigningConfig::default(),
+            compression: CompressionConfig::default(),
         }
     }
 }

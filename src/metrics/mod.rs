@@ -11,12 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 mod bucket;
 mod channels;
+mod compression;
 mod histogram;
 mod history;
 mod labels;
 
 pub use bucket::{BucketCounters, BucketOp};
 pub use channels::{ChannelCounters, ChannelGauges};
+pub use compression::CompressionCounters;
 pub use histogram::Histogram;
 pub use history::History;
 pub use labels::{EvictionReason, ResolveCounters, RetryReason, StoreErrorReason};
@@ -58,6 +60,8 @@ pub struct Metrics {
     pub bucket: std::sync::Arc<BucketCounters>,
     /// `velox_channel_*` (docs/channels.md).
     pub channels: ChannelCounters,
+    /// `velox_cache_sent_bytes_total`, `velox_cache_compression*` (docs/compression.md).
+    pub compression: CompressionCounters,
 }
 
 /// The index's totals (`velox_cache_entries_count`, `velox_cache_size_bytes`).
@@ -114,6 +118,7 @@ impl Default for Metrics {
             store_errors_corrupt: AtomicU64::new(0),
             bucket: Default::default(),
             channels: Default::default(),
+            compression: Default::default(),
         }
     }
 }
