@@ -39,7 +39,7 @@ async fn low_priority(
 /// Lowers the calling thread's CPU priority to nice 10 and its I/O priority to the lowest of
 /// the best-effort class (not the idle class, which a busy disk would starve). Best effort: a
 /// refusal is logged and the work runs at normal priority.
-fn lower_own_priority() {
+pub(crate) fn lower_own_priority() {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) };
     let Ok(tid) = libc::id_t::try_from(tid) else {

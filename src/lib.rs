@@ -8,6 +8,7 @@ pub(crate) mod background;
 pub mod builds;
 pub mod channels;
 pub mod cli;
+pub mod compress;
 pub mod config;
 pub(crate) mod error;
 pub mod http;

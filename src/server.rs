@@ -340,6 +340,15 @@ async fn serve(config: Config) -> Result<(), ServeError> {
          ({per_worker} on each of {workers} workers)"
     );
 
+    // Compressed variants of every stored binary (docs/compression.md), made on a thread of
+    // its own; its start-up check of the stored variants runs there too.
+    let compressor = config.compression.enabled.then(|| {
+        crate::compress::Compressor::start(
+            Arc::clone(&store),
+            config.compression.zstd_level,
+            Arc::clone(&state.metrics),
+        )
+    });
     let mut background = Background::start(
         Arc::clone(&store),
         Limits::from(&config.cache),
@@ -398,6 +407,9 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     let (a, b, r) = futures_util::future::join3(public, admin, registry).await;
     let _ = stop_prebuilds.send(true);
     background.stop().await;
+    if let Some(compressor) = compressor {
+        let _ = actix_web::rt::task::spawn_blocking(move || compressor.stop()).await;
+    }
     // The last batch of access statistics, then everything to disk.
     if let Err(e) = store.write_pending_hits() {
         log::error!("cannot write the last access statistics: {e}");

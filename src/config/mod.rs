@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 mod channels;
+mod compression;
 pub mod duration;
 mod lenient;
 mod load;
@@ -45,6 +46,7 @@ pub use oci::OciConfig;
 pub use sections::{
     CacheConfig, EvictionPolicy, ResolveConfig, RetryConfig, INDEX_SNAPSHOT_WRITES,
 };
+pub use compression::{CompressionConfig, ZSTD_LEVEL};
 pub use signing::{SigningConfig, BUILDER_ID};
 pub use storage::{S3Config, StorageBackend, StorageConfig};
 
@@ -119,6 +121,8 @@ pub struct Config {
     pub registry_listen: Option<SocketAddr>,
     /// `[oci]` (docs/images.md).
     pub oci: OciConfig,
+    /// Compressed variants of stored binaries (docs/compression.md).
+    pub compression: CompressionConfig,
 }
 
 impl Default for Config {
@@ -152,6 +156,7 @@ impl Default for Config {
             signing: SigningConfig::default(),
             registry_listen: None,
             oci: OciConfig::default(),
+            compression: CompressionConfig::default(),
         }
     }
 }

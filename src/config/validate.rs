@@ -135,6 +135,9 @@ impl Config {
         self.signing
             .validate()
             .or_else(|(key, why)| fail(&key, &why))?;
+        self.compression
+            .validate()
+            .or_else(|(key, why)| fail(&key, &why))?;
         Ok(())
     }
 }

@@ -38,6 +38,13 @@ pub struct Blob {
     pub stored: bool,
 }
 
+/// The representation sent: the binary's own headers, or a variant's (its ETag and
+/// `Repr-Digest` are those of the encoded bytes, RFC 9530).
+struct Representation {
+    pre: Arc<Preformatted>,
+    encoding: Option<crate::store::Encoding>,
+}
+
 /// What the request asks of the bytes, after conditionals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
@@ -219,8 +226,49 @@ pub fn respond(
             return actix_web::ResponseError::error_response(&ApiError::internal());
         }
     };
+    // The representation (docs/compression.md): a compressed variant when the request accepts
+    // one that is stored; its own ETag, Repr-Digest and length then.
+    let state = req.app_data::<actix_web::web::Data<super::AppState>>();
+    let compressing = state.is_some_and(|s| s.config.compression.enabled);
+    let chosen = match (state, &blob.source) {
+        (Some(state), BlobSource::File(_)) if compressing && blob.stored => {
+            super::negotiate::choose(req, &state.store, &blob.digest, blob.size)
+        }
+        _ => None,
+    };
+    let binary = blob.digest;
+    let (blob, rep) = match chosen {
+        Some(c) => match preformatted(c.variant.digest, blob.modified) {
+            Some(rep) => (
+                Blob {
+                    digest: c.variant.digest,
+                    size: c.variant.size,
+                    source: BlobSource::File(Arc::new(c.file)),
+                    ..blob
+                },
+                Representation {
+                    pre: rep,
+                    encoding: Some(c.encoding),
+                },
+            ),
+            None => (
+                blob,
+                Representation {
+                    pre: Arc::clone(&pre),
+                    encoding: None,
+                },
+            ),
+        },
+        None => (
+            blob,
+            Representation {
+                pre: Arc::clone(&pre),
+                encoding: None,
+            },
+        ),
+    };
     let conditional = matches!(*req.method(), Method::GET | Method::HEAD);
-    let plan = match plan(req, &pre.etag, pre.modified, blob.size, conditional) {
+    let plan = match plan(req, &rep.pre.etag, pre.modified, blob.size, conditional) {
         // Bytes only the bucket holds are sent only once checked: a range needs a verified copy
         // in the local tier first, so without a way to fill it the whole body goes, hashed.
         Plan::Partial { .. } if matches!(&blob.source, BlobSource::Remote(r) if !r.serves_ranges()) => {
@@ -236,9 +284,15 @@ pub fn respond(
         Plan::Unsatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
     };
     let mut resp = HttpResponse::build(status);
-    resp.insert_header((header::ETAG, pre.etag_value.clone()))
+    resp.insert_header((header::ETAG, rep.pre.etag_value.clone()))
         .insert_header((header::LAST_MODIFIED, pre.modified_value.clone()))
         .insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
+    if let Ok(v) = HeaderValue::from_str(&binary.to_hex()) {
+        resp.insert_header((HeaderName::from_static("x-binary-sha256"), v));
+    }
+    if compressing {
+        resp.append_header((header::VARY, HeaderValue::from_static("accept-encoding")));
+    }
     if blob.stored {
         resp.insert_header((header::CONTENT_LOCATION, pre.content_location.clone()));
         let signing = req
@@ -269,7 +323,13 @@ pub fn respond(
                 .body(err.json_body())
         }
         Plan::Full | Plan::Partial { .. } => {
-            entity_headers(&mut resp, &blob, &pre, own_disposition);
+            entity_headers(&mut resp, &blob, &rep.pre, own_disposition);
+            if let Some(enc) = rep.encoding {
+                resp.insert_header((
+                    header::CONTENT_ENCODING,
+                    HeaderValue::from_static(enc.as_str()),
+                ));
+            }
             let (start, length) = match plan {
                 Plan::Partial { start, length } => {
                     resp.insert_header((
@@ -287,13 +347,10 @@ pub fn respond(
                 BlobSource::File(file) if !blob.stored => {
                     resp.body(FileBody::unmapped(file, start, length, Arc::clone(metrics)))
                 }
-                BlobSource::File(file) => resp.body(FileBody::new(
-                    file,
-                    blob.digest,
-                    start,
-                    length,
-                    Arc::clone(metrics),
-                )),
+                BlobSource::File(file) => resp.body(
+                    FileBody::new(file, blob.digest, start, length, Arc::clone(metrics))
+                        .encoded_as(rep.encoding.map_or("identity", |e| e.as_str())),
+                ),
                 BlobSource::Remote(remote) => {
                     let metrics = Arc::clone(metrics);
                     let counted = remote.stream(start, length).inspect(move |chunk| {
@@ -302,6 +359,7 @@ pub fn respond(
                                 bytes.len() as u64,
                                 std::sync::atomic::Ordering::Relaxed,
                             );
+                            metrics.compression.sent("identity", bytes.len() as u64);
                         }
                     });
                     resp.body(actix_web::body::SizedStream::new(length, counted))

@@ -39,6 +39,8 @@ pub struct FileBody {
     metrics: Arc<Metrics>,
     /// The store's revocation generation last checked (docs/storage.md, "Integrity at rest").
     revocations_seen: u64,
+    /// The content coding of the bytes, for `velox_cache_sent_bytes_total{encoding}`.
+    encoding: &'static str,
 }
 
 impl FileBody {
@@ -74,7 +76,14 @@ impl FileBody {
             pending: None,
             metrics,
             revocations_seen: 0,
+            encoding: "identity",
         }
+    }
+
+    /// Counts the bytes sent as `encoding` (a compressed variant, docs/compression.md).
+    pub fn encoded_as(mut self, encoding: &'static str) -> Self {
+        self.encoding = encoding;
+        self
     }
 }
 
@@ -274,6 +283,7 @@ impl FileBody {
         self.offset += n;
         self.remaining -= n;
         self.metrics.download_bytes.fetch_add(n, Ordering::Relaxed);
+        self.metrics.compression.sent(self.encoding, n);
         chunk
     }
 }

@@ -12,6 +12,7 @@ pub(crate) mod channels_admin;
 pub(crate) mod console;
 pub(crate) mod console_admin;
 pub(crate) mod cors_grants;
+pub(crate) mod negotiate;
 pub(crate) mod prefer;
 pub(crate) mod proxy;
 pub(crate) mod public;

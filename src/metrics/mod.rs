@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 mod bucket;
 mod channels;
+mod compression;
 mod histogram;
 mod history;
 mod labels;
@@ -18,6 +19,7 @@ mod registry;
 
 pub use bucket::{BucketCounters, BucketOp};
 pub use channels::{ChannelCounters, ChannelGauges};
+pub use compression::CompressionCounters;
 pub use histogram::Histogram;
 pub use history::History;
 pub use labels::{EvictionReason, ResolveCounters, RetryReason, StoreErrorReason};
@@ -62,6 +64,8 @@ pub struct Metrics {
     pub channels: ChannelCounters,
     /// `velox_registry_*` (docs/images.md).
     pub registry: RegistryCounters,
+    /// `velox_cache_sent_bytes_total`, `velox_cache_compression*` (docs/compression.md).
+    pub compression: CompressionCounters,
 }
 
 /// The index's totals (`velox_cache_entries_count`, `velox_cache_size_bytes`).
@@ -119,6 +123,7 @@ impl Default for Metrics {
             bucket: Default::default(),
             channels: Default::default(),
             registry: Default::default(),
+            compression: Default::default(),
         }
     }
 }

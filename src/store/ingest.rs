@@ -207,11 +207,10 @@ impl Store {
         place(&mut mtmp, &self.manifest_path(key))?;
 
         if let Some(orphan) = self.commit_entry(key, &entry, now, true)? {
-            let path = self.blob_path(&orphan);
-            if let Err(e) = fs::remove_file(&path) {
-                log::warn!("cannot delete the unused blob {}: {e}", orphan.to_hex());
-            }
+            // Through the one place blob files go, so that its signature and variants go too.
+            self.remove_blob_file(&orphan);
         }
+        self.want_variants(&digest);
         Ok(entry)
     }
 }

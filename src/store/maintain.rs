@@ -198,9 +198,14 @@ impl Store {
         }
         loop {
             let totals = self.totals()?;
+            // The compressed variants count too (docs/compression.md), less those of the
+            // victims so far, whose files go once the group is flushed.
+            let variants = self.variant_bytes()?.saturating_sub(group.variant_bytes);
             let reason = if limits.max_entries > 0 && totals.entries > limits.max_entries {
                 EvictionReason::Count
-            } else if limits.max_bytes > 0 && totals.bytes > limits.max_bytes {
+            } else if limits.max_bytes > 0
+                && totals.bytes.saturating_add(variants) > limits.max_bytes
+            {
                 EvictionReason::Size
             } else {
                 break;
@@ -255,6 +260,7 @@ impl Store {
             let Some(key) = self.victim(limits.policy, protect)? else {
                 return Ok(());
             };
+            let variants_before = group.variant_bytes;
             let Some(entry) = self.evict_locked(&key, group)? else {
                 log::error!("eviction tree names {key}, which has no entry");
                 return Ok(());
@@ -262,6 +268,7 @@ impl Store {
             if self.blob(&entry.digest)?.is_none() {
                 freed = freed.saturating_add(entry.size);
             }
+            freed = freed.saturating_add(group.variant_bytes - variants_before);
             evicted.push((key, EvictionReason::FreeSpace));
         }
     }

@@ -26,6 +26,7 @@ mod scrub;
 pub mod shared;
 mod sidecars;
 mod tier;
+mod variants;
 mod verify;
 
 use std::fs::{self, File, TryLockError};
@@ -50,6 +51,7 @@ pub use sidecars::SIDECAR_DIR;
 pub use bucket::{Bucket, BucketCounters, BucketOp};
 pub use shared::{BlobSource, SharedStore};
 pub use tier::{Staged, Staging};
+pub use variants::{Encoding, Made, Variant, VARIANT_DIR};
 
 use index::{be_u64, COUNTER_BYTES, COUNTER_ENTRIES};
 
@@ -111,6 +113,8 @@ pub(super) struct Index {
     channel_keys: sled::Tree,
     /// Image layers, documents and what they were made from ([`images`]).
     images: sled::Tree,
+    /// Compressed variants of blobs ([`variants`]).
+    variants: sled::Tree,
 }
 
 impl Index {
@@ -127,6 +131,7 @@ impl Index {
             channels: db.open_tree("channels")?,
             channel_keys: db.open_tree("channel_keys")?,
             images: db.open_tree("images")?,
+            variants: db.open_tree("variants")?,
             db,
         })
     }
@@ -148,6 +153,8 @@ pub struct Store {
     pending: Mutex<HashMap<CacheKey, PendingHits>>,
     /// Told of every damaged blob found (see [`Store::on_corrupt`]).
     corrupt_hook: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Told of every blob whose compressed variants should be made ([`variants`]).
+    variant_hook: OnceLock<Box<dyn Fn(Digest) + Send + Sync>>,
     /// Held for the life of the process: one process owns a data dir.
     _lock: File,
 }
@@ -200,6 +207,7 @@ impl Store {
             handles: handles::Handles::default(),
             pending: Mutex::new(HashMap::new()),
             corrupt_hook: OnceLock::new(),
+            variant_hook: OnceLock::new(),
             _lock: lock,
         })
     }

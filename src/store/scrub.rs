@@ -228,6 +228,15 @@ impl Store {
                 Check::Whole => {
                     report.checked += 1;
                     report.bytes += record.size;
+                    // Its compressed variants too (docs/compression.md), at the same pace.
+                    match self.check_variants_of(&digest, true, &mut |n| throttle.pace(n)) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            report.corrupt += n;
+                            self.want_variants(&digest);
+                        }
+                        Err(e) => log::error!("scrub: the variants of {digest}: {e}"),
+                    }
                 }
                 Check::Damaged(file, why) => {
                     report.checked += 1;

@@ -47,9 +47,11 @@ impl Store {
         }
     }
 
-    /// Deletes the blob file of `digest`, and the files kept about it; whether the blob went.
+    /// Deletes the blob file of `digest`, and the files kept about it and its compressed
+    /// variants; whether the blob went.
     pub(super) fn remove_blob_file(&self, digest: &Digest) -> bool {
         self.forget_sidecars(digest);
+        self.forget_variants(digest);
         super::maintain::remove_file_logged(&self.blob_path(digest))
     }
 

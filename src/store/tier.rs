@@ -187,6 +187,7 @@ impl Store {
         if let Some(orphan) = self.commit_entry(&key, &entry, crate::util::now_ms(), true)? {
             self.remove_blob_file(&orphan);
         }
+        self.want_variants(&digest);
         Ok(entry)
     }
 }

@@ -1,0 +1,622 @@
+//! Compressed variants of blobs (docs/compression.md): a `zstd` and a `gzip` encoding of each
+//! binary, made in the background by `crate::compress`, kept as content-addressed files under
+//! `<data_dir>/variants/sha256/ab/<digest of the encoded bytes>` and recorded in the sled tree
+//! `variants` (blob digest + encoding → the variant's digest and size).
+//!
+//! A variant is deleted whenever its blob is (`Store::remove_blob_file`, the one place blob files
+//! go), its bytes count toward `cache.max_size_gb` and the free-space floor, and it is served
+//! only once its bytes were seen to hash to its name since its file last changed: a damaged
+//! variant is deleted and made again, never sent.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::{LazyLock, Mutex};
+
+use sha2::{Digest as _, Sha256};
+
+use super::ingest::place;
+use super::scrub::open_nofollow;
+use super::{RecordError, Store, StoreError};
+use crate::ids::Digest;
+
+/// The folder under the data dir that holds the variant files.
+pub const VARIANT_DIR: &str = "variants/sha256";
+
+/// Bytes of every variant file, in the `counters` tree.
+pub(super) const COUNTER_VARIANT_BYTES: &[u8] = b"variant_bytes";
+
+const RECORD_V1: u8 = 1;
+
+/// A content coding velox-cache makes variants in (RFC 9110 §8.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Zstd,
+    Gzip,
+}
+
+impl Encoding {
+    /// Every coding, in the server's order of preference.
+    pub const ALL: [Encoding; 2] = [Encoding::Zstd, Encoding::Gzip];
+
+    /// The token of `Content-Encoding`, and the metrics' label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Zstd => "zstd",
+            Encoding::Gzip => "gzip",
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            Encoding::Gzip => 1,
+            Encoding::Zstd => 2,
+        }
+    }
+}
+
+/// A variant file: the digest and size of the encoded bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// What the index says of one blob's encoding: a variant, or that encoding it saves too little to
+/// be worth a file (`None`), so that it is not tried again.
+type Recorded = Option<Variant>;
+
+fn encode_record(v: &Recorded) -> Vec<u8> {
+    let mut out = vec![RECORD_V1];
+    match v {
+        None => out.push(0),
+        Some(v) => {
+            out.push(1);
+            out.extend_from_slice(v.digest.as_bytes());
+            out.extend_from_slice(&v.size.to_be_bytes());
+        }
+    }
+    out
+}
+
+fn decode_record(bytes: &[u8]) -> Result<Recorded, RecordError> {
+    let (&version, body) = bytes.split_first().ok_or(RecordError::Empty)?;
+    if version != RECORD_V1 {
+        return Err(RecordError::UnknownVersion(version));
+    }
+    match body {
+        [0] => Ok(None),
+        [1, rest @ ..] if rest.len() == 40 => {
+            let digest = Digest::from_slice(&rest[..32]).ok_or(RecordError::Empty)?;
+            let mut size = [0u8; 8];
+            size.copy_from_slice(&rest[32..]);
+            Ok(Some(Variant {
+                digest,
+                size: u64::from_be_bytes(size),
+            }))
+        }
+        [] => Err(RecordError::Empty),
+        _ => Err(RecordError::Trailing(body.len())),
+    }
+}
+
+fn record_key(blob: &Digest, enc: Encoding) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[..32].copy_from_slice(blob.as_bytes());
+    k[32] = enc.tag();
+    k
+}
+
+/// Variant files whose bytes were hashed and found whole, by the file's identity and the time
+/// its inode last changed: any write to the file changes that time, so a file damaged through
+/// the filesystem is hashed again before it is served. (Damage below the filesystem is the
+/// scrub's to find.)
+type Seen = (u64, u64, i64, i64);
+static VERIFIED: LazyLock<Mutex<HashMap<Digest, Seen>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+const VERIFIED_MAX: usize = 4096;
+
+fn seen(m: &fs::Metadata) -> Seen {
+    (m.dev(), m.ino(), m.ctime(), m.ctime_nsec())
+}
+
+/// How making a variant ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Made {
+    /// Stored and recorded.
+    Stored(Variant),
+    /// Recorded as not worth keeping: the encoding saved too little.
+    Useless,
+    /// The blob left the store meanwhile (or is not one of its blobs): nothing kept.
+    BlobGone,
+    /// The blob's bytes did not hash to its name: nothing kept (the blob is condemned).
+    SourceDamaged,
+}
+
+/// Counts and hashes what passes through.
+struct Hashing<T> {
+    inner: T,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<T: Read> Read for Hashing<T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+impl<T: Write> Write for Hashing<T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Store {
+    /// `variants/sha256/ab/<hex>`
+    pub fn variant_path(&self, variant: &Digest) -> PathBuf {
+        let hex = variant.to_hex();
+        self.root.join(VARIANT_DIR).join(&hex[..2]).join(hex)
+    }
+
+    fn recorded(&self, blob: &Digest, enc: Encoding) -> Result<Option<Recorded>, StoreError> {
+        match self.ix()?.variants.get(record_key(blob, enc))? {
+            Some(bytes) => Ok(Some(decode_record(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored variant of `blob` in `enc`, if there is one.
+    pub fn variant(&self, blob: &Digest, enc: Encoding) -> Result<Option<Variant>, StoreError> {
+        Ok(self.recorded(blob, enc)?.flatten())
+    }
+
+    /// The encodings of `blob` not yet made (none when the blob is not in the store).
+    pub fn missing_variants(&self, blob: &Digest) -> Result<Vec<Encoding>, StoreError> {
+        if self.blob(blob)?.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut missing = Vec::new();
+        for enc in Encoding::ALL {
+            if self.recorded(blob, enc)?.is_none() {
+                missing.push(enc);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Every blob of the index with an encoding not yet made, in digest order.
+    pub fn blobs_missing_variants(&self) -> Result<Vec<Digest>, StoreError> {
+        let ix = self.ix()?;
+        let mut out = Vec::new();
+        for item in ix.blobs.iter() {
+            let (k, _) = item?;
+            let Some(digest) = Digest::from_slice(&k) else {
+                continue;
+            };
+            let missing = Encoding::ALL
+                .iter()
+                .map(|enc| ix.variants.contains_key(record_key(&digest, *enc)))
+                .any(|r| !matches!(r, Ok(true)));
+            if missing {
+                out.push(digest);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes of every variant file.
+    pub fn variant_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .ix()?
+            .counters
+            .get(COUNTER_VARIANT_BYTES)?
+            .map(|v| super::index::be_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Bytes of the variant files of `blob` (what removing the blob frees beyond its own size).
+    pub(super) fn variant_bytes_of(&self, blob: &Digest) -> u64 {
+        Encoding::ALL
+            .iter()
+            .filter_map(|enc| self.variant(blob, *enc).ok().flatten())
+            .map(|v| v.size)
+            .sum()
+    }
+
+    fn add_variant_bytes(&self, delta: i128) -> Result<(), StoreError> {
+        self.ix()?
+            .counters
+            .update_and_fetch(COUNTER_VARIANT_BYTES, |old| {
+                let was = old.map(super::index::be_u64).unwrap_or(0);
+                let now = (i128::from(was) + delta).clamp(0, i128::from(u64::MAX)) as u64;
+                Some(now.to_be_bytes().to_vec())
+            })?;
+        Ok(())
+    }
+
+    /// Makes the `enc` variant of `blob`: `encode` reads the blob's bytes and writes the encoded
+    /// ones (`size` is the blob's length), or answers false when encoding is not worth it. The input is hashed as it is read and must hash to the
+    /// blob's name; the output is hashed as it is written and named by its digest. An output not
+    /// smaller than `keep_below` bytes is not kept, only recorded as not worth it. Blocks for as
+    /// long as encoding takes.
+    pub fn make_variant(
+        &self,
+        blob: &Digest,
+        enc: Encoding,
+        keep_below: impl FnOnce(u64) -> u64,
+        encode: impl FnOnce(&mut dyn Read, &mut dyn Write, u64) -> io::Result<bool>,
+    ) -> Result<Made, StoreError> {
+        let Some(record) = self.blob(blob)? else {
+            return Ok(Made::BlobGone);
+        };
+        let src = match open_nofollow(&self.blob_path(blob)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Made::BlobGone),
+            Err(e) => return Err(e.into()),
+        };
+        let meta = src.metadata()?;
+        if !meta.is_file() || meta.len() != record.size {
+            self.report_damaged(blob, &src, "is not the file the index describes");
+            return Ok(Made::SourceDamaged);
+        }
+        let (mut tmp, out) = self.temp_file(enc.as_str())?;
+        let mut input = Hashing {
+            inner: io::BufReader::with_capacity(1024 * 1024, &src),
+            hasher: Sha256::new(),
+            count: 0,
+        };
+        let mut output = Hashing {
+            inner: io::BufWriter::with_capacity(1024 * 1024, out),
+            hasher: Sha256::new(),
+            count: 0,
+        };
+        let tried = encode(&mut input, &mut output, record.size)?;
+        // Whatever the encoder left unread is read too, so that the whole blob is checked.
+        io::copy(&mut input, &mut io::sink())?;
+        if input.count != record.size || Digest(input.hasher.finalize().into()) != *blob {
+            self.report_damaged(blob, &src, "does not hash to its name");
+            return Ok(Made::SourceDamaged);
+        }
+        let size = output.count;
+        let digest = Digest(output.hasher.finalize().into());
+        let file = output.inner.into_inner().map_err(|e| e.into_error())?;
+        let useful = tried && size < keep_below(record.size);
+        if useful {
+            file.sync_all()?;
+        }
+        drop(file);
+
+        let _guard = self.locked()?;
+        // The blob may have gone while it was encoded; its removal took the same lock.
+        if self.blob(blob)?.is_none() {
+            return Ok(Made::BlobGone);
+        }
+        let previous = self.recorded(blob, enc)?.flatten();
+        let made = if useful {
+            let path = self.variant_path(&digest);
+            place(&mut tmp, &path)?;
+            // Hashed as it was written: whole as of now (the rename changed its inode's time).
+            if let Ok(m) = fs::symlink_metadata(&path) {
+                mark_whole(&digest, seen(&m));
+            }
+            Some(Variant { digest, size })
+        } else {
+            None
+        };
+        self.ix()?
+            .variants
+            .insert(record_key(blob, enc), encode_record(&made))?;
+        let mut delta = made.map_or(0, |v| i128::from(v.size));
+        if let Some(old) = previous.filter(|old| Some(*old) != made) {
+            delta -= i128::from(old.size);
+            super::maintain::remove_file_logged(&self.variant_path(&old.digest));
+        }
+        self.add_variant_bytes(delta)?;
+        self.flush()?;
+        Ok(made.map_or(Made::Useless, Made::Stored))
+    }
+
+    /// Deletes the variants of `blob`, records and files. Called as the blob's file goes.
+    pub(super) fn forget_variants(&self, blob: &Digest) {
+        for enc in Encoding::ALL {
+            if let Err(e) = self.drop_variant(blob, enc) {
+                log::warn!("cannot forget the {} variant of {blob}: {e}", enc.as_str());
+            }
+        }
+    }
+
+    fn drop_variant(&self, blob: &Digest, enc: Encoding) -> Result<(), StoreError> {
+        let Some(old) = self.ix()?.variants.remove(record_key(blob, enc))? else {
+            return Ok(());
+        };
+        if let Some(v) = decode_record(&old)? {
+            super::maintain::remove_file_logged(&self.variant_path(&v.digest));
+            self.add_variant_bytes(-i128::from(v.size))?;
+        }
+        Ok(())
+    }
+
+    /// Opens the `enc` variant of `blob` to serve it: a regular file of the recorded size, seen
+    /// whole (hashed to its name) since its file last changed. Never hashes: a variant not yet
+    /// seen whole, or missing, is handed to the compressor to check (or make again) and `None`
+    /// is returned, so that this request gets another representation. Cheap enough for the hit
+    /// path: one sled read, an open and an fstat.
+    pub fn serve_variant(&self, blob: &Digest, enc: Encoding) -> Option<(File, Variant)> {
+        let variant = self.variant(blob, enc).ok().flatten()?;
+        let file = open_nofollow(&self.variant_path(&variant.digest)).ok();
+        let whole = file.as_ref().and_then(|f| f.metadata().ok()).is_some_and(|m| {
+            m.is_file()
+                && m.len() == variant.size
+                && VERIFIED
+                    .lock()
+                    .ok()
+                    .and_then(|v| v.get(&variant.digest).copied())
+                    == Some(seen(&m))
+        });
+        match file {
+            Some(file) if whole => Some((file, variant)),
+            _ => {
+                self.want_variants(blob);
+                None
+            }
+        }
+    }
+
+    /// Checks the variants of `blob` that were not seen whole since their file last changed:
+    /// each is hashed, and one that is missing, of the wrong size or type, or does not hash to
+    /// its name is deleted (and counted as damage when it is there but wrong). Returns how many
+    /// went. `force` hashes even those seen whole (the scrub); `pace` is told of every chunk
+    /// read and stops the check when it answers false. Blocks for as long as hashing takes.
+    pub fn check_variants_of(
+        &self,
+        blob: &Digest,
+        force: bool,
+        pace: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<usize, StoreError> {
+        let mut dropped = 0;
+        for enc in Encoding::ALL {
+            let Some(variant) = self.variant(blob, enc)? else {
+                continue;
+            };
+            let problem = match open_nofollow(&self.variant_path(&variant.digest)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Some(("is missing", false)),
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    Some(("is a symbolic link", true))
+                }
+                Err(e) => {
+                    log::error!("the variant {} cannot be opened: {e}", variant.digest);
+                    Some(("cannot be opened", true))
+                }
+                Ok(file) => match file.metadata() {
+                    Ok(m) if !m.is_file() || m.len() != variant.size => {
+                        Some(("is not the file the index describes", true))
+                    }
+                    Ok(m) => {
+                        let stamp = seen(&m);
+                        let known = !force
+                            && VERIFIED
+                                .lock()
+                                .ok()
+                                .and_then(|v| v.get(&variant.digest).copied())
+                                == Some(stamp);
+                        match hash_file(&file, pace) {
+                            _ if known => None,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(dropped),
+                            Ok(d) if d == variant.digest => {
+                                mark_whole(&variant.digest, stamp);
+                                None
+                            }
+                            Ok(_) => Some(("does not hash to its name", true)),
+                            Err(e) => {
+                                log::error!("the variant {} cannot be read: {e}", variant.digest);
+                                Some(("cannot be read", true))
+                            }
+                        }
+                    }
+                    Err(_) => Some(("cannot be examined", true)),
+                },
+            };
+            if let Some((why, damaged)) = problem {
+                log::error!(
+                    "the {} variant of {blob} ({}) {why}: deleted, to be made again",
+                    enc.as_str(),
+                    variant.digest
+                );
+                let _guard = self.locked()?;
+                // Only if it is still the recorded one (it may have been made again meanwhile).
+                if self.variant(blob, enc)? == Some(variant) {
+                    self.drop_variant(blob, enc)?;
+                    dropped += 1;
+                    if damaged {
+                        self.count_variant_corrupt();
+                    }
+                }
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Runs `f` with each blob that needs its variants made (a new blob, a damaged variant).
+    pub fn on_variants_wanted(&self, f: impl Fn(Digest) + Send + Sync + 'static) {
+        let _ = self.variant_hook.set(Box::new(f));
+    }
+
+    /// Asks for the variants of `blob` to be made (a no-op unless a compressor listens).
+    pub(super) fn want_variants(&self, blob: &Digest) {
+        if let Some(hook) = self.variant_hook.get() {
+            hook(*blob);
+        }
+    }
+
+    fn count_variant_corrupt(&self) {
+        if let Some(hook) = self.corrupt_hook.get() {
+            hook();
+        }
+    }
+
+    /// Checks every variant not seen whole since this process started (at start, before any is
+    /// served): a record whose blob is gone, or whose file is missing, damaged or
+    /// of the wrong size, is dropped (and its blob's variants asked for again); a file under
+    /// `variants/` that no record names is deleted. Hashes every variant file: run it in the
+    /// background. Returns how many problems were put right.
+    pub fn check_variants(&self) -> Result<usize, StoreError> {
+        let mut fixed = 0;
+        let mut named = std::collections::HashSet::new();
+        let records: Vec<_> = self
+            .ix()?
+            .variants
+            .iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        for (k, v) in records {
+            let (Some(blob), Some(&tag)) = (Digest::from_slice(&k[..k.len().min(32)]), k.get(32))
+            else {
+                self.ix()?.variants.remove(&k)?;
+                fixed += 1;
+                continue;
+            };
+            let Some(enc) = Encoding::ALL.into_iter().find(|e| e.tag() == tag) else {
+                self.ix()?.variants.remove(&k)?;
+                fixed += 1;
+                continue;
+            };
+            let Ok(recorded) = decode_record(&v) else {
+                self.ix()?.variants.remove(&k)?;
+                fixed += 1;
+                self.want_variants(&blob);
+                continue;
+            };
+            if self.blob(&blob)?.is_none() {
+                let _guard = self.locked()?;
+                if self.blob(&blob)?.is_none() {
+                    self.drop_variant(&blob, enc)?;
+                    fixed += 1;
+                }
+                continue;
+            }
+            if let Some(variant) = recorded {
+                let dropped = self.check_variants_of(&blob, false, &mut |_| true)?;
+                if dropped > 0 {
+                    fixed += dropped;
+                    self.want_variants(&blob);
+                }
+                if self.variant(&blob, enc)? == Some(variant) {
+                    named.insert(variant.digest);
+                }
+            }
+        }
+        fixed += self.delete_unnamed_variant_files(&named)?;
+        Ok(fixed)
+    }
+
+    fn delete_unnamed_variant_files(
+        &self,
+        named: &std::collections::HashSet<Digest>,
+    ) -> Result<usize, StoreError> {
+        let root = self.root.join(VARIANT_DIR);
+        let shards = match fs::read_dir(&root) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut deleted = 0;
+        for shard in shards.flatten() {
+            let Ok(files) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name();
+                let digest = name.to_str().and_then(Digest::from_hex);
+                if digest.is_some_and(|d| named.contains(&d)) {
+                    continue;
+                }
+                // Checked again under the lock: a variant may have been placed since the list.
+                let _guard = self.locked()?;
+                let placed_since = match digest {
+                    Some(d) => self.ix()?.variants.iter().values().any(|v| {
+                        v.ok()
+                            .and_then(|v| decode_record(&v).ok().flatten())
+                            .is_some_and(|v| v.digest == d)
+                    }),
+                    None => false,
+                };
+                if !placed_since && super::maintain::remove_file_logged(&file.path()) {
+                    log::info!("deleted the unused variant file {}", file.path().display());
+                    deleted += 1;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// Remembers that the variant `digest` was seen whole in the file of `stamp`.
+fn mark_whole(digest: &Digest, stamp: Seen) {
+    if let Ok(mut v) = VERIFIED.lock() {
+        if v.len() >= VERIFIED_MAX {
+            v.clear();
+        }
+        v.insert(*digest, stamp);
+    }
+}
+
+/// SHA-256 of a whole file, read through `file` with `pread` (its position is left alone).
+/// `pace` is told of every chunk; when it answers false the hash stops with `Interrupted`.
+fn hash_file(file: &File, pace: &mut dyn FnMut(u64) -> bool) -> io::Result<Digest> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut at = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        at += n as u64;
+        if !pace(n as u64) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped"));
+        }
+    }
+    Ok(Digest(h.finalize().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stored bytes of a variant record, version 1. If this test fails, the layout changed: add
+    /// a version.
+    #[test]
+    fn record_v1_bytes_are_stable() {
+        let v = Some(Variant {
+            digest: Digest([9; 32]),
+            size: 0x0102,
+        });
+        let bytes = encode_record(&v);
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "0101",
+                "0909090909090909090909090909090909090909090909090909090909090909",
+                "0000000000000102"
+            )
+        );
+        assert_eq!(decode_record(&bytes).expect("decodes"), v);
+        assert_eq!(hex::encode(encode_record(&None)), "0100");
+        assert_eq!(decode_record(&[1, 0]).expect("decodes"), None);
+        assert!(decode_record(&[2, 0]).is_err());
+        assert!(decode_record(&[1, 1, 0]).is_err());
+        assert!(decode_record(&[]).is_err());
+    }
+}
