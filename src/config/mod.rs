@@ -24,6 +24,7 @@ mod sections;
 mod signing;
 mod storage;
 mod validate;
+mod velox;
 
 use lenient::{
     cidr_list, cidr_strings, lenient_opt_path, lenient_opt_string, lenient_path, lenient_string,
@@ -45,6 +46,7 @@ pub use sections::{
 };
 pub use signing::{SigningConfig, BUILDER_ID};
 pub use storage::{S3Config, StorageBackend, StorageConfig};
+pub use velox::{BuilderSpec, ServerEntry, ServerTable, VeloxConfig};
 
 /// The effective configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +114,8 @@ pub struct Config {
     pub prebuild: PrebuildConfig,
     /// The key that signs binaries and provenance (docs/signing.md).
     pub signing: SigningConfig,
+    /// The pool of Velox builders (docs/builders.md).
+    pub velox: VeloxConfig,
 }
 
 impl Default for Config {
@@ -143,6 +147,7 @@ impl Default for Config {
             channels: Default::default(),
             prebuild: PrebuildConfig::default(),
             signing: SigningConfig::default(),
+            velox: VeloxConfig::default(),
         }
     }
 }
@@ -238,6 +243,7 @@ impl Config {
             shown.api_token = Some("********".into());
         }
         shown.server_url = redact::url(&shown.server_url);
+        shown.velox.servers = self.masked_servers();
         shown.upstream = shown.upstream.as_deref().map(redact::url);
         // A GOPROXY list holds several URLs.
         shown.resolve.goproxy = shown.resolve.goproxy.as_deref().map(redact::text);

@@ -10,12 +10,14 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 mod bucket;
+mod builders;
 mod channels;
 mod histogram;
 mod history;
 mod labels;
 
 pub use bucket::{BucketCounters, BucketOp};
+pub use builders::{render_builders, BuilderGauge};
 pub use channels::{ChannelCounters, ChannelGauges};
 pub use histogram::Histogram;
 pub use history::History;
