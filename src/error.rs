@@ -118,6 +118,8 @@ pub struct ApiError {
     pub allow: Option<&'static str>,
     /// The representation's size, for `range_not_satisfiable` (`Content-Range: bytes */size`).
     pub unsatisfied_size: Option<u64>,
+    /// A status other than the code's own (503 `velox_unavailable` when no builder is up).
+    pub status: Option<StatusCode>,
 }
 
 #[derive(Serialize)]
@@ -140,7 +142,19 @@ impl ApiError {
             retry_after: None,
             allow: None,
             unsatisfied_size: None,
+            status: None,
         }
+    }
+
+    /// This error with `status` instead of its code's own.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// The HTTP status it is answered with.
+    pub fn http_status(&self) -> StatusCode {
+        self.status.unwrap_or_else(|| self.code.status())
     }
 
     pub fn with_request_id(mut self, id: Option<&str>) -> Self {
@@ -221,7 +235,7 @@ impl std::fmt::Display for ApiError {
         write!(
             f,
             "{} {}: {}",
-            self.code.status().as_u16(),
+            self.http_status().as_u16(),
             self.code.code(),
             self.message
         )
@@ -230,12 +244,12 @@ impl std::fmt::Display for ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        self.code.status()
+        self.http_status()
     }
 
     fn error_response(&self) -> HttpResponse {
         let json = self.json_body();
-        let mut resp = HttpResponse::build(self.code.status());
+        let mut resp = HttpResponse::build(self.http_status());
         resp.insert_header((header::CONTENT_TYPE, "application/json"))
             .insert_header((header::CACHE_CONTROL, "no-store"));
         if let Some(secs) = self.retry_after {

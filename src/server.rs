@@ -148,7 +148,6 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         let (trust, builder_id) = (Arc::clone(&trust), config.signing.builder_id.clone());
         let store_for_signing = Arc::clone(&store);
         let shared = Arc::clone(builds.shared());
-        let velox = crate::redact::url(&config.server_url);
         builds.on_built(Arc::new(move |f: crate::builds::BuiltFacts| {
             let mut asked = f.request.manifest_payload();
             for r in &f.resolved {
@@ -177,7 +176,8 @@ async fn serve(config: Config) -> Result<(), ServeError> {
                     .iter()
                     .map(|p| (p.module_name.clone(), p.tag.clone()))
                     .collect(),
-                velox_server: &velox,
+                // The builder that built it, not the configured one (docs/builders.md).
+                velox_server: &f.velox_server,
                 request_id: f.request.request_id().unwrap_or_default(),
                 started: f.started,
                 finished: f.finished,
@@ -224,7 +224,10 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             }
         }));
     }
+    // The builders' health and load, shared by every worker's Velox client (docs/builders.md).
+    let pool = Arc::new(crate::builds::pool::Pool::new(&config));
     let state = web::Data::new(AppState {
+        builders: Arc::clone(&pool),
         config: Arc::clone(&config),
         store: Arc::clone(&store),
         builds,
@@ -242,10 +245,11 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     let public_state = state.clone();
     let cfg = Arc::clone(&config);
     let public_tls = Arc::clone(&tls);
+    let public_pool = Arc::clone(&pool);
     let public = HttpServer::new(move || {
         // awc's client is not Send: one per worker.
         let velox = VeloxClient::new(
-            &cfg.server_url,
+            Arc::clone(&public_pool),
             cfg.retry.clone(),
             cfg.request_timeout,
             &public_tls,
@@ -330,10 +334,15 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     for addr in admin.addrs() {
         println!("velox-cache: admin listener on http://{addr}");
     }
+    let builders: Vec<String> = pool
+        .builders()
+        .iter()
+        .map(|b| b.shown_url.clone())
+        .collect();
     log::info!(
         "serving; data dir {}, Velox at {}",
         config.data_dir.display(),
-        crate::redact::url(&config.server_url)
+        builders.join(", ")
     );
     log::info!(
         "open-file limit {open_files}; the public listener holds at most {max_conns} connections \
@@ -364,7 +373,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     let (stop_prebuilds, prebuilds_stop) = tokio::sync::watch::channel(false);
     actix_web::rt::spawn(Arc::clone(&channels).run_prebuilds(
         VeloxClient::new(
-            &config.server_url,
+            Arc::clone(&pool),
             config.retry.clone(),
             config.request_timeout,
             &tls,
@@ -375,6 +384,11 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     actix_web::rt::spawn(
         Arc::clone(&state.history).run(Arc::clone(&state.metrics), prebuilds_stop.clone()),
     );
+    actix_web::rt::spawn(crate::builds::probe::run(
+        Arc::clone(&pool),
+        goproxy_client(&tls),
+        prebuilds_stop.clone(),
+    ));
     actix_web::rt::spawn(
         Arc::clone(&channels).run_refresh(config.storage.s3.tombstone_poll(), prebuilds_stop),
     );

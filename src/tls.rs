@@ -52,6 +52,10 @@ pub fn client_config(config: &Config) -> Result<Arc<ClientConfig>, TlsError> {
         .chain(config.prebuild.webhook_url.iter())
         .any(|u| u.starts_with("https://"))
         || config
+            .builders()
+            .iter()
+            .any(|b| b.url.starts_with("https://"))
+        || config
             .resolve
             .goproxy
             .as_deref()

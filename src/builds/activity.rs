@@ -132,6 +132,9 @@ fn failure_of(e: &BuildError) -> (&'static str, String, Option<String>) {
         BuildError::Velox(VeloxError::Timeout) => {
             ("timeout", "the build did not finish in time".into(), None)
         }
+        BuildError::Velox(VeloxError::NoBuilder(_)) => {
+            ("velox_unavailable", "no Velox builder is up".into(), None)
+        }
         BuildError::Velox(VeloxError::Unavailable(_)) => (
             "velox_unavailable",
             "Velox did not answer usefully".into(),

@@ -4,9 +4,12 @@
 
 pub mod activity;
 pub mod artifact;
+pub mod failover;
 pub mod floating;
 pub mod modpath;
 mod outcome;
+pub mod pool;
+pub mod probe;
 pub mod request;
 pub mod resolve;
 pub mod service;

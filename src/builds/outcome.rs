@@ -53,6 +53,14 @@ impl BuildError {
                     config.retry.max_attempts
                 ),
             ),
+            BuildError::Velox(VeloxError::NoBuilder(why)) => {
+                let mut err = ApiError::new(ErrorCode::VeloxUnavailable, why.clone())
+                    .with_status(actix_web::http::StatusCode::SERVICE_UNAVAILABLE);
+                // A probe may find a builder up again within one interval.
+                let secs = config.velox.health_interval.as_secs().max(1);
+                err.retry_after = Some(u32::try_from(secs).unwrap_or(u32::MAX));
+                err
+            }
             BuildError::Velox(VeloxError::Timeout) => ApiError::new(
                 ErrorCode::Timeout,
                 format!(
@@ -114,6 +122,8 @@ pub(super) struct Built {
     pub(super) build_time: Duration,
     /// Built by another replica; this one waited and fetched it from the bucket.
     pub(super) elsewhere: bool,
+    /// The URL (credentials masked) of the Velox builder that built it, when this replica did.
+    pub(super) builder: Option<String>,
 }
 
 pub(super) type Outcome = Result<Built, BuildError>;

@@ -23,7 +23,7 @@ use actix_web::web::Bytes;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::BuildRequest;
+use super::pool::{Pool, Seen};
 use crate::config::RetryConfig;
 use crate::metrics::RetryReason;
 
@@ -39,7 +39,7 @@ pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
 const SEND_CHUNK: usize = 4 * 1024;
 /// The last wait for a build someone else runs ends this long before `build_timeout`, so that one
 /// more call can still fetch its result.
-const LAST_CALL_MARGIN: Duration = Duration::from_millis(250);
+pub(super) const LAST_CALL_MARGIN: Duration = Duration::from_millis(250);
 
 /// How a call to Velox ended, when it did not give a usable artifact.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +59,10 @@ pub enum VeloxError {
     /// `build_timeout` passed.
     #[error("the build did not finish within build_timeout")]
     Timeout,
+    /// In a pool, no builder can take builds: every one is down or draining
+    /// (docs/builders.md). The client is told to come back after a probe.
+    #[error("no Velox builder is up: {0}")]
+    NoBuilder(String),
 }
 
 /// What Velox answered on success.
@@ -185,7 +189,7 @@ pub fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
 }
 
 /// "Equal jitter": half the delay fixed, half random, so retries of many callers spread out.
-fn jitter(d: Duration) -> Duration {
+pub(super) fn jitter(d: Duration) -> Duration {
     d / 2 + d.mul_f64(fastrand::f64() / 2.0)
 }
 
@@ -246,16 +250,17 @@ async fn cut_unless_sent<F: Future>(
 
 #[derive(Clone)]
 pub struct VeloxClient {
-    client: awc::Client,
-    build_url: String,
-    retry: RetryConfig,
-    request_timeout: Duration,
+    pub(super) client: awc::Client,
+    pub(super) pool: Arc<Pool>,
+    pub(super) retry: RetryConfig,
+    pub(super) request_timeout: Duration,
 }
 
 impl VeloxClient {
-    /// `tls` is used when `server_url` is `https://` (see [`crate::tls`]).
+    /// A client of the builders of `pool`; `tls` is used for `https://` builders (see
+    /// [`crate::tls`]). The build loop, with its retries and failover, is in `failover`.
     pub fn new(
-        server_url: &str,
+        pool: Arc<Pool>,
         retry: RetryConfig,
         request_timeout: Duration,
         tls: &Arc<rustls::ClientConfig>,
@@ -272,75 +277,32 @@ impl VeloxClient {
             .finish();
         VeloxClient {
             client,
-            build_url: format!("{}{BUILD_PROCEDURE}", server_url.trim_end_matches('/')),
+            pool,
             retry,
             request_timeout,
         }
     }
 
-    /// Asks Velox for the build, retrying what can succeed on retry, until `deadline`.
-    /// `on_retry` is told of each retry and its reason (for metrics).
-    pub async fn build(
-        &self,
-        request: &BuildRequest,
-        deadline: Instant,
-        on_retry: &dyn Fn(RetryReason),
-    ) -> Result<VeloxSuccess, VeloxError> {
-        let body =
-            Bytes::from(serde_json::to_vec(request).map_err(|e| {
-                VeloxError::InvalidArgument(format!("cannot encode the request: {e}"))
-            })?);
-        let mut attempts = 0;
-        let mut waits = 0;
-        loop {
-            if Instant::now() >= deadline {
-                return Err(VeloxError::Timeout);
-            }
-            let (reason, why) = match self.attempt(&body, deadline).await {
-                Attempt::Success(ok) => return Ok(ok),
-                Attempt::Fatal(e) => return Err(e),
-                Attempt::Retry(reason, why) => (reason, why),
-            };
-            let left = deadline.saturating_duration_since(Instant::now());
-            let delay = if reason == RetryReason::AlreadyExists {
-                // Another caller's build: its result will be in Velox's own cache. Wait as long
-                // as build_timeout allows, and make the last call just before it.
-                waits += 1;
-                let delay =
-                    jitter(backoff(&self.retry, waits)).min(left.saturating_sub(LAST_CALL_MARGIN));
-                if delay.is_zero() {
-                    return Err(VeloxError::Timeout);
-                }
-                delay
-            } else {
-                attempts += 1;
-                if left.is_zero() {
-                    return Err(VeloxError::Timeout);
-                }
-                if attempts >= self.retry.max_attempts {
-                    return Err(VeloxError::Unavailable(why));
-                }
-                let delay = jitter(backoff(&self.retry, attempts));
-                if delay >= left {
-                    return Err(VeloxError::Unavailable(why));
-                }
-                delay
-            };
-            log::warn!("Velox: {why}; calling again in {delay:?}");
-            on_retry(reason);
-            tokio::time::sleep(delay).await;
-        }
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 
-    async fn attempt(&self, body: &Bytes, deadline: Instant) -> Attempt {
+    /// One call to the builder at `build_url`, and what it showed of the builder's health
+    /// (`None`: nothing, the build's own deadline passed).
+    pub(super) async fn attempt(
+        &self,
+        build_url: &str,
+        body: &Bytes,
+        deadline: Instant,
+    ) -> (Attempt, Option<Seen>) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Attempt::Fatal(VeloxError::Timeout);
+            return (Attempt::Fatal(VeloxError::Timeout), None);
         }
         let sent = Rc::new(Cell::new(false));
         let exchange = self
             .client
-            .post(&self.build_url)
+            .post(build_url)
             // awc's timer covers the whole exchange, the answer's body included: it is the build's
             // deadline, never request_timeout.
             .timeout(left)
@@ -352,43 +314,69 @@ impl VeloxClient {
                 total: body.len() as u64,
                 sent: Rc::clone(&sent),
             });
+        let unreachable = |why: String| {
+            (
+                Attempt::Retry(RetryReason::Unreachable, why.clone()),
+                Some(Seen::Unreachable(why)),
+            )
+        };
         let mut resp =
             match cut_unless_sent(exchange, &sent, self.request_timeout).await {
-                None => return Attempt::Retry(
-                    RetryReason::Unreachable,
+                None => return unreachable(
                     "connecting to Velox and sending the request took longer than request_timeout"
                         .into(),
                 ),
                 Some(Err(awc::error::SendRequestError::Timeout)) => {
-                    return Attempt::Fatal(VeloxError::Timeout)
+                    return (Attempt::Fatal(VeloxError::Timeout), None)
                 }
                 Some(Err(e)) => {
                     // awc's messages quote no URL today; `server_url` may hold a password.
-                    let why = crate::redact::text(&format!("cannot reach Velox: {e}"));
-                    return Attempt::Retry(RetryReason::Unreachable, why);
+                    return unreachable(crate::redact::text(&format!("cannot reach Velox: {e}")));
                 }
                 Some(Ok(resp)) => resp,
             };
         let status = resp.status().as_u16();
         let read = tokio::time::timeout_at(deadline, resp.body().limit(MAX_ANSWER_BYTES)).await;
         match read {
-            Err(_) => Attempt::Fatal(VeloxError::Timeout),
-            Ok(Ok(bytes)) => classify(status, &bytes),
+            Err(_) => (Attempt::Fatal(VeloxError::Timeout), None),
+            Ok(Ok(bytes)) => {
+                let attempt = classify(status, &bytes);
+                let seen = seen(status, &bytes, &attempt);
+                (attempt, Some(seen))
+            }
             // Checked against Content-Length before any byte is read, and while reading otherwise.
-            Ok(Err(awc::error::PayloadError::Overflow)) => Attempt::Fatal(VeloxError::Failed {
-                message: "Velox's answer is longer than 16 MiB".into(),
-                logs: None,
-            }),
+            Ok(Err(awc::error::PayloadError::Overflow)) => (
+                Attempt::Fatal(VeloxError::Failed {
+                    message: "Velox's answer is longer than 16 MiB".into(),
+                    logs: None,
+                }),
+                Some(Seen::Unreachable("an answer longer than 16 MiB".into())),
+            ),
             Ok(Err(awc::error::PayloadError::Io(e)))
                 if e.kind() == std::io::ErrorKind::TimedOut =>
             {
-                Attempt::Fatal(VeloxError::Timeout)
+                (Attempt::Fatal(VeloxError::Timeout), None)
             }
-            Ok(Err(e)) => Attempt::Retry(
-                RetryReason::Unreachable,
-                crate::redact::text(&format!("cannot read Velox's answer: {e}")),
-            ),
+            Ok(Err(e)) => unreachable(crate::redact::text(&format!(
+                "cannot read Velox's answer: {e}"
+            ))),
         }
+    }
+}
+
+/// What an answer shows of the builder's health: Velox's own answers (a build response, a
+/// Connect error) say it is up, except `unavailable`; a 502/503/504 without Connect's JSON is a
+/// proxy saying Velox is not there; anything else is not Velox talking.
+pub fn seen(status: u16, body: &[u8], attempt: &Attempt) -> Seen {
+    let connect = serde_json::from_slice::<ConnectError>(body).is_ok_and(|e| !e.code.is_empty());
+    match attempt {
+        Attempt::Retry(RetryReason::Unavailable, why) => Seen::Failing(why.clone()),
+        Attempt::Success(_) => Seen::Answered,
+        _ if status == 200 && serde_json::from_slice::<VeloxSuccess>(body).is_ok() => {
+            Seen::Answered
+        }
+        _ if connect => Seen::Answered,
+        _ => Seen::Unreachable(format!("HTTP {status} with an answer that is not Velox's")),
     }
 }
 

@@ -201,7 +201,7 @@ impl Channels {
 
     /// Waits while every build slot is taken: user builds go first.
     async fn behind_user_builds(&self) {
-        while self.builds.in_flight() >= self.config.max_concurrent_builds {
+        while self.builds.in_flight() >= self.config.build_slots() {
             tokio::time::sleep(BEHIND_USERS_POLL).await;
         }
     }

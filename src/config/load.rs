@@ -221,6 +221,13 @@ pub(super) fn load(
         Some(config) if lines.is_empty() => config,
         _ => return Err(ConfigError(lines.join("\n"))),
     };
+    // `server_url` has a default: only a value given somewhere collides with the pool's.
+    if config.pooled() && fig.find_metadata("server_url").is_some() {
+        let suffix = source_suffix(fig.find_metadata("server_url"), &["server_url".into()]);
+        return Err(ConfigError(format!(
+            "`server_url`{suffix} and `velox.servers` are both set: `server_url` is the shorthand for one builder; list it in `velox.servers` instead"
+        )));
+    }
     let checked = config.validate().and_then(|()| {
         if serving {
             config.validate_for_serving()

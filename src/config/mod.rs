@@ -26,6 +26,7 @@ mod sections;
 mod signing;
 mod storage;
 mod validate;
+mod velox;
 
 use lenient::{
     cidr_list, cidr_strings, lenient_opt_path, lenient_opt_string, lenient_path, lenient_string,
@@ -49,6 +50,7 @@ pub use sections::{
 pub use compression::{CompressionConfig, ZSTD_LEVEL};
 pub use signing::{SigningConfig, BUILDER_ID};
 pub use storage::{S3Config, StorageBackend, StorageConfig};
+pub use velox::{BuilderSpec, ServerEntry, ServerTable, VeloxConfig};
 
 /// The effective configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +125,8 @@ pub struct Config {
     pub oci: OciConfig,
     /// Compressed variants of stored binaries (docs/compression.md).
     pub compression: CompressionConfig,
+    /// The pool of Velox builders (docs/builders.md).
+    pub velox: VeloxConfig,
 }
 
 impl Default for Config {
@@ -157,6 +161,7 @@ impl Default for Config {
             registry_listen: None,
             oci: OciConfig::default(),
             compression: CompressionConfig::default(),
+            velox: VeloxConfig::default(),
         }
     }
 }
@@ -252,6 +257,7 @@ impl Config {
             shown.api_token = Some("********".into());
         }
         shown.server_url = redact::url(&shown.server_url);
+        shown.velox.servers = self.masked_servers();
         shown.upstream = shown.upstream.as_deref().map(redact::url);
         // A GOPROXY list holds several URLs.
         shown.resolve.goproxy = shown.resolve.goproxy.as_deref().map(redact::text);

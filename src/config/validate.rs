@@ -9,6 +9,8 @@ use super::{Config, ConfigError, PathMap};
 impl Config {
     /// What `serve` needs beyond [`Config::validate`]: folders that exist now.
     pub fn validate_for_serving(&self) -> Result<(), ConfigError> {
+        self.validate_velox_for_serving()
+            .map_err(|(key, why)| ConfigError(format!("invalid value for `{key}`: {why}")))?;
         if !self.artifact_root.is_dir() {
             return Err(ConfigError(format!(
                 "invalid value for `artifact_root`: the folder {} does not exist (or is not a folder); Velox's artifacts must resolve inside it",
@@ -137,6 +139,8 @@ impl Config {
             .or_else(|(key, why)| fail(&key, &why))?;
         self.compression
             .validate()
+            .or_else(|(key, why)| fail(&key, &why))?;
+        self.validate_velox()
             .or_else(|(key, why)| fail(&key, &why))?;
         Ok(())
     }

@@ -19,6 +19,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(readable("/metrics", metrics))
         .configure(super::channels_admin::configure)
         .configure(super::console_admin::configure)
+        .configure(super::builders_admin::configure)
         .configure(super::cache_admin::configure);
 }
 
@@ -126,6 +127,8 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             index_snapshots: state.store.index_snapshots(),
         },
     );
+    let (builders, failovers) = state.builders.gauges();
+    crate::metrics::render_builders(&mut text, &builders, failovers);
     let stats = &state.webhook_stats;
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let st = state.clone();

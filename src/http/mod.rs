@@ -5,6 +5,7 @@ pub(crate) mod admin;
 pub mod artifact;
 pub(crate) mod body;
 pub mod body_timeout;
+pub(crate) mod builders_admin;
 pub(crate) mod builds_status;
 pub(crate) mod cache_admin;
 pub(crate) mod channels;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub public_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
     /// Image layers being made (docs/images.md).
     pub images: Arc<registry::Layers>,
+    /// The pool of Velox builders (docs/builders.md).
+    pub builders: Arc<crate::builds::pool::Pool>,
 }
 
 /// The worker's HTTP client for the Go module proxy (awc's client is not `Send`).

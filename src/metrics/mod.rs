@@ -10,6 +10,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 mod bucket;
+mod builders;
 mod channels;
 mod compression;
 mod histogram;
@@ -18,6 +19,7 @@ mod labels;
 mod registry;
 
 pub use bucket::{BucketCounters, BucketOp};
+pub use builders::{render_builders, BuilderGauge};
 pub use channels::{ChannelCounters, ChannelGauges};
 pub use compression::CompressionCounters;
 pub use histogram::Histogram;

@@ -58,7 +58,7 @@ impl BuildService {
     /// Takes one place among the admitted builds (`max_concurrent_builds + max_queued_builds`),
     /// or refuses with [`BuildError::Overloaded`].
     pub fn admit(self: &Arc<Self>) -> Result<Admission, BuildError> {
-        let limit = self.config.max_concurrent_builds + self.config.max_queued_builds;
+        let limit = self.config.build_slots() + self.config.max_queued_builds;
         if self.admitted.fetch_add(1, Ordering::SeqCst) >= limit {
             self.admitted.fetch_sub(1, Ordering::SeqCst);
             return Err(BuildError::Overloaded);

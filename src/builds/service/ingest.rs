@@ -20,6 +20,10 @@ use crate::metrics::{Metrics, RetryReason, StoreErrorReason};
 use crate::store::shared::{Artifact, Claim, SharedError};
 use crate::store::{EntryRecord, IngestError, Limits, Store};
 
+/// A stored binary: its entry, whether another replica built it, and Velox's own file when the
+/// disk had no room for it.
+type Stored = (EntryRecord, bool, Option<Arc<Unstored>>);
+
 impl BuildService {
     pub(super) async fn run_build(
         self: Arc<Self>,
@@ -47,11 +51,12 @@ impl BuildService {
             Ok(outcome) => outcome,
             Err(_) => Err(BuildError::Velox(VeloxError::Timeout)),
         }
-        .map(|(entry, elsewhere, unstored)| Built {
+        .map(|((entry, elsewhere, unstored), builder)| Built {
             entry,
             unstored,
             build_time: started.elapsed(),
             elsewhere,
+            builder,
         });
         let m = &self.metrics;
         match &outcome {
@@ -68,6 +73,7 @@ impl BuildService {
                         key,
                         entry: b.entry.clone(),
                         request: request.clone(),
+                        velox_server: b.builder.clone().unwrap_or_default(),
                         resolved: self.resolved(&key).map(|r| r.to_vec()).unwrap_or_default(),
                         started: finished.checked_sub(b.build_time).unwrap_or(finished),
                         finished,
@@ -109,7 +115,7 @@ impl BuildService {
         velox: &VeloxClient,
         deadline: Instant,
         progress: &watch::Sender<Progress>,
-    ) -> Result<(EntryRecord, bool, Option<Arc<Unstored>>), BuildError> {
+    ) -> Result<(Stored, Option<String>), BuildError> {
         // One build per key across replicas: another replica's build is waited for and fetched.
         let bucket_failed = |e: SharedError| {
             log::error!("the bucket failed for the build of {key}: {e}");
@@ -130,7 +136,7 @@ impl BuildService {
                     .map_err(bucket_failed)?;
                 let (store, after) = (Arc::clone(&self.store), self.after_insert());
                 let _ = actix_web::rt::task::spawn_blocking(move || after(&store, &key)).await;
-                return Ok((entry, true, None));
+                return Ok(((entry, true, None), None));
             }
         };
         let permit = {
@@ -143,7 +149,7 @@ impl BuildService {
         let _active = Count::up(&self.metrics.builds_active);
         progress.send_replace(Progress::Building { velox_attempts: 1 });
         let started = Instant::now();
-        let file = self.fetch(request, key, velox, deadline, progress).await?;
+        let (file, builder) = self.fetch(request, key, velox, deadline, progress).await?;
         drop(permit);
 
         let store = Arc::clone(&self.store);
@@ -214,7 +220,7 @@ impl BuildService {
         })
         .await;
         match ingested {
-            Ok(result) => result,
+            Ok(result) => result.map(|stored| (stored, Some(builder))),
             Err(e) => {
                 log::error!("the ingest task for {key} failed: {e}");
                 Err(BuildError::Internal("the ingest task failed"))
@@ -232,7 +238,7 @@ impl BuildService {
         velox: &VeloxClient,
         deadline: Instant,
         progress: &watch::Sender<Progress>,
-    ) -> Result<File, BuildError> {
+    ) -> Result<(File, String), BuildError> {
         let mut forced = None;
         loop {
             let asked = forced.as_ref().unwrap_or(request);
@@ -252,9 +258,10 @@ impl BuildService {
             };
             self.velox_health.store(health, Ordering::Relaxed);
             let answer = answer?;
-            let path = answer.path.clone();
-            let path_map = self.config.path_map();
-            let root = self.config.artifact_root.clone();
+            let path = answer.success.path.clone();
+            // The builder that answered names a file on its own volume.
+            let path_map = answer.builder.path_map.clone();
+            let root = answer.builder.artifact_root.clone();
             // Blocking only as long as resolving the path takes: the open never waits on a FIFO.
             let opened = actix_web::rt::task::spawn_blocking(move || {
                 open_artifact(&path, path_map.as_ref(), &root)
@@ -265,7 +272,7 @@ impl BuildService {
                 BuildError::Internal("the open task failed")
             })?;
             match opened {
-                Ok(file) => return Ok(file),
+                Ok(file) => return Ok((file, answer.builder_url)),
                 Err(PathError::Vanished(p)) if forced.is_none() => {
                     log::warn!(
                         "Velox's artifact for {key} ({}) no longer exists; asking for a rebuild",
@@ -281,7 +288,7 @@ impl BuildService {
                     log::error!("refusing Velox's artifact for {key}: {e}");
                     return Err(BuildError::Velox(VeloxError::Failed {
                         message: "Velox's artifact is missing, empty, not a regular file, or outside artifact_root".into(),
-                        logs: Some(answer.logs).filter(|l| !l.is_empty()),
+                        logs: Some(answer.success.logs).filter(|l| !l.is_empty()),
                     }));
                 }
             }

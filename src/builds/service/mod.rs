@@ -87,6 +87,8 @@ pub struct BuiltFacts {
     pub entry: EntryRecord,
     /// The request Velox built (floating tags resolved).
     pub request: BuildRequest,
+    /// The Velox builder that built it, its URL's credentials masked.
+    pub velox_server: String,
     /// The floating tags resolved for it: module, tag asked, version.
     pub resolved: Vec<Resolution>,
     pub started: SystemTime,
@@ -99,7 +101,7 @@ pub type OnBuilt = Arc<dyn Fn(BuiltFacts) + Send + Sync>;
 impl BuildService {
     pub fn new(store: Arc<Store>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
         BuildService {
-            slots: Arc::new(Semaphore::new(config.max_concurrent_builds)),
+            slots: Arc::new(Semaphore::new(config.build_slots())),
             store,
             config,
             metrics,
@@ -324,8 +326,7 @@ impl BuildService {
                     // Already counted: from now on the build's `Admitted` gives it back.
                     Some(mut admission) => admission.held = false,
                     None => {
-                        let limit =
-                            self.config.max_concurrent_builds + self.config.max_queued_builds;
+                        let limit = self.config.build_slots() + self.config.max_queued_builds;
                         if self.admitted.fetch_add(1, Ordering::SeqCst) >= limit {
                             self.admitted.fetch_sub(1, Ordering::SeqCst);
                             return Err(BuildError::Overloaded);
