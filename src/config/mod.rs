@@ -16,6 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+mod auth;
 mod channels;
 pub mod duration;
 mod lenient;
@@ -36,6 +37,7 @@ pub const ENV_PREFIX: &str = "VELOX_CACHE_";
 /// The environment variable naming the config file (not a config key itself).
 pub const ENV_CONFIG_FILE: &str = "VELOX_CACHE_CONFIG";
 
+pub use auth::{Anonymous, AuditConfig, AuthConfig};
 pub use channels::{
     parse_platform, valid_channel_name, ChannelConfig, PrebuildConfig, Recipe, RecipeExclude,
     RecipePlugin, RecipeReplace, MAX_CHANNELS,
@@ -112,6 +114,10 @@ pub struct Config {
     pub prebuild: PrebuildConfig,
     /// The key that signs binaries and provenance (docs/signing.md).
     pub signing: SigningConfig,
+    /// Tokens, signed URLs (docs/access.md).
+    pub auth: AuthConfig,
+    /// The audit log (docs/access.md).
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -143,6 +149,8 @@ impl Default for Config {
             channels: Default::default(),
             prebuild: PrebuildConfig::default(),
             signing: SigningConfig::default(),
+            auth: AuthConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -245,6 +253,9 @@ impl Config {
         shown.prebuild.webhook_url = shown.prebuild.webhook_url.as_deref().map(redact::url);
         if shown.prebuild.webhook_secret.is_some() {
             shown.prebuild.webhook_secret = Some("********".into());
+        }
+        if shown.auth.url_secret.is_some() {
+            shown.auth.url_secret = Some("********".into());
         }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }

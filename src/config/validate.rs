@@ -135,6 +135,9 @@ impl Config {
         self.signing
             .validate()
             .or_else(|(key, why)| fail(&key, &why))?;
+        self.auth
+            .validate(self.storage.backend == super::StorageBackend::S3)
+            .or_else(|(key, why)| fail(&key, &why))?;
         Ok(())
     }
 }

@@ -16,6 +16,7 @@ pub(crate) mod prefer;
 pub(crate) mod proxy;
 pub(crate) mod public;
 mod resource;
+pub(crate) mod tokens;
 pub(crate) mod trust;
 
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub history: Arc<crate::metrics::History>,
     /// The public listener's address once bound (port 0 resolved), for the console's commands.
     pub public_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    /// Tokens, signed URLs, quotas and the audit log (docs/access.md).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// The worker's HTTP client for the Go module proxy (awc's client is not `Send`).
