@@ -33,12 +33,16 @@ pub enum ErrorCode {
     /// The target's state forbids the change (a pinned entry deleted, a channel of the file
     /// changed through the API).
     Conflict,
+    /// A valid credential whose scope does not cover the route, or a bad signed URL.
+    Forbidden,
+    /// A token's build quota is used up (with `Retry-After`).
+    QuotaExceeded,
 }
 
 impl ErrorCode {
     /// Every code, for tests and documentation checks.
     #[cfg(test)]
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidRequest,
         ErrorCode::Unauthorized,
         ErrorCode::NotFound,
@@ -56,6 +60,8 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::LoopDetected,
         ErrorCode::Conflict,
+        ErrorCode::Forbidden,
+        ErrorCode::QuotaExceeded,
     ];
 
     /// The machine-readable code in the JSON body.
@@ -78,6 +84,8 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::LoopDetected => "loop_detected",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -101,6 +109,8 @@ impl ErrorCode {
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::LoopDetected => StatusCode::LOOP_DETECTED,
             ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }

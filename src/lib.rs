@@ -4,6 +4,7 @@
 //! what the binary, the benchmarks and the in-process store tests use; everything else is
 //! `pub(crate)`, so the compiler reports what nothing calls.
 
+pub mod auth;
 pub(crate) mod background;
 pub mod builds;
 pub mod channels;

@@ -226,6 +226,13 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     }
     // The builders' health and load, shared by every worker's Velox client (docs/builders.md).
     let pool = Arc::new(crate::builds::pool::Pool::new(&config));
+    let auth = Arc::new(
+        crate::auth::Auth::open(&config).map_err(|why| ServeError::Io(io::Error::other(why)))?,
+    );
+    auth.store.share(Arc::clone(builds.shared()));
+    if let Err(e) = auth.refresh().await {
+        log::warn!("cannot read the tokens in the bucket yet ({e}); the local copy is in force");
+    }
     let state = web::Data::new(AppState {
         builders: Arc::clone(&pool),
         config: Arc::clone(&config),
@@ -240,6 +247,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         history: Arc::default(),
         public_addr: Arc::default(),
         images: Arc::default(),
+        auth: Arc::clone(&auth),
     });
 
     let public_state = state.clone();
@@ -259,6 +267,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             .app_data(web::Data::new(velox))
             .app_data(web::Data::new(proxy::Upstream::new(&cfg, &public_tls)))
             .app_data(web::Data::new(GoProxyClient(goproxy_client(&public_tls))))
+            .wrap(middleware::from_fn(crate::auth::guard_public))
             .wrap(middleware::Logger::new("%a \"%r\" %s %b %T"))
             .configure(crate::error::json_extractor_errors)
             .wrap(body_timeout::CutStalledBodies::new(
@@ -288,6 +297,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     let admin = HttpServer::new(move || {
         App::new()
             .app_data(admin_state.clone())
+            .wrap(middleware::from_fn(crate::auth::guard_admin))
             .configure(crate::error::json_extractor_errors)
             .configure(admin::configure)
             .default_service(web::to(public::not_found))
@@ -390,6 +400,10 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         prebuilds_stop.clone(),
     ));
     actix_web::rt::spawn(
+        Arc::clone(&auth).run_refresh(config.auth.refresh, prebuilds_stop.clone()),
+    );
+    actix_web::rt::spawn(reopen_audit_on_hangup(Arc::clone(&auth)));
+    actix_web::rt::spawn(
         Arc::clone(&channels).run_refresh(config.storage.s3.tombstone_poll(), prebuilds_stop),
     );
     let public = public.run();
@@ -435,6 +449,21 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     flushed?;
     log::info!("stopped");
     Ok(())
+}
+
+/// Reopens the audit log on every SIGHUP (logrotate moves the file, then signals).
+async fn reopen_audit_on_hangup(auth: Arc<crate::auth::Auth>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            log::error!("cannot watch SIGHUP: the audit log is never reopened: {e}");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        auth.audit.reopen();
+    }
 }
 
 async fn wait_for_signal() {

@@ -20,7 +20,7 @@ pub mod velox;
 pub use crate::ids::CacheKey;
 pub use request::{BuildRequest, MAX_BODY_BYTES};
 pub use service::{
-    Admission, BuildError, BuildService, BuildState, BuildWatch, BuiltFacts, CacheStatus, KeyState,
-    OnBuilt, Served, Started, VeloxHealth,
+    Admission, BuildError, BuildService, BuildState, BuildTicket, BuildWatch, BuiltFacts,
+    CacheStatus, KeyState, OnBuilt, Served, Started, VeloxHealth,
 };
 pub use velox::VeloxClient;

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::FlagOverrides;
 
+pub mod access;
 pub mod cache;
 pub mod channel;
 pub mod healthcheck;
@@ -119,6 +120,66 @@ pub enum Command {
         #[command(subcommand)]
         action: ChannelAction,
     },
+    /// Tokens with scopes (docs/access.md); asks the server holding the data dir, sending
+    /// api_token [env: VELOX_CACHE_API_TOKEN].
+    Token {
+        /// The data dir [env: VELOX_CACHE_DATA_DIR]
+        #[arg(long, global = true, value_name = "DIR")]
+        data_dir: Option<String>,
+        /// Where to ask a running server that holds the data dir [env: VELOX_CACHE_ADMIN_LISTEN]
+        #[arg(long, global = true, value_name = "ADDR")]
+        admin_listen: Option<String>,
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Signed URLs for clients that cannot send headers (docs/access.md).
+    Url {
+        /// The data dir [env: VELOX_CACHE_DATA_DIR]
+        #[arg(long, global = true, value_name = "DIR")]
+        data_dir: Option<String>,
+        /// Where to ask a running server that holds the data dir [env: VELOX_CACHE_ADMIN_LISTEN]
+        #[arg(long, global = true, value_name = "ADDR")]
+        admin_listen: Option<String>,
+        #[command(subcommand)]
+        action: UrlAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Make a token and print its secret (shown only this once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// read, build or admin.
+        #[arg(long)]
+        scope: String,
+        /// Limit the token to channels matching this glob (repeatable).
+        #[arg(long = "channels", value_name = "GLOB")]
+        channels: Vec<String>,
+        /// Lifetime, such as 90d; none: never expires.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        #[arg(long, value_name = "N")]
+        max_concurrent_builds: Option<u32>,
+        #[arg(long, value_name = "N")]
+        builds_per_hour: Option<u32>,
+    },
+    /// Every token: name, scope, state, channels, expiry (never a secret).
+    List,
+    /// Refuse the token from now on.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UrlAction {
+    /// Print PATH?expires=…&sig=… (an artifact, signature, provenance, SBOM or channel binary).
+    Sign {
+        path: String,
+        /// Lifetime.
+        #[arg(long, default_value = "1h", value_name = "DURATION")]
+        expires: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +253,16 @@ impl Cli {
                     ..
                 }
                 | Command::Channel {
+                    data_dir,
+                    admin_listen,
+                    ..
+                }
+                | Command::Token {
+                    data_dir,
+                    admin_listen,
+                    ..
+                }
+                | Command::Url {
                     data_dir,
                     admin_listen,
                     ..

@@ -122,3 +122,40 @@ pub fn channels(config: &Config) -> Result<Vec<Value>, String> {
         Ok(v["channels"].as_array().cloned().unwrap_or_default())
     })
 }
+
+/// One call to the admin listener of the server holding the data dir (after checking that it
+/// serves this very dir), with `api_token` as the bearer token when one is configured: its
+/// status and JSON body (`Null` for none).
+pub fn admin_call(
+    config: &Config,
+    method: awc::http::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value), String> {
+    block_on(async |client| {
+        stats_for(client, config).await?;
+        let url = format!("{}{path}", base(config));
+        let mut req = client.request(method, &url);
+        if let Some(token) = &config.api_token {
+            req = req.bearer_auth(token);
+        }
+        let sent = match body {
+            Some(b) => req.send_json(&b).await,
+            None => req.send().await,
+        };
+        let mut resp = sent.map_err(|e| format!("{url} did not answer: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .body()
+            .limit(16 * 1024 * 1024)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{url} answered something that is not JSON: {e}"))?
+        };
+        Ok((status, value))
+    })
+}

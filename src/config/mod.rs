@@ -16,6 +16,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+mod auth;
 mod channels;
 mod compression;
 pub mod duration;
@@ -39,6 +40,7 @@ pub const ENV_PREFIX: &str = "VELOX_CACHE_";
 /// The environment variable naming the config file (not a config key itself).
 pub const ENV_CONFIG_FILE: &str = "VELOX_CACHE_CONFIG";
 
+pub use auth::{Anonymous, AuditConfig, AuthConfig};
 pub use channels::{
     parse_platform, valid_channel_name, ChannelConfig, PrebuildConfig, Recipe, RecipeExclude,
     RecipePlugin, RecipeReplace, MAX_CHANNELS,
@@ -127,6 +129,10 @@ pub struct Config {
     pub compression: CompressionConfig,
     /// The pool of Velox builders (docs/builders.md).
     pub velox: VeloxConfig,
+    /// Tokens, signed URLs (docs/access.md).
+    pub auth: AuthConfig,
+    /// The audit log (docs/access.md).
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -162,6 +168,8 @@ impl Default for Config {
             oci: OciConfig::default(),
             compression: CompressionConfig::default(),
             velox: VeloxConfig::default(),
+            auth: AuthConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -265,6 +273,9 @@ impl Config {
         shown.prebuild.webhook_url = shown.prebuild.webhook_url.as_deref().map(redact::url);
         if shown.prebuild.webhook_secret.is_some() {
             shown.prebuild.webhook_secret = Some("********".into());
+        }
+        if shown.auth.url_secret.is_some() {
+            shown.auth.url_secret = Some("********".into());
         }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }

@@ -142,6 +142,9 @@ impl Config {
             .or_else(|(key, why)| fail(&key, &why))?;
         self.validate_velox()
             .or_else(|(key, why)| fail(&key, &why))?;
+        self.auth
+            .validate(self.storage.backend == super::StorageBackend::S3)
+            .or_else(|(key, why)| fail(&key, &why))?;
         Ok(())
     }
 }

@@ -20,7 +20,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(super::channels_admin::configure)
         .configure(super::console_admin::configure)
         .configure(super::builders_admin::configure)
-        .configure(super::cache_admin::configure);
+        .configure(super::cache_admin::configure)
+        .configure(super::tokens::configure);
 }
 
 /// `GET /healthz`: 200 while the process serves; 503 (`storage_unavailable`) once the index

@@ -11,7 +11,7 @@ use futures_util::Stream;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::public::{binary_response, check_token, serve_build};
+use super::public::{binary_response, serve_build};
 use super::resource::{readable, resource};
 use super::AppState;
 use crate::builds::VeloxClient;
@@ -158,7 +158,7 @@ async fn binary(
             // A build on demand: for holders of the token when there is one. In proxy mode
             // without one, builds come only through the PHP app: the channel waits for its
             // pre-build.
-            if state.config.upstream.is_some() && state.config.api_token.is_none() {
+            if state.config.upstream.is_some() && !state.auth.any_tokens() {
                 state.channels.kick();
                 let mut err = ApiError::not_found(format!(
                     "channel `{name}` has no release for {platform} yet; it is being pre-built"
@@ -166,7 +166,7 @@ async fn binary(
                 err.retry_after = Some(10);
                 return Err(err);
             }
-            check_token(&req, &state)?;
+            // The build scope is checked by `serve_build` once it knows a build starts.
             state.channels.kick();
             model::request_for(&record.spec.recipe(), &platform)
         }

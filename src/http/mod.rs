@@ -19,6 +19,7 @@ pub(crate) mod proxy;
 pub(crate) mod public;
 pub mod registry;
 mod resource;
+pub(crate) mod tokens;
 pub(crate) mod trust;
 
 use std::sync::Arc;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub images: Arc<registry::Layers>,
     /// The pool of Velox builders (docs/builders.md).
     pub builders: Arc<crate::builds::pool::Pool>,
+    /// Tokens, signed URLs, quotas and the audit log (docs/access.md).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// The worker's HTTP client for the Go module proxy (awc's client is not `Send`).

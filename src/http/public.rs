@@ -53,31 +53,14 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
-/// With `api_token` set, requires `Authorization: Bearer <token>` (compared in constant time). The
-/// scheme is matched case-insensitively (RFC 9110 §11.1): `bearer` and `BEARER` are `Bearer`.
+/// Requires the admin scope (docs/access.md): the guard has already checked the routes of the
+/// table; this stays for handlers that change things, so that a route missing from the table
+/// can never make a change without it. Everything is open while no token exists.
 pub(crate) fn check_token(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let Some(token) = &state.config.api_token else {
-        return Ok(());
-    };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    match given {
-        Some(given) if crate::util::secret_eq(given, token) => Ok(()),
-        _ => Err(ApiError::unauthorized()),
-    }
-}
-
-/// The token of a `Bearer` credential: the scheme in any case, one or more spaces, the token.
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, rest) = value.trim_start().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = rest.trim_matches(' ');
-    (!token.is_empty()).then_some(token)
+    let caller = crate::auth::caller(req).unwrap_or(crate::auth::Caller::Anonymous);
+    state
+        .auth
+        .permit(crate::auth::table::Need::Admin, &caller, req.path())
 }
 
 /// Reads a request body of at most `limit` bytes; more is a 413. The public listener times every
@@ -117,10 +100,9 @@ async fn create_build(
 ) -> Result<HttpResponse, ApiError> {
     // In proxy mode builds come through the PHP app, which keeps its own auth and rate limits;
     // the build API is for holders of the token only, and without one it is not there at all.
-    if state.config.upstream.is_some() && state.config.api_token.is_none() {
+    if state.config.upstream.is_some() && !state.auth.any_tokens() {
         return Err(not_found().await);
     }
-    check_token(&req, &state)?;
     let body = read_body(&req, payload, MAX_BODY_BYTES).await?;
     let (build, dropped) = BuildRequest::parse(&body).map_err(|e| {
         ApiError::invalid_request(e.message).with_request_id(e.request_id.as_deref())
@@ -163,8 +145,15 @@ pub async fn serve_build(
     state.builds.note_resolved(key, &resolved);
     let request_id = build.request_id().map(str::to_owned);
     let file_name = build.file_name();
+    let ticket = super::tokens::ticket(req, state, &build, key)
+        .await
+        .map_err(|e| e.with_request_id(request_id.as_deref()))?;
     let served = if builds_status::wants_async(req) {
-        match state.builds.start(build, key, velox, admission).await {
+        match state
+            .builds
+            .start_as(build, key, velox, admission, ticket)
+            .await
+        {
             Ok(Started::Hit(served)) => Ok(*served),
             Ok(Started::Building(watch)) => {
                 let id = request_id.as_deref();
@@ -173,7 +162,10 @@ pub async fn serve_build(
             Err(e) => Err(e),
         }
     } else {
-        state.builds.resolve(build, key, velox, admission).await
+        state
+            .builds
+            .resolve_as(build, key, velox, admission, ticket)
+            .await
     }
     .map_err(|e| {
         e.to_api_error(&state.config)
@@ -356,20 +348,4 @@ async fn redirect(
         // The URL expires; whoever caches this answer must not outlive it.
         .insert_header((header::CACHE_CONTROL, "private, max-age=60"))
         .finish())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bearer_token;
-
-    #[test]
-    fn the_bearer_scheme_is_matched_in_any_case() {
-        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
-        assert_eq!(bearer_token("Basic abc"), None);
-        assert_eq!(bearer_token("Bearer"), None);
-        assert_eq!(bearer_token("Bearer "), None);
-        assert_eq!(bearer_token("Bearerabc"), None);
-    }
 }

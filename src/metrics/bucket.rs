@@ -27,10 +27,12 @@ pub enum BucketOp {
     TrustGet,
     TrustPut,
     TrustDelete,
+    AuthGet,
+    AuthPut,
 }
 
 impl BucketOp {
-    pub const ALL: [BucketOp; 20] = [
+    pub const ALL: [BucketOp; 22] = [
         BucketOp::ManifestGet,
         BucketOp::ManifestPut,
         BucketOp::ManifestDelete,
@@ -51,6 +53,8 @@ impl BucketOp {
         BucketOp::TrustGet,
         BucketOp::TrustPut,
         BucketOp::TrustDelete,
+        BucketOp::AuthGet,
+        BucketOp::AuthPut,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +79,8 @@ impl BucketOp {
             BucketOp::TrustGet => "trust_get",
             BucketOp::TrustPut => "trust_put",
             BucketOp::TrustDelete => "trust_delete",
+            BucketOp::AuthGet => "auth_get",
+            BucketOp::AuthPut => "auth_put",
         }
     }
 

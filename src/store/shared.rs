@@ -318,6 +318,26 @@ pub trait SharedStore: Send + Sync {
     ) -> BoxFuture<'static, Result<bool, SharedError>> {
         Box::pin(async { Ok(true) })
     }
+
+    /// Whether the token store lives here (docs/access.md, "With replicas"); the calls below
+    /// are made only when it does.
+    fn shares_auth(&self) -> bool {
+        false
+    }
+
+    /// The token store, with its version.
+    fn auth_get(&self) -> BoxFuture<'static, Result<Option<Versioned>, SharedError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Writes the token store on the condition `expect`; false when it failed.
+    fn auth_put(
+        &self,
+        _bytes: Vec<u8>,
+        _expect: Expect,
+    ) -> BoxFuture<'static, Result<bool, SharedError>> {
+        Box::pin(async { Ok(true) })
+    }
 }
 
 /// One replica alone: the data dir is the store.

@@ -33,6 +33,7 @@ impl BuildService {
         deadline: Instant,
         tx: watch::Sender<Option<Outcome>>,
         progress: watch::Sender<Progress>,
+        ticket: super::BuildTicket,
     ) {
         // Whatever ends this task (an outcome, a panic, the worker stopping), the key must leave
         // the in-flight map and its admission must be returned, or the key would wait forever.
@@ -44,7 +45,7 @@ impl BuildService {
         let tracked = self.activity.track(key, &request);
         let outcome = match tokio::time::timeout_at(
             deadline,
-            self.build(&request, key, &velox, deadline, &progress),
+            self.build(&request, key, &velox, deadline, &progress, &ticket.owner),
         )
         .await
         {
@@ -93,6 +94,13 @@ impl BuildService {
         }
         self.remember(key, &outcome);
         tracked.ended(&outcome);
+        if let Some(on_end) = ticket.on_end {
+            on_end(match &outcome {
+                Ok(_) => "success",
+                Err(BuildError::Velox(VeloxError::Timeout)) => "timeout",
+                Err(_) => "error",
+            });
+        }
         // A binary that was served but not stored cannot be fetched later: the status route
         // says so to whoever asks after the build.
         let not_stored = outcome
@@ -115,6 +123,7 @@ impl BuildService {
         velox: &VeloxClient,
         deadline: Instant,
         progress: &watch::Sender<Progress>,
+        owner: &str,
     ) -> Result<(Stored, Option<String>), BuildError> {
         // One build per key across replicas: another replica's build is waited for and fetched.
         let bucket_failed = |e: SharedError| {
@@ -141,10 +150,7 @@ impl BuildService {
         };
         let permit = {
             let _queued = Count::up(&self.metrics.builds_queued);
-            Arc::clone(&self.slots)
-                .acquire_owned()
-                .await
-                .map_err(|_| BuildError::Internal("the build slots are closed"))?
+            self.slots.acquire(owner).await
         };
         let _active = Count::up(&self.metrics.builds_active);
         progress.send_replace(Progress::Building { velox_attempts: 1 });

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::outcome::Outcome;
@@ -68,7 +68,8 @@ pub struct BuildService {
     reported: FailureReports,
     /// The floating tags resolved for each key lately, for the status route.
     resolved: ResolvedReports,
-    slots: Arc<Semaphore>,
+    /// Build slots, handed round-robin across owners (docs/access.md).
+    slots: Arc<crate::auth::slots::FairSlots>,
     admitted: AtomicUsize,
     velox_health: AtomicU8,
     /// The size of the last binary that found no room on the disk; 0 once one is stored again.
@@ -95,13 +96,34 @@ pub struct BuiltFacts {
     pub finished: SystemTime,
 }
 
+/// Who starts a build (docs/access.md): the owner whose turn it takes in the queue, and what to
+/// do when it ends (the quota given back, the audit line written).
+pub struct BuildTicket {
+    pub owner: Arc<str>,
+    /// Called once when this ticket starts a build (not when it joins one or hits).
+    pub on_start: Option<Box<dyn FnOnce() + Send>>,
+    /// Called once with `success`, `error` or `timeout` when a build this ticket started ends.
+    pub on_end: Option<Box<dyn FnOnce(&'static str) + Send>>,
+}
+
+impl BuildTicket {
+    /// Builds started by nobody in particular (pre-builds, callers without a token).
+    pub fn anonymous() -> BuildTicket {
+        BuildTicket {
+            owner: Arc::from("anonymous"),
+            on_start: None,
+            on_end: None,
+        }
+    }
+}
+
 /// See [`BuildService::on_built`].
 pub type OnBuilt = Arc<dyn Fn(BuiltFacts) + Send + Sync>;
 
 impl BuildService {
     pub fn new(store: Arc<Store>, config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
         BuildService {
-            slots: Arc::new(Semaphore::new(config.build_slots())),
+            slots: crate::auth::slots::FairSlots::new(config.build_slots()),
             store,
             config,
             metrics,
@@ -264,7 +286,23 @@ impl BuildService {
         velox: &VeloxClient,
         admission: Option<Admission>,
     ) -> Result<Served, BuildError> {
-        match self.start(request, key, velox, admission).await? {
+        self.resolve_as(request, key, velox, admission, BuildTicket::anonymous())
+            .await
+    }
+
+    /// [`BuildService::resolve`], a build started here being `ticket`'s.
+    pub async fn resolve_as(
+        self: &Arc<Self>,
+        request: BuildRequest,
+        key: CacheKey,
+        velox: &VeloxClient,
+        admission: Option<Admission>,
+        ticket: BuildTicket,
+    ) -> Result<Served, BuildError> {
+        match self
+            .start_as(request, key, velox, admission, ticket)
+            .await?
+        {
             Started::Hit(served) => Ok(*served),
             Started::Building(watch) => self.wait(key, watch).await,
         }
@@ -279,6 +317,20 @@ impl BuildService {
         key: CacheKey,
         velox: &VeloxClient,
         admission: Option<Admission>,
+    ) -> Result<Started, BuildError> {
+        self.start_as(request, key, velox, admission, BuildTicket::anonymous())
+            .await
+    }
+
+    /// [`BuildService::start`], a build started here being `ticket`'s (it waits for a slot in
+    /// the ticket owner's turn); a build joined or a hit drops the ticket unused.
+    pub async fn start_as(
+        self: &Arc<Self>,
+        request: BuildRequest,
+        key: CacheKey,
+        velox: &VeloxClient,
+        admission: Option<Admission>,
+        ticket: BuildTicket,
     ) -> Result<Started, BuildError> {
         let mut request = request;
         // An entry built from floating references is a hit only for `cache.floating_ttl`; past
@@ -347,8 +399,12 @@ impl BuildService {
                 let deadline = watch.deadline;
                 let this = Arc::clone(self);
                 let velox = velox.clone();
+                let mut ticket = ticket;
+                if let Some(on_start) = ticket.on_start.take() {
+                    on_start();
+                }
                 actix_web::rt::spawn(async move {
-                    this.run_build(request, key, velox, deadline, tx, progress_tx)
+                    this.run_build(request, key, velox, deadline, tx, progress_tx, ticket)
                         .await;
                 });
                 watch

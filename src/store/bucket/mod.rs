@@ -16,6 +16,7 @@
 //! Here: the client, its runtime, the layout and the manifests. `transfer.rs` moves blobs,
 //! `lock.rs` keeps one build per key, `tombstone.rs` carries deletes to every replica, `seam.rs` is the `SharedStore` the build layer sees.
 
+mod auth;
 mod channels;
 mod checked;
 mod lock;

@@ -295,4 +295,22 @@ impl SharedStore for Bucket {
         let this = self.clone();
         self.run(async move { this.put_trust(digest, name, bytes).await })
     }
+
+    fn shares_auth(&self) -> bool {
+        true
+    }
+
+    fn auth_get(&self) -> BoxFuture<'static, Result<Option<Versioned>, SharedError>> {
+        let this = self.clone();
+        self.run(async move { this.get_auth().await })
+    }
+
+    fn auth_put(
+        &self,
+        bytes: Vec<u8>,
+        expect: Expect,
+    ) -> BoxFuture<'static, Result<bool, SharedError>> {
+        let this = self.clone();
+        self.run(async move { this.put_auth(bytes, expect).await })
+    }
 }
