@@ -221,10 +221,9 @@ pub fn encode(
         }
         Encoding::Gzip => {
             // No name and mtime 0: the same bytes make the same variant.
-            let mut e = flate2::GzBuilder::new().mtime(0).write(
-                output,
-                flate2::Compression::new(GZIP_LEVEL),
-            );
+            let mut e = flate2::GzBuilder::new()
+                .mtime(0)
+                .write(output, flate2::Compression::new(GZIP_LEVEL));
             copy(input, &mut e)?;
             e.finish()?;
         }
@@ -341,8 +340,14 @@ mod tests {
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
         let mut z = Vec::new();
-        encode(Encoding::Zstd, &mut data.as_slice(), &mut z, data.len() as u64, 19)
-            .expect("zstd");
+        encode(
+            Encoding::Zstd,
+            &mut data.as_slice(),
+            &mut z,
+            data.len() as u64,
+            19,
+        )
+        .expect("zstd");
         assert_eq!(decode_zstd(&z), data);
         // A decoder limited to an 8 MiB window (what browsers allow) reads it.
         let mut d = zstd::stream::read::Decoder::new(z.as_slice()).expect("decoder");
@@ -351,8 +356,14 @@ mod tests {
         d.read_to_end(&mut out).expect("within 8 MiB");
         assert_eq!(out, data);
         let mut g = Vec::new();
-        encode(Encoding::Gzip, &mut data.as_slice(), &mut g, data.len() as u64, 19)
-            .expect("gzip");
+        encode(
+            Encoding::Gzip,
+            &mut data.as_slice(),
+            &mut g,
+            data.len() as u64,
+            19,
+        )
+        .expect("gzip");
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(g.as_slice())
             .read_to_end(&mut out)

@@ -49,7 +49,9 @@ fn main() -> ExitCode {
                 .init();
             velox_cache::cli::channel::run(&config, &action)
         }
-        Some(Command::Token { action, .. }) => velox_cache::cli::access::run_token(&config, &action),
+        Some(Command::Token { action, .. }) => {
+            velox_cache::cli::access::run_token(&config, &action)
+        }
         Some(Command::Url { action, .. }) => velox_cache::cli::access::run_url(&config, &action),
         None | Some(Command::Serve(_)) => {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))

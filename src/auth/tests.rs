@@ -59,7 +59,7 @@ fn each_bad_token_has_its_own_error() {
         None,
         Anonymous::Read,
     );
-    let msg = |v: &[u8]| auth.identify(Some(v), 100).err().expect("refused").message;
+    let msg = |v: &[u8]| auth.identify(Some(v), 100).expect_err("refused").message;
     assert!(msg(b"Bearer nope").contains("malformed"));
     assert!(msg(b"Token abc").contains("malformed"));
     let unknown = Secret::generate().expect("rng");

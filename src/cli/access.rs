@@ -86,8 +86,11 @@ pub fn run_token(config: &Config, action: &TokenAction) -> ExitCode {
         }
         TokenAction::List => {
             let list = if remote {
-                answered(remote::admin_call(config, Method::GET, "/v1/tokens", None), 200)
-                    .map(|v| v["tokens"].as_array().cloned().unwrap_or_default())
+                answered(
+                    remote::admin_call(config, Method::GET, "/v1/tokens", None),
+                    200,
+                )
+                .map(|v| v["tokens"].as_array().cloned().unwrap_or_default())
             } else {
                 TokenStore::local(&config.data_dir)
                     .and_then(|s| s.read_local())
@@ -116,7 +119,9 @@ pub fn run_token(config: &Config, action: &TokenAction) -> ExitCode {
                                 .join(","))
                             .filter(|s| !s.is_empty())
                             .unwrap_or_else(|| "*".into()),
-                        t["expires_at"].as_u64().map_or("never".into(), |e| e.to_string())
+                        t["expires_at"]
+                            .as_u64()
+                            .map_or("never".into(), |e| e.to_string())
                     );
                 }
             })
@@ -124,12 +129,7 @@ pub fn run_token(config: &Config, action: &TokenAction) -> ExitCode {
         TokenAction::Revoke { name } => {
             if remote {
                 answered(
-                    remote::admin_call(
-                        config,
-                        Method::DELETE,
-                        &format!("/v1/tokens/{name}"),
-                        None,
-                    ),
+                    remote::admin_call(config, Method::DELETE, &format!("/v1/tokens/{name}"), None),
                     204,
                 )
                 .map(|_| ())
@@ -155,7 +155,11 @@ fn create_offline(config: &Config, body: &Value) -> Result<(), String> {
         .ok_or("the scope is one of read, build, admin")?;
     let channels: Vec<String> = body["channels"]
         .as_array()
-        .map(|c| c.iter().filter_map(|g| g.as_str().map(str::to_owned)).collect())
+        .map(|c| {
+            c.iter()
+                .filter_map(|g| g.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     if let Some(bad) = channels.iter().find(|g| !token::valid_channel_glob(g)) {
         return Err(format!("`{bad}` is not a channel-name glob"));
@@ -169,10 +173,17 @@ fn create_offline(config: &Config, body: &Value) -> Result<(), String> {
         ),
         None => None,
     };
-    let quota = |k: &str| body[k].as_u64().map(|n| n.clamp(1, u64::from(u32::MAX)) as u32);
+    let quota = |k: &str| {
+        body[k]
+            .as_u64()
+            .map(|n| n.clamp(1, u64::from(u32::MAX)) as u32)
+    };
     let store = TokenStore::local(&config.data_dir)?;
     let mut records = store.read_local()?;
-    if records.iter().any(|r| r.name == name && r.revoked_at.is_none()) {
+    if records
+        .iter()
+        .any(|r| r.name == name && r.revoked_at.is_none())
+    {
         return Err(format!("a token named `{name}` exists: revoke it first"));
     }
     let secret = Secret::generate().map_err(|_| "no randomness for a token".to_string())?;

@@ -45,11 +45,11 @@ pub use channels::{
     parse_platform, valid_channel_name, ChannelConfig, PrebuildConfig, Recipe, RecipeExclude,
     RecipePlugin, RecipeReplace, MAX_CHANNELS,
 };
+pub use compression::{CompressionConfig, ZSTD_LEVEL};
 pub use oci::OciConfig;
 pub use sections::{
     CacheConfig, EvictionPolicy, ResolveConfig, RetryConfig, INDEX_SNAPSHOT_WRITES,
 };
-pub use compression::{CompressionConfig, ZSTD_LEVEL};
 pub use signing::{SigningConfig, BUILDER_ID};
 pub use storage::{S3Config, StorageBackend, StorageConfig};
 pub use velox::{BuilderSpec, ServerEntry, ServerTable, VeloxConfig};

@@ -155,10 +155,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         },
     );
     let variant_bytes = state.store.variant_bytes().ok();
-    state
-        .metrics
-        .compression
-        .render(&mut text, variant_bytes);
+    state.metrics.compression.render(&mut text, variant_bytes);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text)

@@ -19,8 +19,7 @@
 use std::fs::File;
 
 use actix_web::http::header::{
-    self, AcceptEncoding, ContentEncoding, Encoding as HeaderEncoding, Header, Preference,
-    Quality,
+    self, AcceptEncoding, ContentEncoding, Encoding as HeaderEncoding, Header, Preference, Quality,
 };
 use actix_web::HttpRequest;
 
@@ -84,7 +83,7 @@ fn weights_of(accept: &AcceptEncoding) -> Weights {
         .filter(|(_, q)| *q > Quality::ZERO)
         .collect();
     // Stable: equal weights keep the server's order.
-    codings.sort_by(|a, b| b.1.cmp(&a.1));
+    codings.sort_by_key(|c| std::cmp::Reverse(c.1));
     let identity = accept
         .0
         .iter()
@@ -109,7 +108,12 @@ fn weights_of(accept: &AcceptEncoding) -> Weights {
 
 /// The variant `req` gets for the binary `blob` of `size` bytes, if any: `None` means the binary
 /// itself. Opens the file (a sled read, an open, an fstat; never a hash).
-pub fn choose(req: &HttpRequest, store: &Store, blob: &crate::ids::Digest, size: u64) -> Option<Chosen> {
+pub fn choose(
+    req: &HttpRequest,
+    store: &Store,
+    blob: &crate::ids::Digest,
+    size: u64,
+) -> Option<Chosen> {
     if req.headers().contains_key(header::RANGE) {
         return None;
     }
@@ -156,7 +160,10 @@ mod tests {
         assert_eq!(order("zstd;q=0, gzip"), ["gzip"]);
         assert_eq!(order("GZIP"), ["gzip"]);
         assert_eq!(order("x-gzip"), ["gzip"]);
-        assert_eq!(order("zstd;q=0.2, zstd;q=0.9, gzip;q=0.5"), ["zstd", "gzip"]);
+        assert_eq!(
+            order("zstd;q=0.2, zstd;q=0.9, gzip;q=0.5"),
+            ["zstd", "gzip"]
+        );
     }
 
     #[test]
@@ -164,12 +171,21 @@ mod tests {
         assert!(order("*").is_empty());
         assert_eq!(of("*").identity, Some(Quality::MAX));
         assert_eq!(of("gzip, *;q=0").identity, Some(Quality::ZERO));
-        assert_eq!(of("identity;q=0.5, *;q=0").identity.map(|q| q > Quality::ZERO), Some(true));
+        assert_eq!(
+            of("identity;q=0.5, *;q=0")
+                .identity
+                .map(|q| q > Quality::ZERO),
+            Some(true)
+        );
     }
 
     #[test]
     fn malformed_elements_are_skipped_never_refused() {
-        assert_eq!(order("zstd;q=2, gzip"), ["gzip"], "a q above 1 is no q-value");
+        assert_eq!(
+            order("zstd;q=2, gzip"),
+            ["gzip"],
+            "a q above 1 is no q-value"
+        );
         assert_eq!(order("zstd;q=abc, gzip;q=0.3"), ["gzip"]);
         assert_eq!(order(",,;, gzip ,"), ["gzip"]);
         assert_eq!(order("zstd;;q=0.5"), Vec::<&str>::new());

@@ -356,15 +356,18 @@ impl Store {
     pub fn serve_variant(&self, blob: &Digest, enc: Encoding) -> Option<(File, Variant)> {
         let variant = self.variant(blob, enc).ok().flatten()?;
         let file = open_nofollow(&self.variant_path(&variant.digest)).ok();
-        let whole = file.as_ref().and_then(|f| f.metadata().ok()).is_some_and(|m| {
-            m.is_file()
-                && m.len() == variant.size
-                && VERIFIED
-                    .lock()
-                    .ok()
-                    .and_then(|v| v.get(&variant.digest).copied())
-                    == Some(seen(&m))
-        });
+        let whole = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|m| {
+                m.is_file()
+                    && m.len() == variant.size
+                    && VERIFIED
+                        .lock()
+                        .ok()
+                        .and_then(|v| v.get(&variant.digest).copied())
+                        == Some(seen(&m))
+            });
         match file {
             Some(file) if whole => Some((file, variant)),
             _ => {
@@ -474,11 +477,7 @@ impl Store {
     pub fn check_variants(&self) -> Result<usize, StoreError> {
         let mut fixed = 0;
         let mut named = std::collections::HashSet::new();
-        let records: Vec<_> = self
-            .ix()?
-            .variants
-            .iter()
-            .collect::<Result<Vec<_>, _>>()?;
+        let records: Vec<_> = self.ix()?.variants.iter().collect::<Result<Vec<_>, _>>()?;
         for (k, v) in records {
             let (Some(blob), Some(&tag)) = (Digest::from_slice(&k[..k.len().min(32)]), k.get(32))
             else {

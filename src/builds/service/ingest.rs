@@ -25,6 +25,8 @@ use crate::store::{EntryRecord, IngestError, Limits, Store};
 type Stored = (EntryRecord, bool, Option<Arc<Unstored>>);
 
 impl BuildService {
+    // The task's whole context; a struct would only be unpacked again on the next line.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn run_build(
         self: Arc<Self>,
         request: BuildRequest,
