@@ -16,9 +16,6 @@ use support::*;
 const HTTP: &str = "github.com/roadrunner-server/http/v5";
 const TOKEN: &str = "registry-test-token-0123456789";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 fn run(cmd: &mut Command) -> Output {
     let shown = format!("{cmd:?}");
