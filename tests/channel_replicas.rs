@@ -173,6 +173,26 @@ async fn replicas_serve_one_release_built_once_and_share_changes() {
         .objects("channels/")
         .iter()
         .all(|(k, _)| k != "channels/workers.json"));
+
+    // Without auth.url_secret a key made by one replica would not be the others': signed URLs
+    // are off, said once at start, and neither made nor accepted (the replicas still start).
+    let path = "/_velox/v1/channels/prod/linux/arm64";
+    let refused = post_json(
+        &a.admin_url("/v1/signed-urls"),
+        &json!({"path": path, "expires_in": "1h"}),
+        &[],
+    )
+    .await;
+    let why = refused.assert_error(409, "conflict");
+    assert!(why.to_string().contains("auth.url_secret"), "{why}");
+    let forged = get(
+        &b.url(&format!("{path}?expires=4102444800&sig=AAAA")),
+        &[],
+    )
+    .await;
+    let why = forged.assert_error(403, "forbidden");
+    assert!(why.to_string().contains("auth.url_secret"), "{why}");
+    assert_eq!(a.log_text().matches("signed URLs are off").count(), 1);
 }
 
 #[actix_web::test]

@@ -86,6 +86,7 @@ fn identify(auth: &Auth, req: &ServiceRequest, now: u64) -> Result<Caller, crate
         }
         return auth
             .url_key()
+            .map_err(super::forbidden)?
             .verify(req.path(), req.query_string(), now)
             .map(|()| Caller::SignedUrl)
             .map_err(|why| super::forbidden(why.message()));

@@ -106,11 +106,15 @@ pub fn forbidden(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Forbidden, message)
 }
 
+/// Why a replica in S3 mode without `auth.url_secret` neither makes nor accepts signed URLs.
+pub const SIGNED_URLS_OFF: &str = "signed URLs are off on this server: with storage.backend = \"s3\" set auth.url_secret, the same on every replica";
+
 /// Tokens, the signed-URL key, quotas and the audit log, shared by every worker.
 pub struct Auth {
     api_token: Option<String>,
     anonymous: Anonymous,
-    url_key: signed::UrlKey,
+    /// None in S3 mode without `auth.url_secret`: signed URLs are off.
+    url_key: Option<signed::UrlKey>,
     tokens: RwLock<Arc<Tokens>>,
     pub store: store::TokenStore,
     pub quotas: quota::Quotas,
@@ -124,8 +128,14 @@ impl Auth {
     pub fn open(config: &Config) -> Result<Auth, String> {
         let store = store::TokenStore::local(&config.data_dir)?;
         let secret = match &config.auth.url_secret {
-            Some(s) => s.clone().into_bytes(),
-            None => store::url_secret(&config.data_dir)?,
+            Some(s) => Some(s.clone().into_bytes()),
+            None if config.storage.backend == crate::config::StorageBackend::S3 => {
+                log::warn!(
+                    "signed URLs are off: storage.backend = \"s3\" needs auth.url_secret, the same on every replica"
+                );
+                None
+            }
+            None => Some(store::url_secret(&config.data_dir)?),
         };
         let records = store.read_local()?;
         let audit = audit::Audit::open(config.audit.path.as_deref())
@@ -133,7 +143,7 @@ impl Auth {
         Ok(Auth {
             api_token: config.api_token.clone(),
             anonymous: config.auth.anonymous,
-            url_key: signed::UrlKey::new(&secret),
+            url_key: secret.as_deref().map(signed::UrlKey::new),
             tokens: RwLock::new(Arc::new(Tokens::new(records))),
             quotas: quota::Quotas::new(&config.data_dir),
             store,
@@ -157,8 +167,9 @@ impl Auth {
         self.api_token.is_some() || !self.tokens().list.is_empty()
     }
 
-    pub fn url_key(&self) -> &signed::UrlKey {
-        &self.url_key
+    /// The key of signed URLs, or why there is none.
+    pub fn url_key(&self) -> Result<&signed::UrlKey, &'static str> {
+        self.url_key.as_ref().ok_or(SIGNED_URLS_OFF)
     }
 
     pub fn trusted_proxies(&self) -> &[ipnet::IpNet] {

@@ -258,6 +258,9 @@ fn signed_offline(config: &Config, path: &str, expires: &str) -> Result<String, 
     }
     let secret = match &config.auth.url_secret {
         Some(s) => s.clone().into_bytes(),
+        None if config.storage.backend == crate::config::StorageBackend::S3 => {
+            return Err(crate::auth::SIGNED_URLS_OFF.into())
+        }
         None => crate::auth::store::url_secret(&config.data_dir)?,
     };
     let key = crate::auth::signed::UrlKey::new(&secret);

@@ -25,8 +25,8 @@ pub struct AuthConfig {
     /// How often a replica rereads the token store in the bucket (S3 mode).
     #[serde(with = "super::duration")]
     pub refresh: Duration,
-    /// The HMAC key of signed URLs; generated in the data dir when absent (required in S3 mode,
-    /// so that every replica accepts the others' URLs).
+    /// The HMAC key of signed URLs; generated in the data dir when absent. In S3 mode a key made
+    /// by one replica would not be the others', so there signed URLs are off until it is set.
     #[serde(
         deserialize_with = "lenient_opt_string",
         skip_serializing_if = "Option::is_none"
@@ -56,7 +56,7 @@ pub struct AuditConfig {
 }
 
 impl AuthConfig {
-    pub(super) fn validate(&self, s3: bool) -> Result<(), (String, String)> {
+    pub(super) fn validate(&self) -> Result<(), (String, String)> {
         if self.refresh.is_zero() {
             return Err(("auth.refresh".into(), "must be more than 0".into()));
         }
@@ -64,10 +64,6 @@ impl AuthConfig {
             Some(s) if s.len() < 16 => Err((
                 "auth.url_secret".into(),
                 "must be at least 16 characters (use a random value)".into(),
-            )),
-            None if s3 => Err((
-                "auth.url_secret".into(),
-                "is required with storage.backend = \"s3\": every replica must check the others' signed URLs".into(),
             )),
             _ => Ok(()),
         }

@@ -143,7 +143,7 @@ impl Config {
         self.validate_velox()
             .or_else(|(key, why)| fail(&key, &why))?;
         self.auth
-            .validate(self.storage.backend == super::StorageBackend::S3)
+            .validate()
             .or_else(|(key, why)| fail(&key, &why))?;
         Ok(())
     }

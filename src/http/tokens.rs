@@ -210,7 +210,11 @@ fn signed_url(
         ));
     }
     let expires_at = unix_now().saturating_add(secs);
-    let query = state.auth.url_key().sign(path, expires_at);
+    let query = state
+        .auth
+        .url_key()
+        .map_err(|why| ApiError::new(crate::error::ErrorCode::Conflict, why))?
+        .sign(path, expires_at);
     Ok((format!("{path}?{query}"), expires_at))
 }
 
