@@ -183,8 +183,9 @@ fn catch_up(store: &Store, shared: &Shared) {
     }
 }
 
-/// Reads through `inner`, failing with `Interrupted` once the compressor is stopped, so that a
-/// long encoding ends within one chunk.
+/// Reads through `inner`, failing once the compressor is stopped, so that a long encoding ends
+/// within one chunk. Not with `Interrupted`: `read_to_end` and `io::copy` retry that kind
+/// forever, and the stop would then wait on a thread that never ends.
 struct Stoppable<'a, R> {
     inner: R,
     stop: &'a AtomicBool,
@@ -193,7 +194,7 @@ struct Stoppable<'a, R> {
 impl<R: Read> Read for Stoppable<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.stop.load(Ordering::Relaxed) {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "stopping"));
+            return Err(io::Error::other("the compressor is stopping"));
         }
         self.inner.read(buf)
     }
@@ -231,7 +232,7 @@ pub fn encode(
     Ok(())
 }
 
-/// `io::copy` that does not retry `Interrupted` (the stop signal).
+/// `io::copy` with a buffer of our size.
 fn copy(input: &mut dyn Read, output: &mut dyn Write) -> io::Result<()> {
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -332,6 +333,22 @@ mod tests {
 
     fn decode_zstd(b: &[u8]) -> Vec<u8> {
         zstd::stream::decode_all(b).expect("decodes")
+    }
+
+    /// A stop ends the probe's `read_to_end` and the encoding at once (with `Interrupted` both
+    /// retried forever and the server never exited).
+    #[test]
+    fn a_stop_ends_every_read_of_a_stoppable_source() {
+        let stop = AtomicBool::new(true);
+        let data = vec![7u8; 1 << 20];
+        let mut input = Stoppable {
+            inner: data.as_slice(),
+            stop: &stop,
+        };
+        let mut head = Vec::new();
+        assert!((&mut input).take(1000).read_to_end(&mut head).is_err());
+        assert!(encode(Encoding::Zstd, &mut input, &mut Vec::new(), 1 << 20, 3).is_err());
+        assert!(encode(Encoding::Gzip, &mut input, &mut Vec::new(), 1 << 20, 3).is_err());
     }
 
     #[test]

@@ -259,7 +259,11 @@ impl Process {
             }
             if Instant::now() > deadline {
                 self.kill();
-                panic!("{} did not exit within {within:?}", self.name);
+                panic!(
+                    "{} did not exit within {within:?}; its log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
             std::thread::sleep(POLL);
         }
