@@ -156,14 +156,20 @@ async fn size_limit_holds_after_every_insert() {
 
 #[actix_web::test]
 async fn age_limit_expires_entries() {
-    // 0.00002 days is 1.728 s; the cleanup runs every 200 ms.
+    // 0.00006 days is 5.2 s (room for two builds on a loaded machine before the first check);
+    // the cleanup runs every 200 ms.
     let h = Harness::start_with(|o| {
-        o.env("VELOX_CACHE_CACHE__MAX_AGE_DAYS", "0.00002")
+        o.env("VELOX_CACHE_CACHE__MAX_AGE_DAYS", "0.00006")
             .env("VELOX_CACHE_CACHE__CLEANUP_INTERVAL", "200ms")
     });
     let keys = build_n(&h, 2).await;
     assert!(present(&h, &keys[0]).await);
-    assert!(entries_reach(&h, 0).await, "entries did not expire");
+    let server = h.server();
+    let expired = eventually(Duration::from_secs(20), async || {
+        metric(server, "velox_cache_entries_count").await == 0.0
+    })
+    .await;
+    assert!(expired, "entries did not expire");
     // The counter follows the removals (it is bumped once the cleanup pass returns).
     let server = h.server();
     assert!(
