@@ -185,11 +185,7 @@ async fn replicas_serve_one_release_built_once_and_share_changes() {
     .await;
     let why = refused.assert_error(409, "conflict");
     assert!(why.to_string().contains("auth.url_secret"), "{why}");
-    let forged = get(
-        &b.url(&format!("{path}?expires=4102444800&sig=AAAA")),
-        &[],
-    )
-    .await;
+    let forged = get(&b.url(&format!("{path}?expires=4102444800&sig=AAAA")), &[]).await;
     let why = forged.assert_error(403, "forbidden");
     assert!(why.to_string().contains("auth.url_secret"), "{why}");
     assert_eq!(a.log_text().matches("signed URLs are off").count(), 1);

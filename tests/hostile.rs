@@ -220,7 +220,12 @@ async fn a_blob_swapped_for_a_fifo_is_refused_without_blocking() {
     .expect("a FIFO blob must not block the hit path");
     assert_eq!(again.header("x-cache-status"), Some("MISS"));
     assert_eq!(sha256_hex(&again.body), etag(&again));
-    assert_eq!(metric(h.server(), CORRUPT).await, 1.0);
+    assert_eq!(
+        metric(h.server(), CORRUPT).await,
+        1.0,
+        "{}",
+        h.server().log_text()
+    );
 }
 
 #[actix_web::test]

@@ -349,10 +349,11 @@ impl Store {
             (_, None) => false,
         };
         if !same {
+            // Whoever moved it aside counted it (or an ingest put a good copy in its place):
+            // one damaged file is counted once, however many readers met it.
             if let Some(file) = held {
                 log::error!("blob {digest} {why}; it was already replaced");
                 revoke(file);
-                self.count_corrupt();
             }
             return Ok(0);
         }
