@@ -375,7 +375,10 @@ async fn a_drained_builder_finishes_what_it_has_and_no_builder_is_a_503_until_on
     }
     pool.expect_states(&[("a", "draining", 1), ("b", "up", 0)])
         .await;
-    assert_eq!(pool.stand_in("a").state().request_ids, [x_id.clone()]);
+    assert_eq!(
+        pool.stand_in("a").state().request_ids,
+        std::slice::from_ref(&x_id)
+    );
     pool.stand_in("a").hold(false);
     assert_built_by(&x.await.expect("task"), pool.stand_in("a"));
     pool.expect_states(&[("a", "draining", 0), ("b", "up", 0)])
