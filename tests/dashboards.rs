@@ -316,6 +316,8 @@ async fn every_metric_the_dashboard_and_the_rules_query_is_exported() {
         "Store errors",
         "Disk headroom",
         "Velox reachable",
+        "Builders up",
+        "Builder load and failovers",
     ] {
         assert!(titles.contains(&want), "{want}: {titles:?}");
     }
@@ -328,6 +330,10 @@ async fn every_metric_the_dashboard_and_the_rules_query_is_exported() {
         "velox_cache_disk_free_bytes",
         "velox_cache_min_free_bytes",
         "velox_velox_up",
+        "velox_builder_up",
+        "velox_builder_builds_active",
+        "velox_builder_builds_total",
+        "velox_builder_failovers_total",
     ] {
         assert!(used.contains(name), "{name} is queried nowhere");
     }

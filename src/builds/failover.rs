@@ -51,6 +51,11 @@ impl VeloxClient {
 
     /// Asks a builder for the build, retrying and failing over what can succeed on retry,
     /// until `deadline`. `on_retry` is told of each call made again and its reason.
+    ///
+    /// The build holds one lease at a time. A builder that fails for reachability gets its
+    /// place back before another is asked for, so that a build waiting for a full builder never
+    /// holds a place on one that does not answer; a retry on the same builder (`already_exists`,
+    /// `resource_exhausted`, `aborted`) keeps its place through the backoff.
     pub async fn build(
         &self,
         request: &BuildRequest,
@@ -65,11 +70,16 @@ impl VeloxClient {
         let mut waits = 0;
         // Builders that failed for reachability in this round.
         let mut tried: Vec<usize> = Vec::new();
-        let mut lease = self.lease(&[], deadline).await?;
+        // The place the next call uses; `None`: a new round, any usable builder.
+        let mut held: Option<Lease> = None;
         loop {
             if Instant::now() >= deadline {
                 return Err(VeloxError::Timeout);
             }
+            let lease = match held.take() {
+                Some(lease) => lease,
+                None => self.lease(&[], deadline).await?,
+            };
             let i = lease.index();
             let url = lease.builder().spec.url.trim_end_matches('/').to_owned();
             let (attempt, seen) = self
@@ -84,7 +94,7 @@ impl VeloxClient {
             let garbage = matches!(seen, Some(Seen::Unreachable(_)))
                 && !matches!(attempt, Attempt::Retry(..))
                 && self.pool.pooled();
-            if let Some(seen) = seen.clone() {
+            if let Some(seen) = seen {
                 self.pool.saw(i, seen);
             }
             let (reason, why) = match attempt {
@@ -115,37 +125,37 @@ impl VeloxClient {
                 }
                 Attempt::Retry(reason, why) => (reason, why),
             };
-            let left = deadline.saturating_duration_since(Instant::now());
             let reachability =
                 matches!(reason, RetryReason::Unreachable | RetryReason::Unavailable);
             if reachability {
                 self.pool.called(i, CallStatus::Unavailable);
                 tried.push(i);
-                // Another builder at once, when one is left in this round.
-                let other = self.pool.lease(&tried, deadline).await;
-                match other {
+                let from = lease.builder().spec.id.clone();
+                // Its place first, then another builder's, at once when one is left in this
+                // round.
+                drop(lease);
+                match self.pool.lease(&tried, deadline).await {
                     Ok(next) => {
                         log::warn!(
-                            "Velox builder {}: {why}; moving the build to builder {}",
-                            lease.builder().spec.id,
+                            "Velox builder {from}: {why}; moving the build to builder {}",
                             next.builder().spec.id
                         );
                         self.pool.failed_over();
                         on_retry(reason);
-                        lease = next;
+                        held = Some(next);
                         continue;
                     }
                     Err(NoLease::Timeout) => return Err(VeloxError::Timeout),
                     Err(NoLease::NoBuilder) => {}
                 }
                 if self.pool.pooled() && self.pool.none_usable() {
-                    log::warn!(
-                        "Velox builder {}: {why}; no builder is left",
-                        lease.builder().spec.id
-                    );
+                    log::warn!("Velox builder {from}: {why}; no builder is left");
                     return Err(self.no_builder());
                 }
+            } else {
+                held = Some(lease);
             }
+            let left = deadline.saturating_duration_since(Instant::now());
             let delay = if reason == RetryReason::AlreadyExists {
                 // Another caller's build: its result will be in Velox's own cache. Wait as long
                 // as build_timeout allows, and make the last call just before it.
@@ -176,14 +186,11 @@ impl VeloxClient {
             };
             log::warn!("Velox: {why}; calling again in {delay:?}");
             on_retry(reason);
+            // After a reachability round, the next starts over every usable builder (`held` is
+            // empty); any other retry stays on the builder that said it.
+            tokio::time::sleep(delay).await;
             if reachability {
-                // The next round: every usable builder again, after the backoff.
-                drop(lease);
-                tokio::time::sleep(delay).await;
                 tried.clear();
-                lease = self.lease(&[], deadline).await?;
-            } else {
-                tokio::time::sleep(delay).await;
             }
         }
     }

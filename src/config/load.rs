@@ -280,8 +280,10 @@ fn with_source(fig: &Figment, msg: String) -> String {
         .map(|(key, _)| key.to_owned());
     match key {
         Some(key) => {
+            // An item of a list (`velox.servers[1].url`) came from wherever the list did.
+            let key = key.split_once('[').map_or(key.as_str(), |(list, _)| list);
             let path: Vec<String> = key.split('.').map(str::to_owned).collect();
-            let suffix = source_suffix(fig.find_metadata(&key), &path);
+            let suffix = source_suffix(fig.find_metadata(key), &path);
             format!("{msg}{suffix}")
         }
         None => msg,

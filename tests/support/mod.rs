@@ -11,6 +11,7 @@ pub mod php;
 pub mod process;
 pub mod server;
 pub mod sse;
+pub mod velox_process;
 pub mod velox_proto;
 pub mod webhook_sink;
 

@@ -100,10 +100,13 @@ impl Server {
             .arg("--listen=127.0.0.1:0")
             .arg("--admin-listen=127.0.0.1:0")
             .arg(format!("--data-dir={}", opts.data_dir.display()))
-            .arg(format!("--server-url={}", opts.server_url))
-            .arg(format!("--artifact-root={}", opts.artifact_root.display()))
-            .args(&opts.args)
-            .env("RUST_LOG", "info");
+            .arg(format!("--artifact-root={}", opts.artifact_root.display()));
+        // Empty for a pool of builders (`velox.servers`), which `server_url` may not be set
+        // beside.
+        if !opts.server_url.is_empty() {
+            cmd.arg(format!("--server-url={}", opts.server_url));
+        }
+        cmd.args(&opts.args).env("RUST_LOG", "info");
         clear_env(&mut cmd);
         for (k, v) in &opts.env {
             cmd.env(k, v);
