@@ -65,9 +65,16 @@ fn start(platforms: &str, extra: &str, f: impl FnOnce(Options) -> Options) -> Ha
 
 /// Waits for channel `prod`'s first release; its JSON.
 async fn released(h: &Harness) -> Value {
+    released_as(h, &[]).await
+}
+
+/// [`released`], asking with `headers`.
+async fn released_as(h: &Harness, headers: &[(&str, &str)]) -> Value {
     let mut last = Value::Null;
     let ok = eventually(Duration::from_secs(30), async || {
-        last = get(&h.url("/_velox/v1/channels/prod"), &[]).await.json();
+        last = get(&h.url("/_velox/v1/channels/prod"), headers)
+            .await
+            .json();
         last["current"]["id"].is_string()
     })
     .await;
@@ -604,4 +611,229 @@ async fn the_pull_api_answers_as_the_distribution_spec_says() {
         2.0,
         "one layer per platform, made once"
     );
+}
+
+/// A token made through the admin API with `api_token`; its secret.
+async fn make_token(h: &Harness, body: Value) -> String {
+    let bearer = format!("Bearer {TOKEN}");
+    let r = post_json(
+        &h.server().admin_url("/v1/tokens"),
+        &body,
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["token"].as_str().expect("token").to_owned()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let pair = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+#[actix_web::test]
+async fn reads_need_a_token_as_basic_password_or_bearer_when_anonymous_is_none() {
+    let port = support::process::free_port();
+    let h = start("[\"linux/amd64\"]", "", |o| {
+        o.env("VELOX_CACHE_API_TOKEN", TOKEN)
+            .env("VELOX_CACHE_AUTH__ANONYMOUS", "none")
+            .env("VELOX_CACHE_REGISTRY_LISTEN", &format!("127.0.0.1:{port}"))
+    });
+    let admin = format!("Bearer {TOKEN}");
+    released_as(&h, &[("authorization", &admin)]).await;
+    let read = make_token(&h, serde_json::json!({"name": "ci", "scope": "read"})).await;
+    let elsewhere = make_token(
+        &h,
+        serde_json::json!({"name": "other", "scope": "read", "channels": ["staging-*"]}),
+    )
+    .await;
+    let registry = format!("http://127.0.0.1:{port}");
+    let public = h.server().public.trim_end_matches('/').to_owned();
+
+    for base in [&public, &registry] {
+        let url = format!("{base}/v2/rr/prod/manifests/latest");
+        // No credential: the challenge docker and skopeo answer with the credentials.
+        for path in ["/v2/", "/v2/rr/prod/manifests/latest"] {
+            let r = get(&format!("{base}{path}"), &[]).await;
+            oci_error(&r, 401, "UNAUTHORIZED");
+            assert_eq!(
+                r.header("www-authenticate"),
+                Some("Basic realm=\"velox-cache\""),
+                "{base}{path}"
+            );
+        }
+        // The token as the Basic password (any user name) and as a Bearer token.
+        let index = get(&url, &[("authorization", &basic("ci", &read))]).await;
+        document(&index, OCI_INDEX);
+        let bearer = get(&url, &[("authorization", &format!("Bearer {read}"))]).await;
+        assert_eq!(bearer.body, index.body);
+        let anyone = get(&url, &[("authorization", &basic("", &read))]).await;
+        assert_eq!(anyone.body, index.body);
+        let api = get(&url, &[("authorization", &basic("admin", TOKEN))]).await;
+        assert_eq!(api.status, 200);
+        // A wrong or malformed credential; a token for other channels.
+        let wrong = format!("vc_{}", "A".repeat(43));
+        oci_error(
+            &get(&url, &[("authorization", &basic("ci", &wrong))]).await,
+            401,
+            "UNAUTHORIZED",
+        );
+        oci_error(
+            &get(&url, &[("authorization", "Basic !!!")]).await,
+            401,
+            "UNAUTHORIZED",
+        );
+        let denied = oci_error(
+            &get(&url, &[("authorization", &format!("Bearer {elsewhere}"))]).await,
+            403,
+            "DENIED",
+        );
+        assert!(denied.contains("prod"), "{denied}");
+        // Refused writes stay refused for the token too.
+        let put = client()
+            .put(&url)
+            .insert_header(("authorization", format!("Bearer {read}")))
+            .send_body("{}")
+            .await
+            .expect("sent")
+            .status();
+        assert_eq!(put.as_u16(), 405);
+    }
+
+    // skopeo: with --creds it pulls, without it is refused.
+    let host = authority(&public);
+    let image = format!("docker://{host}/rr/prod:latest");
+    let with = ok(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &format!("ci:{read}"),
+        &image,
+    ]));
+    let index = get(
+        &format!("{public}/v2/rr/prod/manifests/latest"),
+        &[("authorization", &format!("Bearer {read}"))],
+    )
+    .await;
+    assert_eq!(with.stdout, index.body.to_vec());
+    let without =
+        run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &image]));
+    assert!(!without.status.success(), "pulled without credentials");
+    let said = String::from_utf8_lossy(&without.stderr).to_lowercase();
+    assert!(
+        said.contains("unauthorized") || said.contains("authentication required"),
+        "{said}"
+    );
+    let bad = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &format!("ci:{}", &read[..read.len() - 1]),
+        &format!("docker://{}/rr/prod:latest", authority(&registry)),
+    ]));
+    assert!(!bad.status.success(), "pulled with a wrong token");
+    let work = tempfile::tempdir().expect("tmp");
+    ok(Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &format!("ci:{read}"),
+        &format!("docker://{}/rr/prod:latest", authority(&registry)),
+        &format!("oci:{}:latest", s(&work.path().join("pulled"))),
+    ]));
+}
+
+#[actix_web::test]
+async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_404s() {
+    let php = support::php::PhpApp::start();
+    let port = support::process::free_port();
+    let h = Harness::start_with(|o| {
+        o.env("VELOX_CACHE_UPSTREAM", &php.url)
+            .env("VELOX_CACHE_REGISTRY_LISTEN", &format!("127.0.0.1:{port}"))
+            .env("VELOX_CACHE_OCI__BUILD_WAIT", "700ms")
+    });
+    let registry = format!("http://127.0.0.1:{port}");
+
+    // The public listener forwards /v2/ to the PHP app (its own 404 names the path); the
+    // registry listener answers it.
+    let app = get(&h.url("/v2/"), &[]).await;
+    assert_eq!(app.status, 404);
+    assert_eq!(
+        app.json()["message"],
+        "no route for /v2/",
+        "the PHP app answered"
+    );
+    let app = get(&h.url("/v2/rr/edge/manifests/latest"), &[]).await;
+    assert_eq!(
+        app.json()["message"],
+        "no route for /v2/rr/edge/manifests/latest"
+    );
+    let base = get(&format!("{registry}/v2/"), &[]).await;
+    assert_eq!(base.status, 200);
+    assert_eq!(
+        base.header("docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+    oci_error(
+        &get(&format!("{registry}/v2/rr/edge/manifests/latest"), &[]).await,
+        404,
+        "NAME_UNKNOWN",
+    );
+
+    // A new channel whose build takes longer than oci.build_wait.
+    h.velox.set_delay(Duration::from_millis(2500));
+    let created = client()
+        .put(h.server().admin_url("/v1/channels/edge"))
+        .insert_header(("content-type", "application/json"))
+        .send_body(
+            serde_json::to_vec(&serde_json::json!({
+                "rr_version": "v2025.1.2",
+                "plugins": [{"module_name": HTTP, "tag": "v5.2.7"}],
+                "platforms": ["linux/amd64"]
+            }))
+            .expect("json"),
+        )
+        .await
+        .expect("sent")
+        .status();
+    assert_eq!(created.as_u16(), 201);
+    let url = format!("{registry}/v2/rr/edge/manifests/latest");
+    let asked = std::time::Instant::now();
+    let waiting = get(&url, &[]).await;
+    let held = asked.elapsed();
+    let message = oci_error(&waiting, 404, "MANIFEST_UNKNOWN");
+    assert!(message.contains("under way"), "{message}");
+    assert!(
+        held >= Duration::from_millis(700),
+        "answered after {held:?}, before build_wait"
+    );
+    assert!(h.velox.calls() >= 1, "the build was started");
+    // HEAD waits the same way and ends the same way, without a body.
+    let head_waiting = head(&url, &[]).await;
+    assert_eq!(head_waiting.status, 404);
+    assert!(head_waiting.body.is_empty());
+    // Once the release exists, the same request is the image.
+    let mut last = None;
+    let served = eventually(Duration::from_secs(30), async || {
+        let r = get(&url, &[]).await;
+        let done = r.status == 200;
+        last = Some(r);
+        done
+    })
+    .await;
+    let last = last.expect("asked");
+    assert!(served, "{}", String::from_utf8_lossy(&last.body));
+    let index = document(&last, OCI_INDEX);
+    assert_eq!(index["manifests"][0]["platform"]["architecture"], "amd64");
+    // A release id that was never made is unknown (only `latest` waits for a first release).
+    let never = format!("{registry}/v2/rr/edge/manifests/{}", "f".repeat(32));
+    let unknown = oci_error(&get(&never, &[]).await, 404, "MANIFEST_UNKNOWN");
+    assert!(unknown.contains("keeps no release"), "{unknown}");
+    drop(php);
 }
