@@ -16,6 +16,9 @@ use support::*;
 const HTTP: &str = "github.com/roadrunner-server/http/v5";
 const TOKEN: &str = "registry-test-token-0123456789";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 fn run(cmd: &mut Command) -> Output {
     let shown = format!("{cmd:?}");
@@ -62,9 +65,16 @@ fn start(platforms: &str, extra: &str, f: impl FnOnce(Options) -> Options) -> Ha
 
 /// Waits for channel `prod`'s first release; its JSON.
 async fn released(h: &Harness) -> Value {
+    released_as(h, &[]).await
+}
+
+/// [`released`], asking with `headers`.
+async fn released_as(h: &Harness, headers: &[(&str, &str)]) -> Value {
     let mut last = Value::Null;
     let ok = eventually(Duration::from_secs(30), async || {
-        last = get(&h.url("/_velox/v1/channels/prod"), &[]).await.json();
+        last = get(&h.url("/_velox/v1/channels/prod"), headers)
+            .await
+            .json();
         last["current"]["id"].is_string()
     })
     .await;
@@ -237,4 +247,593 @@ async fn skopeo_pulls_every_platform_and_umoci_unpacks_a_signed_rr() {
         .await
             >= 4.0
     );
+}
+
+/// Asserts a Distribution Spec error: `status`, JSON, `errors[0].code` = `code` with a message;
+/// the message.
+fn oci_error(r: &Resp, status: u16, code: &str) -> String {
+    assert_eq!(
+        r.status,
+        status,
+        "{code}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.header("docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+    let v = r.json();
+    assert_eq!(v["errors"][0]["code"], code, "{v}");
+    let message = v["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "{v}");
+    message.to_owned()
+}
+
+/// `sha256:<hex>` of `bytes`.
+fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(bytes))
+}
+
+/// Asserts a document answer: status 200, `Docker-Content-Digest` the body's digest, the media
+/// type; the parsed body.
+fn document(r: &Resp, media_type: &str) -> Value {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type"), Some(media_type));
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(digest_of(&r.body).as_str())
+    );
+    r.json()
+}
+
+/// A request with any method, its answer.
+async fn send(method: &str, url: &str, body: &[u8]) -> Resp {
+    let method = actix_web::http::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut res = client()
+        .request(method, url)
+        .insert_header(("content-type", "application/octet-stream"))
+        .send_body(body.to_vec())
+        .await
+        .expect("sent");
+    let body = res.body().await.expect("body");
+    Resp {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body,
+    }
+}
+
+#[actix_web::test]
+async fn the_pull_api_answers_as_the_distribution_spec_says() {
+    let port = support::process::free_port();
+    let h = start("[\"linux/amd64\", \"linux/arm64\"]", "", |o| {
+        o.env("VELOX_CACHE_REGISTRY_LISTEN", &format!("127.0.0.1:{port}"))
+    });
+    let channel = released(&h).await;
+    let release = channel["current"]["id"].as_str().expect("id").to_owned();
+    let v2 = |p: &str| h.url(&format!("/v2/{p}"));
+
+    // The version check, on both listeners.
+    let base = get(&v2(""), &[]).await;
+    assert_eq!(base.status, 200);
+    assert_eq!(
+        base.header("docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+    assert_eq!(base.json(), serde_json::json!({}));
+    let registry = format!("http://127.0.0.1:{port}");
+    assert_eq!(get(&format!("{registry}/v2/"), &[]).await.status, 200);
+    oci_error(
+        &get(&format!("{registry}/elsewhere"), &[]).await,
+        404,
+        "NAME_UNKNOWN",
+    );
+
+    // By tag: the OCI index (no Accept, or OCI's); by digest: the same bytes.
+    let index = get(&v2("rr/prod/manifests/latest"), &[]).await;
+    let index_json = document(&index, OCI_INDEX);
+    let oci_accept = get(&v2("rr/prod/manifests/latest"), &[("accept", OCI_INDEX)]).await;
+    assert_eq!(oci_accept.body, index.body, "byte-for-byte stable");
+    let by_release = get(&v2(&format!("rr/prod/manifests/{release}")), &[]).await;
+    assert_eq!(by_release.body, index.body);
+    let index_digest = digest_of(&index.body);
+    let by_digest = get(&v2(&format!("rr/prod/manifests/{index_digest}")), &[]).await;
+    document(&by_digest, OCI_INDEX);
+    assert_eq!(by_digest.body, index.body);
+    // HEAD: the length and digest, no body.
+    let head_index = head(&v2("rr/prod/manifests/latest"), &[]).await;
+    assert_eq!(head_index.status, 200);
+    assert!(head_index.body.is_empty());
+    assert_eq!(
+        head_index.header("content-length"),
+        Some(index.body.len().to_string().as_str())
+    );
+    assert_eq!(
+        head_index.header("docker-content-digest"),
+        Some(index_digest.as_str())
+    );
+
+    // Each platform's manifest by digest; its config and layer as blobs.
+    let entries = index_json["manifests"].as_array().expect("manifests");
+    assert_eq!(entries.len(), 2);
+    let amd64 = entries
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "amd64")
+        .expect("amd64");
+    assert_eq!(amd64["mediaType"], OCI_MANIFEST);
+    let m = get(
+        &v2(&format!(
+            "rr/prod/manifests/{}",
+            amd64["digest"].as_str().expect("d")
+        )),
+        &[],
+    )
+    .await;
+    let manifest = document(&m, OCI_MANIFEST);
+    assert_eq!(m.body.len() as u64, amd64["size"].as_u64().expect("size"));
+    let config_digest = manifest["config"]["digest"].as_str().expect("config");
+    let config = get(&v2(&format!("rr/prod/blobs/{config_digest}")), &[]).await;
+    assert_eq!(config.status, 200);
+    assert_eq!(digest_of(&config.body), config_digest);
+    assert_eq!(config.header("docker-content-digest"), Some(config_digest));
+    assert_eq!(config.json()["architecture"], "amd64");
+    let layer_digest = manifest["layers"][0]["digest"].as_str().expect("layer");
+    let layer_size = manifest["layers"][0]["size"].as_u64().expect("size");
+    let layer = get(&v2(&format!("rr/prod/blobs/{layer_digest}")), &[]).await;
+    assert_eq!(layer.status, 200);
+    assert_eq!(digest_of(&layer.body), layer_digest);
+    assert_eq!(layer.body.len() as u64, layer_size);
+    assert_eq!(layer.header("docker-content-digest"), Some(layer_digest));
+    let head_layer = head(&v2(&format!("rr/prod/blobs/{layer_digest}")), &[]).await;
+    assert_eq!(head_layer.status, 200);
+    assert!(head_layer.body.is_empty());
+    assert_eq!(
+        head_layer.header("content-length"),
+        Some(layer_size.to_string().as_str())
+    );
+    assert_eq!(
+        head_layer.header("docker-content-digest"),
+        Some(layer_digest)
+    );
+    let head_config = head(&v2(&format!("rr/prod/blobs/{config_digest}")), &[]).await;
+    assert_eq!(head_config.status, 200);
+    assert!(head_config.body.is_empty());
+    assert_eq!(
+        head_config.header("content-length"),
+        Some(config.body.len().to_string().as_str())
+    );
+    // Range: a part of the layer, as a resumed pull asks for it.
+    let part = get(
+        &v2(&format!("rr/prod/blobs/{layer_digest}")),
+        &[("range", "bytes=10-109")],
+    )
+    .await;
+    assert_eq!(part.status, 206);
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 10-109/{layer_size}").as_str())
+    );
+    assert_eq!(&part.body[..], &layer.body[10..110]);
+    let tail = get(
+        &v2(&format!("rr/prod/blobs/{layer_digest}")),
+        &[("range", "bytes=-5")],
+    )
+    .await;
+    assert_eq!(tail.status, 206);
+    assert_eq!(&tail.body[..], &layer.body[layer.body.len() - 5..]);
+
+    // Clients that accept only Docker's schema 2 get Docker's list and manifests.
+    let docker_accept = format!("{DOCKER_LIST}, {DOCKER_MANIFEST}");
+    let list = get(
+        &v2("rr/prod/manifests/latest"),
+        &[("accept", &docker_accept)],
+    )
+    .await;
+    let list_json = document(&list, DOCKER_LIST);
+    assert_eq!(list_json["mediaType"], DOCKER_LIST);
+    let docker_amd64 = list_json["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "amd64")
+        .expect("amd64")
+        .clone();
+    assert_eq!(docker_amd64["mediaType"], DOCKER_MANIFEST);
+    let dm = get(
+        &v2(&format!(
+            "rr/prod/manifests/{}",
+            docker_amd64["digest"].as_str().expect("d")
+        )),
+        &[],
+    )
+    .await;
+    let docker_manifest = document(&dm, DOCKER_MANIFEST);
+    assert_eq!(
+        docker_manifest["layers"][0]["digest"], layer_digest,
+        "the same layer"
+    );
+    // One that takes no list gets linux/amd64's manifest, in its flavour.
+    let single = get(
+        &v2("rr/prod/manifests/latest"),
+        &[("accept", DOCKER_MANIFEST)],
+    )
+    .await;
+    document(&single, DOCKER_MANIFEST);
+    assert_eq!(single.body, dm.body);
+    let single_oci = get(&v2("rr/prod/manifests/latest"), &[("accept", OCI_MANIFEST)]).await;
+    document(&single_oci, OCI_MANIFEST);
+    assert_eq!(single_oci.body, m.body);
+
+    // Bad input: the spec's error JSON.
+    oci_error(
+        &get(&v2("rr/Prod/manifests/latest"), &[]).await,
+        400,
+        "NAME_INVALID",
+    );
+    oci_error(
+        &get(&v2("rr/prod--/blobs/sha256:00"), &[]).await,
+        400,
+        "NAME_INVALID",
+    );
+    let bad_tag = oci_error(
+        &get(&v2("rr/prod/manifests/.latest"), &[]).await,
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    assert!(bad_tag.contains("not a valid tag"), "{bad_tag}");
+    oci_error(
+        &get(&v2("rr/prod/manifests/sha256:abc"), &[]).await,
+        400,
+        "DIGEST_INVALID",
+    );
+    oci_error(
+        &get(&v2("rr/prod/blobs/sha256:XYZ"), &[]).await,
+        400,
+        "DIGEST_INVALID",
+    );
+    oci_error(
+        &get(&v2("rr/prod/blobs/latest"), &[]).await,
+        400,
+        "DIGEST_INVALID",
+    );
+    let malformed = oci_error(
+        &get(
+            &v2("rr/prod/manifests/latest"),
+            &[("accept", "not a media type")],
+        )
+        .await,
+        400,
+        "UNSUPPORTED",
+    );
+    assert!(malformed.contains("Accept"), "{malformed}");
+    oci_error(
+        &get(
+            &v2("rr/prod/manifests/latest"),
+            &[("accept", "application/json;q=2")],
+        )
+        .await,
+        400,
+        "UNSUPPORTED",
+    );
+    oci_error(
+        &get(&v2("rr/prod/manifests/latest"), &[("accept", "text/html")]).await,
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    // Well-formed but unknown.
+    let nothing = format!("sha256:{}", "0".repeat(64));
+    oci_error(
+        &get(&v2(&format!("rr/prod/blobs/{nothing}")), &[]).await,
+        404,
+        "BLOB_UNKNOWN",
+    );
+    oci_error(
+        &get(&v2(&format!("rr/prod/manifests/{nothing}")), &[]).await,
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    // A layer is not a manifest; another algorithm is nothing this registry made.
+    oci_error(
+        &get(&v2(&format!("rr/prod/manifests/{layer_digest}")), &[]).await,
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    oci_error(
+        &get(&v2("rr/prod/blobs/sha512:abcdef"), &[]).await,
+        404,
+        "BLOB_UNKNOWN",
+    );
+    oci_error(
+        &get(&v2("rr/prod/manifests/0123abcd"), &[]).await,
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    oci_error(
+        &get(&v2("rr/nope/manifests/latest"), &[]).await,
+        404,
+        "NAME_UNKNOWN",
+    );
+    oci_error(
+        &get(&v2(&format!("rr/nope/blobs/{layer_digest}")), &[]).await,
+        404,
+        "NAME_UNKNOWN",
+    );
+    oci_error(
+        &get(&v2("library/alpine/manifests/latest"), &[]).await,
+        404,
+        "NAME_UNKNOWN",
+    );
+    // HEAD errors carry the status and no body.
+    let head_missing = head(&v2(&format!("rr/prod/blobs/{nothing}")), &[]).await;
+    assert_eq!(head_missing.status, 404);
+    assert!(head_missing.body.is_empty());
+
+    // Tags: latest and the kept release.
+    let tags = get(&v2("rr/prod/tags/list"), &[]).await;
+    assert_eq!(tags.status, 200);
+    assert_eq!(
+        tags.json(),
+        serde_json::json!({"name": "rr/prod", "tags": ["latest", release]})
+    );
+
+    // Nothing can be written, and trying changes nothing.
+    let writes = [
+        ("PUT", v2("rr/prod/manifests/latest")),
+        ("PUT", v2(&format!("rr/prod/manifests/{index_digest}"))),
+        ("DELETE", v2(&format!("rr/prod/manifests/{index_digest}"))),
+        ("DELETE", v2(&format!("rr/prod/blobs/{layer_digest}"))),
+        ("POST", v2("rr/prod/blobs/uploads/")),
+        ("PATCH", v2("rr/prod/blobs/uploads/some-session")),
+        ("PUT", format!("{registry}/v2/rr/prod/manifests/latest")),
+    ];
+    for (method, url) in &writes {
+        let r = send(method, url, br#"{"schemaVersion":2}"#).await;
+        oci_error(&r, 405, "UNSUPPORTED");
+        assert_eq!(r.header("allow"), Some("GET, HEAD"), "{method} {url}");
+    }
+    let after = get(&v2("rr/prod/manifests/latest"), &[]).await;
+    assert_eq!(after.body, index.body, "still served");
+    let still = get(&v2(&format!("rr/prod/blobs/{layer_digest}")), &[]).await;
+    assert_eq!(still.body, layer.body);
+    assert_eq!(
+        get(
+            &format!("{registry}/v2/rr/prod/manifests/{index_digest}"),
+            &[]
+        )
+        .await
+        .body,
+        index.body,
+        "the registry listener serves the same"
+    );
+    assert_eq!(
+        metric(h.server(), "velox_registry_layers_built_total").await,
+        2.0,
+        "one layer per platform, made once"
+    );
+}
+
+/// A token made through the admin API with `api_token`; its secret.
+async fn make_token(h: &Harness, body: Value) -> String {
+    let bearer = format!("Bearer {TOKEN}");
+    let r = post_json(
+        &h.server().admin_url("/v1/tokens"),
+        &body,
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["token"].as_str().expect("token").to_owned()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let pair = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+#[actix_web::test]
+async fn reads_need_a_token_as_basic_password_or_bearer_when_anonymous_is_none() {
+    let port = support::process::free_port();
+    let h = start("[\"linux/amd64\"]", "", |o| {
+        o.env("VELOX_CACHE_API_TOKEN", TOKEN)
+            .env("VELOX_CACHE_AUTH__ANONYMOUS", "none")
+            .env("VELOX_CACHE_REGISTRY_LISTEN", &format!("127.0.0.1:{port}"))
+    });
+    let admin = format!("Bearer {TOKEN}");
+    released_as(&h, &[("authorization", &admin)]).await;
+    let read = make_token(&h, serde_json::json!({"name": "ci", "scope": "read"})).await;
+    let elsewhere = make_token(
+        &h,
+        serde_json::json!({"name": "other", "scope": "read", "channels": ["staging-*"]}),
+    )
+    .await;
+    let registry = format!("http://127.0.0.1:{port}");
+    let public = h.server().public.trim_end_matches('/').to_owned();
+
+    for base in [&public, &registry] {
+        let url = format!("{base}/v2/rr/prod/manifests/latest");
+        // No credential: the challenge docker and skopeo answer with the credentials.
+        for path in ["/v2/", "/v2/rr/prod/manifests/latest"] {
+            let r = get(&format!("{base}{path}"), &[]).await;
+            oci_error(&r, 401, "UNAUTHORIZED");
+            assert_eq!(
+                r.header("www-authenticate"),
+                Some("Basic realm=\"velox-cache\""),
+                "{base}{path}"
+            );
+        }
+        // The token as the Basic password (any user name) and as a Bearer token.
+        let index = get(&url, &[("authorization", &basic("ci", &read))]).await;
+        document(&index, OCI_INDEX);
+        let bearer = get(&url, &[("authorization", &format!("Bearer {read}"))]).await;
+        assert_eq!(bearer.body, index.body);
+        let anyone = get(&url, &[("authorization", &basic("", &read))]).await;
+        assert_eq!(anyone.body, index.body);
+        let api = get(&url, &[("authorization", &basic("admin", TOKEN))]).await;
+        assert_eq!(api.status, 200);
+        // A wrong or malformed credential; a token for other channels.
+        let wrong = format!("vc_{}", "A".repeat(43));
+        oci_error(
+            &get(&url, &[("authorization", &basic("ci", &wrong))]).await,
+            401,
+            "UNAUTHORIZED",
+        );
+        oci_error(
+            &get(&url, &[("authorization", "Basic !!!")]).await,
+            401,
+            "UNAUTHORIZED",
+        );
+        let denied = oci_error(
+            &get(&url, &[("authorization", &format!("Bearer {elsewhere}"))]).await,
+            403,
+            "DENIED",
+        );
+        assert!(denied.contains("prod"), "{denied}");
+        // Refused writes stay refused for the token too.
+        let put = client()
+            .put(&url)
+            .insert_header(("authorization", format!("Bearer {read}")))
+            .send_body("{}")
+            .await
+            .expect("sent")
+            .status();
+        assert_eq!(put.as_u16(), 405);
+    }
+
+    // skopeo: with --creds it pulls, without it is refused.
+    let host = authority(&public);
+    let image = format!("docker://{host}/rr/prod:latest");
+    let with = ok(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &format!("ci:{read}"),
+        &image,
+    ]));
+    let index = get(
+        &format!("{public}/v2/rr/prod/manifests/latest"),
+        &[("authorization", &format!("Bearer {read}"))],
+    )
+    .await;
+    assert_eq!(with.stdout, index.body.to_vec());
+    let without =
+        run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &image]));
+    assert!(!without.status.success(), "pulled without credentials");
+    let said = String::from_utf8_lossy(&without.stderr).to_lowercase();
+    assert!(
+        said.contains("unauthorized") || said.contains("authentication required"),
+        "{said}"
+    );
+    let bad = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &format!("ci:{}", &read[..read.len() - 1]),
+        &format!("docker://{}/rr/prod:latest", authority(&registry)),
+    ]));
+    assert!(!bad.status.success(), "pulled with a wrong token");
+    let work = tempfile::tempdir().expect("tmp");
+    ok(Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &format!("ci:{read}"),
+        &format!("docker://{}/rr/prod:latest", authority(&registry)),
+        &format!("oci:{}:latest", s(&work.path().join("pulled"))),
+    ]));
+}
+
+#[actix_web::test]
+async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_404s() {
+    let php = support::php::PhpApp::start();
+    let port = support::process::free_port();
+    let h = Harness::start_with(|o| {
+        o.env("VELOX_CACHE_UPSTREAM", &php.url)
+            .env("VELOX_CACHE_REGISTRY_LISTEN", &format!("127.0.0.1:{port}"))
+            .env("VELOX_CACHE_OCI__BUILD_WAIT", "700ms")
+    });
+    let registry = format!("http://127.0.0.1:{port}");
+
+    // The public listener forwards /v2/ to the PHP app (its own 404 names the path); the
+    // registry listener answers it.
+    let app = get(&h.url("/v2/"), &[]).await;
+    assert_eq!(app.status, 404);
+    assert_eq!(
+        app.json()["message"],
+        "no route for /v2/",
+        "the PHP app answered"
+    );
+    let app = get(&h.url("/v2/rr/edge/manifests/latest"), &[]).await;
+    assert_eq!(
+        app.json()["message"],
+        "no route for /v2/rr/edge/manifests/latest"
+    );
+    let base = get(&format!("{registry}/v2/"), &[]).await;
+    assert_eq!(base.status, 200);
+    assert_eq!(
+        base.header("docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+    oci_error(
+        &get(&format!("{registry}/v2/rr/edge/manifests/latest"), &[]).await,
+        404,
+        "NAME_UNKNOWN",
+    );
+
+    // A new channel whose build takes longer than oci.build_wait.
+    h.velox.set_delay(Duration::from_millis(2500));
+    let created = client()
+        .put(h.server().admin_url("/v1/channels/edge"))
+        .insert_header(("content-type", "application/json"))
+        .send_body(
+            serde_json::to_vec(&serde_json::json!({
+                "rr_version": "v2025.1.2",
+                "plugins": [{"module_name": HTTP, "tag": "v5.2.7"}],
+                "platforms": ["linux/amd64"]
+            }))
+            .expect("json"),
+        )
+        .await
+        .expect("sent")
+        .status();
+    assert_eq!(created.as_u16(), 201);
+    let url = format!("{registry}/v2/rr/edge/manifests/latest");
+    let asked = std::time::Instant::now();
+    let waiting = get(&url, &[]).await;
+    let held = asked.elapsed();
+    let message = oci_error(&waiting, 404, "MANIFEST_UNKNOWN");
+    assert!(message.contains("under way"), "{message}");
+    assert!(
+        held >= Duration::from_millis(700),
+        "answered after {held:?}, before build_wait"
+    );
+    assert!(h.velox.calls() >= 1, "the build was started");
+    // HEAD waits the same way and ends the same way, without a body.
+    let head_waiting = head(&url, &[]).await;
+    assert_eq!(head_waiting.status, 404);
+    assert!(head_waiting.body.is_empty());
+    // Once the release exists, the same request is the image.
+    let mut last = None;
+    let served = eventually(Duration::from_secs(30), async || {
+        let r = get(&url, &[]).await;
+        let done = r.status == 200;
+        last = Some(r);
+        done
+    })
+    .await;
+    let last = last.expect("asked");
+    assert!(served, "{}", String::from_utf8_lossy(&last.body));
+    let index = document(&last, OCI_INDEX);
+    assert_eq!(index["manifests"][0]["platform"]["architecture"], "amd64");
+    // A release id that was never made is unknown (only `latest` waits for a first release).
+    let never = format!("{registry}/v2/rr/edge/manifests/{}", "f".repeat(32));
+    let unknown = oci_error(&get(&never, &[]).await, 404, "MANIFEST_UNKNOWN");
+    assert!(unknown.contains("keeps no release"), "{unknown}");
+    drop(php);
 }

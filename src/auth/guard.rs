@@ -141,7 +141,16 @@ async fn guard(
                     }),
                 );
             }
-            return Ok(req.into_response(e.error_response()));
+            // The registry's clients read the Distribution Spec's errors and its challenge.
+            let registry = listener == Listener::Registry
+                || req.path() == "/v2"
+                || req.path().starts_with("/v2/");
+            let resp = if registry {
+                crate::http::registry::refused(&e)
+            } else {
+                e.error_response()
+            };
+            return Ok(req.into_response(resp));
         }
     };
     req.extensions_mut().insert(caller.clone());

@@ -9,7 +9,6 @@ pub mod parse;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use base64::Engine as _;
 use serde_json::json;
 
 use self::parse::{Digest, Invalid, Reference, Route, Wanted};
@@ -90,14 +89,6 @@ impl RegistryError {
         )
     }
 
-    fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            "authentication required: a valid token as the Basic password or a Bearer token",
-        )
-    }
-
     fn unsupported() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -146,42 +137,24 @@ impl ResponseError for RegistryError {
     }
 }
 
-/// The token a request presents: a Bearer token, or the password of Basic credentials (any
-/// user name), so that `docker login` and `skopeo --creds` work. `Err`: a header that is
-/// neither.
-fn presented_token(req: &HttpRequest) -> Result<Option<String>, ()> {
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return Ok(None);
+/// The Distribution Spec's answer for a request the access guard refused (docs/access.md): 401
+/// `UNAUTHORIZED` (with the Basic challenge `docker login` and `skopeo --creds` answer) or 403
+/// `DENIED`, with the guard's message.
+pub fn refused(error: &crate::error::ApiError) -> HttpResponse {
+    let status = error.http_status();
+    let code = if status == StatusCode::UNAUTHORIZED {
+        "UNAUTHORIZED"
+    } else if status == StatusCode::FORBIDDEN {
+        "DENIED"
+    } else {
+        "UNKNOWN"
     };
-    let value = value.to_str().map_err(|_| ())?.trim();
-    let (scheme, rest) = value.split_once(' ').ok_or(())?;
-    let rest = rest.trim();
-    if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
-        return Ok(Some(rest.to_owned()));
-    }
-    if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest)
-            .map_err(|_| ())?;
-        let text = String::from_utf8(decoded).map_err(|_| ())?;
-        let (_, password) = text.split_once(':').ok_or(())?;
-        return Ok(Some(password.to_owned()));
-    }
-    Err(())
-}
-
-/// Whether this request may read images: the one place registry access is decided. Reads are
-/// open to anonymous requests (as the channel routes are); credentials that are presented must
-/// be good: with `api_token` set, the token (compared in constant time), so that a mistyped
-/// `docker login` fails at once instead of at the first private pull.
-fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), RegistryError> {
-    let token = presented_token(req).map_err(|()| RegistryError::unauthorized())?;
-    match (token, &state.config.api_token) {
-        (None, _) => Ok(()),
-        (Some(given), Some(expected)) if crate::util::secret_eq(&given, expected) => Ok(()),
-        (Some(_), Some(_)) => Err(RegistryError::unauthorized()),
-        (Some(_), None) => Ok(()),
-    }
+    let mut resp = RegistryError::new(status, code, error.message.clone()).error_response();
+    resp.headers_mut().insert(
+        HeaderName::from_static(API_VERSION.0),
+        HeaderValue::from_static(API_VERSION.1),
+    );
+    resp
 }
 
 /// Every request under `/v2`: answered, counted by route and status, and marked with the API
@@ -219,7 +192,6 @@ async fn answer(
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return Err(RegistryError::unsupported());
     }
-    authorize(req, state)?;
     match route.map_err(RegistryError::invalid)? {
         Route::Base => Ok(HttpResponse::Ok().json(json!({}))),
         Route::Upload => Err(RegistryError::unsupported()),
