@@ -317,6 +317,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             HttpServer::new(move || {
                 App::new()
                     .app_data(registry_state.clone())
+                    .wrap(middleware::from_fn(crate::auth::guard_registry))
                     .wrap(middleware::Logger::new("%a \"%r\" %s %b %T"))
                     .configure(crate::http::registry::configure)
                     .default_service(web::to(crate::http::registry::not_found))

@@ -140,7 +140,15 @@ async fn guard(
                     }),
                 );
             }
-            return Ok(req.into_response(e.error_response()));
+            let registry = listener == Listener::Registry
+                || req.path() == "/v2"
+                || req.path().starts_with("/v2/");
+            let refusal = if registry {
+                crate::http::registry::refused(&e)
+            } else {
+                e.error_response()
+            };
+            return Ok(req.into_response(refusal));
         }
     };
     req.extensions_mut().insert(caller.clone());

@@ -170,11 +170,15 @@ fn presented_token(req: &HttpRequest) -> Result<Option<String>, ()> {
     Err(())
 }
 
-/// Whether this request may read images: the one place registry access is decided. Reads are
-/// open to anonymous requests (as the channel routes are); credentials that are presented must
-/// be good: with `api_token` set, the token (compared in constant time), so that a mistyped
-/// `docker login` fails at once instead of at the first private pull.
+/// Whether this request may read images. The access guard (`crate::auth::guard`, the scope
+/// table's `Read` row for `/v2`) has already decided for every request it identified; this only
+/// keeps the old rule when no guard ran: credentials that are presented must be good (with
+/// `api_token` set, the token, compared in constant time), so that a mistyped `docker login`
+/// fails at once instead of at the first private pull.
 fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), RegistryError> {
+    if crate::auth::caller(req).is_some() {
+        return Ok(());
+    }
     let token = presented_token(req).map_err(|()| RegistryError::unauthorized())?;
     match (token, &state.config.api_token) {
         (None, _) => Ok(()),
@@ -182,6 +186,18 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), RegistryError> {
         (Some(_), Some(_)) => Err(RegistryError::unauthorized()),
         (Some(_), None) => Ok(()),
     }
+}
+
+/// The access guard's refusal of a `/v2` request, in the Distribution Spec's form (`UNAUTHORIZED`
+/// with `WWW-Authenticate`, so that `docker login` knows to send credentials, or `DENIED`).
+pub fn refused(e: &crate::error::ApiError) -> HttpResponse {
+    let status = e.code.status();
+    let code = if status == StatusCode::UNAUTHORIZED {
+        "UNAUTHORIZED"
+    } else {
+        "DENIED"
+    };
+    RegistryError::new(status, code, e.message.clone()).error_response()
 }
 
 /// Every request under `/v2`: answered, counted by route and status, and marked with the API
