@@ -62,18 +62,24 @@ pub fn canonical(dir: &Path) -> std::path::PathBuf {
     std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
-fn block_on<T>(f: impl AsyncFnOnce(&awc::Client) -> Result<T, String>) -> Result<T, String> {
+/// Runs `f` with a client that sends `api_token` (when configured) on every request: with
+/// `auth.anonymous = "none"` even the stats that identify the server need a token.
+fn block_on<T>(
+    config: &Config,
+    f: impl AsyncFnOnce(&awc::Client) -> Result<T, String>,
+) -> Result<T, String> {
     actix_web::rt::System::new().block_on(async move {
-        let client = awc::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .finish();
-        f(&client).await
+        let mut builder = awc::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(token) = &config.api_token {
+            builder = builder.bearer_auth(token);
+        }
+        f(&builder.finish()).await
     })
 }
 
 /// Entries and bytes, from the server holding the data dir.
 pub fn stats(config: &Config) -> Result<(u64, u64), String> {
-    block_on(async |client| {
+    block_on(config, async |client| {
         let s = stats_for(client, config).await?;
         match (s["entries"].as_u64(), s["bytes"].as_u64()) {
             (Some(e), Some(b)) => Ok((e, b)),
@@ -84,7 +90,7 @@ pub fn stats(config: &Config) -> Result<(u64, u64), String> {
 
 /// Up to `limit` entries after `after`, in key order, page by page.
 pub fn list(config: &Config, after: Option<String>, limit: usize) -> Result<Vec<Line>, String> {
-    block_on(async |client| {
+    block_on(config, async |client| {
         stats_for(client, config).await?;
         let mut out = Vec::new();
         let mut after = after;
@@ -116,7 +122,7 @@ pub fn list(config: &Config, after: Option<String>, limit: usize) -> Result<Vec<
 
 /// Every channel's JSON, from the server holding the data dir.
 pub fn channels(config: &Config) -> Result<Vec<Value>, String> {
-    block_on(async |client| {
+    block_on(config, async |client| {
         stats_for(client, config).await?;
         let v = get_json(client, &format!("{}/v1/channels", base(config))).await?;
         Ok(v["channels"].as_array().cloned().unwrap_or_default())
@@ -132,13 +138,10 @@ pub fn admin_call(
     path: &str,
     body: Option<Value>,
 ) -> Result<(u16, Value), String> {
-    block_on(async |client| {
+    block_on(config, async |client| {
         stats_for(client, config).await?;
         let url = format!("{}{path}", base(config));
-        let mut req = client.request(method, &url);
-        if let Some(token) = &config.api_token {
-            req = req.bearer_auth(token);
-        }
+        let req = client.request(method, &url);
         let sent = match body {
             Some(b) => req.send_json(&b).await,
             None => req.send().await,
