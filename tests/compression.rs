@@ -747,6 +747,7 @@ async fn a_damaged_variant_is_never_served_and_variants_live_and_die_with_their_
     h.stop();
     damage(&gzip);
     h.restart();
+    let artifact = h.url(&format!("/_velox/v1/artifacts/{digest}"));
     let seen = curl(&dir, &artifact, &["-H", "Accept-Encoding: gzip"]);
     assert_eq!(seen.status, 200);
     let decoded = match seen.header("content-encoding") {
