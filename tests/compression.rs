@@ -613,11 +613,24 @@ async fn chromium_decodes_the_zstd_variant_to_the_binary() {
         &h.url("/_velox/v1/channels"),
         &h.url(&format!("/_velox/v1/artifacts/{digest}")),
     );
+    assert!(
+        seen["accept_encoding"]
+            .as_str()
+            .is_some_and(|a| a.contains("zstd")),
+        "Chromium offers zstd: {seen}"
+    );
     assert_eq!(seen["status"], 200, "{seen}");
     assert_eq!(seen["content_encoding"], "zstd", "{seen}");
     assert_eq!(seen["sha256"], digest.as_str(), "{seen}");
     assert_eq!(seen["x_binary_sha256"], digest.as_str(), "{seen}");
     assert_eq!(seen["decoded_bytes"], json!(binary.len()), "{seen}");
+    // The browser's own account: fewer bytes received than decoded.
+    let encoded = seen["encoded_body_size"].as_f64().expect("encodedBodySize");
+    assert!(
+        encoded > 0.0 && encoded * 10.0 < binary.len() as f64 * 9.0,
+        "{seen}"
+    );
+    assert_eq!(seen["decoded_body_size"], json!(binary.len()), "{seen}");
     let wire = sent(&h, "zstd").await - before;
     assert!(
         wire > 0.0 && wire * 10.0 < binary.len() as f64 * 9.0,

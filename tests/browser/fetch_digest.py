@@ -41,7 +41,7 @@ def main():
 
         def on_request(req):
             if req.url == binary_url:
-                sent["accept_encoding"] = req.headers.get("accept-encoding")
+                sent["accept_encoding"] = req.all_headers().get("accept-encoding")
 
         page.on("request", on_request)
         page.goto(page_url)
