@@ -839,3 +839,57 @@ async fn the_size_limit_counts_the_variants() {
         "the first entry was evicted for the variants' bytes"
     );
 }
+
+#[actix_web::test]
+async fn binaries_stored_while_compression_was_off_are_compressed_at_the_next_start() {
+    let binary = go_binary();
+    let tmp = TempDir::new().expect("tmp");
+    let other = tmp.path().join("promtool-2");
+    let mut bytes = binary.clone();
+    bytes.extend_from_slice(b"another build");
+    std::fs::write(&other, &bytes).expect("second binary");
+    let mut h = start(Path::new(GO_BINARY), false, |o| {
+        o.env("VELOX_CACHE_COMPRESSION__ENABLED", "false")
+    });
+    let dir = h.tmp.path().join("clients");
+    std::fs::create_dir_all(&dir).expect("dir");
+
+    // Off: the binary itself to every client, and nothing made.
+    assert_eq!(h.post(&distinct_request(1)).await.status, 200);
+    h.velox.build_binary(&other);
+    assert_eq!(h.post(&distinct_request(2)).await.status, 200);
+    let digest = sha256_hex(&binary);
+    let artifact = h.url(&format!("/_velox/v1/artifacts/{digest}"));
+    let seen = curl(
+        &dir,
+        &artifact,
+        &["-I", "-H", "Accept-Encoding: zstd, gzip"],
+    );
+    assert_eq!(seen.status, 200);
+    assert_eq!(seen.header("content-encoding"), None);
+    assert_eq!(seen.header("x-binary-sha256"), Some(digest.as_str()));
+    assert_eq!(
+        metric(h.server(), "velox_cache_compression_backlog").await,
+        0.0
+    );
+    assert_eq!(metric(h.server(), "velox_cache_variant_bytes").await, 0.0);
+
+    // On: the start-up pass queues both; one is worked on while the other waits.
+    h.stop();
+    h.restart_with(|o| o.env("VELOX_CACHE_COMPRESSION__ENABLED", "true"));
+    let mut backlog = -1.0;
+    let waited = eventually(Duration::from_secs(20), async || {
+        backlog = metric(h.server(), "velox_cache_compression_backlog").await;
+        backlog == 1.0
+    })
+    .await;
+    assert!(waited, "one binary waiting: {backlog}");
+    variants_made(&h, 2.0, 2.0).await;
+    assert_eq!(
+        metric(h.server(), "velox_cache_compression_backlog").await,
+        0.0
+    );
+    let artifact = h.url(&format!("/_velox/v1/artifacts/{digest}"));
+    let seen = curl(&dir, &artifact, &["-H", "Accept-Encoding: zstd"]);
+    assert_sent_as(&seen, &binary, Some("zstd"), "compressed after the restart");
+}
