@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Arguments: listen address, folder for the binaries it "builds", build delay (humantime), and
-//! optionally the size of each binary in bytes (default 300 KiB).
+//! optionally the size of each binary in bytes (default 300 KiB), or the path of a real binary
+//! every build writes a copy of (`/usr/bin/promtool`: what benches/compression.sh compresses).
 //!
 //! It behaves as Velox v3's `vx server` does (see `tests/support/fake_velox.rs`): a `request_id`
 //! is required, a second caller for a hash being built gets `409 already_exists`, a caller that
@@ -39,14 +40,17 @@ fn main() {
         .next()
         .map(|d| humantime::parse_duration(&d).unwrap_or_else(|e| panic!("bad delay {d:?}: {e}")))
         .unwrap_or(Duration::from_secs(2));
-    let size = args.next().map(|s| {
-        s.parse::<usize>()
-            .unwrap_or_else(|e| panic!("bad size {s:?}: {e}"))
-    });
+    let binary = args.next();
     let velox = fake_velox::FakeVelox::start_on(&addr, &dir);
     velox.set_delay(delay);
-    if let Some(size) = size {
-        velox.set_size(size);
+    match binary.as_deref().map(|b| (b, b.parse::<usize>())) {
+        Some((_, Ok(size))) => velox.set_size(size),
+        Some((path, Err(_))) => {
+            let path = PathBuf::from(path);
+            assert!(path.is_file(), "{} is not a file", path.display());
+            velox.build_binary(&path);
+        }
+        None => {}
     }
     println!(
         "stand-in Velox on {} writing binaries under {} (each build takes {})",

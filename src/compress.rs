@@ -20,8 +20,10 @@ use crate::store::{Encoding, Made, Store};
 /// zstd's window: 2^23 = 8 MiB, the most RFC 9659 lets a `Content-Encoding: zstd` sender use.
 pub const ZSTD_WINDOW_LOG: u32 = 23;
 
-/// gzip's level: the best ratio (gzip is for clients without zstd; it is made once).
-const GZIP_LEVEL: u32 = 9;
+/// gzip's level. 6, zlib's default, not 9: on Debian's 48 MB `promtool` level 9 saves 1 % more
+/// bytes (27.4 % of the binary against 27.6 %) for 2.6 times the CPU; gzip is for clients without
+/// zstd, which does better either way.
+const GZIP_LEVEL: u32 = 6;
 
 /// A variant is kept only when smaller than this share of its binary (in thousandths); a
 /// larger one saves too little to be worth its bytes, and is never served (SPEC: "smaller than

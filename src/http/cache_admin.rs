@@ -145,6 +145,20 @@ async fn show(
         .store
         .manifest(&key)
         .and_then(|m| crate::builds::floating::payload_is_floating(&m.request)));
+    // Its compressed variants (docs/compression.md): `null` until made, or when the coding
+    // saves too little to be kept.
+    let mut variants = serde_json::Map::new();
+    for enc in crate::store::Encoding::ALL {
+        let v = state.store.variant(&entry.digest, enc).map_err(storage)?;
+        variants.insert(
+            enc.as_str().to_owned(),
+            v.map_or(
+                Value::Null,
+                |v| json!({"digest": v.digest.to_hex(), "size": v.size}),
+            ),
+        );
+    }
+    body["variants"] = Value::Object(variants);
     Ok(HttpResponse::Ok().json(body))
 }
 

@@ -26,6 +26,7 @@ mod scrub;
 pub mod shared;
 mod sidecars;
 mod tier;
+mod variant_check;
 mod variants;
 mod verify;
 

@@ -77,6 +77,8 @@ struct State {
     timeouts_ms: Vec<u64>,
     /// While set, builds wait before writing their binary (see `hold`).
     held: bool,
+    /// A real binary the builds write instead of made-up bytes (see `build_binary`).
+    binary: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -362,8 +364,12 @@ async fn build(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) ->
     let dir = shared.dir.join(&hash);
     let path = dir.join("rr");
     let built = dir.join(format!("rr.building-{nonce}"));
+    let binary = shared.state.lock().expect("lock").binary.clone();
     let written = std::fs::create_dir_all(&dir)
-        .and_then(|_| std::fs::write(&built, content(&hash, nonce, size)))
+        .and_then(|_| match &binary {
+            Some(real) => std::fs::copy(real, &built).map(|_| ()),
+            None => std::fs::write(&built, content(&hash, nonce, size)),
+        })
         .and_then(|_| std::fs::rename(&built, &path));
     if let Err(e) = written {
         return connect_error("internal", &format!("building plugins: relocate: {e}"));
@@ -516,6 +522,13 @@ impl FakeVelox {
     /// way for as long as a test needs, without guessing a delay.
     pub fn hold(&self, on: bool) {
         self.with(|s| s.held = on);
+    }
+
+    /// Builds from now on write a copy of `binary` (a real Go program, such as Debian's
+    /// `promtool`) as their `rr`, as a real Velox writes what `go build` made: the same build
+    /// path, cache and answers, only real bytes instead of made-up ones.
+    pub fn build_binary(&self, binary: &Path) {
+        self.with(|s| s.binary = Some(binary.to_path_buf()));
     }
 
     /// Size of the binaries it writes.

@@ -1,0 +1,206 @@
+//! Checking compressed variants (docs/compression.md): a variant is served only once its bytes
+//! were seen to hash to its name since its file last changed. The compressor checks a blob's
+//! variants before making the missing ones, the start-up pass checks them all before any is
+//! served, and the scrub hashes them again at its pace; one that is missing, of the wrong size
+//! or type, or that does not hash to its name is deleted (and counted as damage), to be made
+//! again.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use sha2::{Digest as _, Sha256};
+
+use super::scrub::open_nofollow;
+use super::variants::{decode_record, mark_whole, seen, verified_as, Encoding, VARIANT_DIR};
+use super::{Store, StoreError};
+use crate::ids::Digest;
+
+impl Store {
+    /// Checks the variants of `blob` that were not seen whole since their file last changed:
+    /// each is hashed, and one that is missing, of the wrong size or type, or does not hash to
+    /// its name is deleted (and counted as damage when it is there but wrong). Returns how many
+    /// went. `force` hashes even those seen whole (the scrub); `pace` is told of every chunk
+    /// read and stops the check when it answers false. Blocks for as long as hashing takes.
+    pub fn check_variants_of(
+        &self,
+        blob: &Digest,
+        force: bool,
+        pace: &mut dyn FnMut(u64) -> bool,
+    ) -> Result<usize, StoreError> {
+        let mut dropped = 0;
+        for enc in Encoding::ALL {
+            let Some(variant) = self.variant(blob, enc)? else {
+                continue;
+            };
+            let problem = match open_nofollow(&self.variant_path(&variant.digest)) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Some(("is missing", false)),
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    Some(("is a symbolic link", true))
+                }
+                Err(e) => {
+                    log::error!("the variant {} cannot be opened: {e}", variant.digest);
+                    Some(("cannot be opened", true))
+                }
+                Ok(file) => match file.metadata() {
+                    Ok(m) if !m.is_file() || m.len() != variant.size => {
+                        Some(("is not the file the index describes", true))
+                    }
+                    Ok(m) => {
+                        let stamp = seen(&m);
+                        // Seen whole since its file last changed: not hashed again (but
+                        // by the scrub, which looks for damage below the filesystem).
+                        let known = !force && verified_as(&variant.digest) == Some(stamp);
+                        match if known {
+                            None
+                        } else {
+                            Some(hash_file(&file, pace))
+                        } {
+                            None => None,
+                            Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                                return Ok(dropped)
+                            }
+                            Some(Ok(d)) if d == variant.digest => {
+                                mark_whole(&variant.digest, stamp);
+                                None
+                            }
+                            Some(Ok(_)) => Some(("does not hash to its name", true)),
+                            Some(Err(e)) => {
+                                log::error!("the variant {} cannot be read: {e}", variant.digest);
+                                Some(("cannot be read", true))
+                            }
+                        }
+                    }
+                    Err(_) => Some(("cannot be examined", true)),
+                },
+            };
+            if let Some((why, damaged)) = problem {
+                log::error!(
+                    "the {} variant of {blob} ({}) {why}: deleted, to be made again",
+                    enc.as_str(),
+                    variant.digest
+                );
+                let _guard = self.locked()?;
+                // Only if it is still the recorded one (it may have been made again meanwhile).
+                if self.variant(blob, enc)? == Some(variant) {
+                    self.drop_variant(blob, enc)?;
+                    dropped += 1;
+                    if damaged {
+                        self.count_variant_corrupt();
+                    }
+                }
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Checks every variant not seen whole since this process started (at start, before any is
+    /// served): a record whose blob is gone, or whose file is missing, damaged or
+    /// of the wrong size, is dropped (and its blob's variants asked for again); a file under
+    /// `variants/` that no record names is deleted. Hashes every variant file: run it in the
+    /// background. Returns how many problems were put right.
+    pub fn check_variants(&self) -> Result<usize, StoreError> {
+        let mut fixed = 0;
+        let mut named = std::collections::HashSet::new();
+        let records: Vec<_> = self.ix()?.variants.iter().collect::<Result<Vec<_>, _>>()?;
+        for (k, v) in records {
+            let (Some(blob), Some(&tag)) = (Digest::from_slice(&k[..k.len().min(32)]), k.get(32))
+            else {
+                self.ix()?.variants.remove(&k)?;
+                fixed += 1;
+                continue;
+            };
+            let Some(enc) = Encoding::ALL.into_iter().find(|e| e.tag() == tag) else {
+                self.ix()?.variants.remove(&k)?;
+                fixed += 1;
+                continue;
+            };
+            let Ok(recorded) = decode_record(&v) else {
+                self.ix()?.variants.remove(&k)?;
+                fixed += 1;
+                self.want_variants(&blob);
+                continue;
+            };
+            if self.blob(&blob)?.is_none() {
+                let _guard = self.locked()?;
+                if self.blob(&blob)?.is_none() {
+                    self.drop_variant(&blob, enc)?;
+                    fixed += 1;
+                }
+                continue;
+            }
+            if let Some(variant) = recorded {
+                let dropped = self.check_variants_of(&blob, false, &mut |_| true)?;
+                if dropped > 0 {
+                    fixed += dropped;
+                    self.want_variants(&blob);
+                }
+                if self.variant(&blob, enc)? == Some(variant) {
+                    named.insert(variant.digest);
+                }
+            }
+        }
+        fixed += self.delete_unnamed_variant_files(&named)?;
+        Ok(fixed)
+    }
+
+    fn delete_unnamed_variant_files(
+        &self,
+        named: &std::collections::HashSet<Digest>,
+    ) -> Result<usize, StoreError> {
+        let root = self.root.join(VARIANT_DIR);
+        let shards = match fs::read_dir(&root) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut deleted = 0;
+        for shard in shards.flatten() {
+            let Ok(files) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name();
+                let digest = name.to_str().and_then(Digest::from_hex);
+                if digest.is_some_and(|d| named.contains(&d)) {
+                    continue;
+                }
+                // Checked again under the lock: a variant may have been placed since the list.
+                let _guard = self.locked()?;
+                let placed_since = match digest {
+                    Some(d) => self.ix()?.variants.iter().values().any(|v| {
+                        v.ok()
+                            .and_then(|v| decode_record(&v).ok().flatten())
+                            .is_some_and(|v| v.digest == d)
+                    }),
+                    None => false,
+                };
+                if !placed_since && super::maintain::remove_file_logged(&file.path()) {
+                    log::info!("deleted the unused variant file {}", file.path().display());
+                    deleted += 1;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// SHA-256 of a whole file, read through `file` with `pread` (its position is left alone).
+/// `pace` is told of every chunk; when it answers false the hash stops with `Interrupted`.
+fn hash_file(file: &File, pace: &mut dyn FnMut(u64) -> bool) -> io::Result<Digest> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut at = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        at += n as u64;
+        if !pace(n as u64) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped"));
+        }
+    }
+    Ok(Digest(h.finalize().into()))
+}
