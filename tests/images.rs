@@ -837,3 +837,127 @@ async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_
     assert!(unknown.contains("keeps no release"), "{unknown}");
     drop(php);
 }
+
+#[actix_web::test]
+async fn layers_count_toward_the_size_limit_stay_pinned_with_their_binary_and_go_with_it() {
+    // 300 KiB binaries (the stand-in's default, incompressible: no compressed variant is kept)
+    // and a limit of 1000 KiB: three binaries fit, three and a layer do not.
+    let limit_gb = 1000.0 * 1024.0 / (1024.0 * 1024.0 * 1024.0);
+    let h =
+        Harness::start_with(|o| o.env("VELOX_CACHE_CACHE__MAX_SIZE_GB", &format!("{limit_gb}")));
+    let admin = |p: &str| h.server().admin_url(p);
+    let created = client()
+        .put(admin("/v1/channels/edge"))
+        .insert_header(("content-type", "application/json"))
+        .send_body(
+            serde_json::to_vec(&serde_json::json!({
+                "rr_version": "v2025.1.2",
+                "plugins": [{"module_name": HTTP, "tag": "v5.2.7"}],
+                "platforms": ["linux/amd64"]
+            }))
+            .expect("json"),
+        )
+        .await
+        .expect("sent")
+        .status();
+    assert_eq!(created.as_u16(), 201);
+    let mut channel = Value::Null;
+    let flipped = eventually(Duration::from_secs(30), async || {
+        channel = get(&h.url("/_velox/v1/channels/edge"), &[]).await.json();
+        channel["current"]["id"].is_string()
+    })
+    .await;
+    assert!(flipped, "no release: {channel}");
+    let binary = channel["current"]["binaries"]["linux/amd64"]["digest"]
+        .as_str()
+        .expect("digest")
+        .to_owned();
+
+    // The image: its layer is kept beside the pinned binary.
+    let index = get(&h.url("/v2/rr/edge/manifests/latest"), &[]).await;
+    let index = document(&index, OCI_INDEX);
+    let manifest = get(
+        &h.url(&format!(
+            "/v2/rr/edge/manifests/{}",
+            index["manifests"][0]["digest"].as_str().expect("digest")
+        )),
+        &[],
+    )
+    .await;
+    let manifest = document(&manifest, OCI_MANIFEST);
+    let layer_digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .to_owned();
+    let layer_url = h.url(&format!("/v2/rr/edge/blobs/{layer_digest}"));
+    assert_eq!(get(&layer_url, &[]).await.status, 200);
+    let layer_file = h
+        .server()
+        .data_dir
+        .join("signatures")
+        .join(&binary[..2])
+        .join(format!("{binary}.oci-layer.tar.gz"));
+    assert!(layer_file.is_file(), "{}", layer_file.display());
+
+    // Two more binaries: the second takes the cache over its limit only because the layer
+    // counts, and the oldest unpinned entry goes.
+    let artifact = |d: &str| h.url(&format!("/_velox/v1/artifacts/{d}"));
+    let first = h.post(&distinct_request(1)).await;
+    assert_eq!(first.status, 200);
+    let first_digest = first
+        .header("etag")
+        .expect("etag")
+        .trim_matches('"')
+        .to_owned();
+    let second = h.post(&distinct_request(2)).await;
+    assert_eq!(second.status, 200);
+    let second_digest = second
+        .header("etag")
+        .expect("etag")
+        .trim_matches('"')
+        .to_owned();
+    assert_eq!(
+        get(&artifact(&first_digest), &[]).await.status,
+        404,
+        "evicted"
+    );
+    assert_eq!(get(&artifact(&second_digest), &[]).await.status, 200);
+    assert_eq!(
+        metric(h.server(), "velox_cache_evictions_total{reason=\"size\"}").await,
+        1.0
+    );
+    // The pinned binary and its layer stayed.
+    assert_eq!(get(&artifact(&binary), &[]).await.status, 200);
+    let layer = get(&layer_url, &[]).await;
+    assert_eq!(layer.status, 200);
+    assert_eq!(digest_of(&layer.body), layer_digest);
+
+    // Unpinned (the channel deleted), the binary is the oldest entry: the next binary evicts
+    // it, and its layer goes with it.
+    let deleted = client()
+        .delete(admin("/v1/channels/edge"))
+        .send()
+        .await
+        .expect("sent")
+        .status();
+    assert_eq!(deleted.as_u16(), 204);
+    let third = h.post(&distinct_request(3)).await;
+    assert_eq!(third.status, 200);
+    assert_eq!(get(&artifact(&binary), &[]).await.status, 404, "evicted");
+    assert!(!layer_file.exists(), "the layer went with its binary");
+    assert_eq!(get(&artifact(&second_digest), &[]).await.status, 200);
+    assert_eq!(
+        metric(h.server(), "velox_cache_evictions_total{reason=\"size\"}").await,
+        2.0
+    );
+    // What is left (two binaries) fits; had the layer's bytes stayed counted, the next
+    // binary would evict one of them.
+    let fourth = h.post(&distinct_request(4)).await;
+    assert_eq!(fourth.status, 200);
+    assert_eq!(get(&artifact(&second_digest), &[]).await.status, 200);
+    assert_eq!(
+        metric(h.server(), "velox_cache_evictions_total{reason=\"size\"}").await,
+        2.0,
+        "the evicted layer no longer counts"
+    );
+}
