@@ -4,6 +4,10 @@
 //! HEAD, Range, media type negotiation, credentials and the separate registry listener through
 //! plain HTTP.
 
+#[path = "support/cluster.rs"]
+mod cluster;
+#[path = "support/moto.rs"]
+mod moto;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -100,8 +104,12 @@ fn read_json(path: &Path) -> Value {
 
 /// `usr/bin/rr` from a layer blob of an OCI layout, with its tar mode.
 fn rr_of_layer(layer: &Path) -> (Vec<u8>, u32) {
+    rr_of_layer_bytes(&std::fs::read(layer).expect("layer"))
+}
+
+/// `usr/bin/rr` from a layer's bytes, with its tar mode.
+fn rr_of_layer_bytes(gz: &[u8]) -> (Vec<u8>, u32) {
     use std::io::Read;
-    let gz = std::fs::File::open(layer).expect("layer");
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gz));
     for entry in archive.entries().expect("tar") {
         let mut entry = entry.expect("entry");
@@ -112,7 +120,7 @@ fn rr_of_layer(layer: &Path) -> (Vec<u8>, u32) {
             return (bytes, mode);
         }
     }
-    panic!("no usr/bin/rr in {}", layer.display());
+    panic!("no usr/bin/rr in the layer");
 }
 
 #[actix_web::test]
@@ -960,4 +968,135 @@ async fn layers_count_toward_the_size_limit_stay_pinned_with_their_binary_and_go
         2.0,
         "the evicted layer no longer counts"
     );
+}
+
+/// The image of `name:tag` on `base` (a server's URL): the index's digest and, for each platform
+/// of it, the manifest's, config's and layer's digests and the layer's bytes.
+async fn image_of(base: &str, name: &str, tag: &str) -> (String, Vec<[String; 3]>, Vec<Vec<u8>>) {
+    let url = |p: &str| format!("{}/v2/{name}/{p}", base.trim_end_matches('/'));
+    let index = get(&url(&format!("manifests/{tag}")), &[]).await;
+    let index_json = document(&index, OCI_INDEX);
+    let mut digests = Vec::new();
+    let mut layers = Vec::new();
+    for entry in index_json["manifests"].as_array().expect("manifests") {
+        let d = entry["digest"].as_str().expect("digest");
+        let manifest = document(
+            &get(&url(&format!("manifests/{d}")), &[]).await,
+            OCI_MANIFEST,
+        );
+        let layer = manifest["layers"][0]["digest"].as_str().expect("layer");
+        let bytes = get(&url(&format!("blobs/{layer}")), &[]).await;
+        assert_eq!(bytes.status, 200);
+        assert_eq!(digest_of(&bytes.body), layer);
+        digests.push([
+            d.to_owned(),
+            manifest["config"]["digest"]
+                .as_str()
+                .expect("config")
+                .to_owned(),
+            layer.to_owned(),
+        ]);
+        layers.push(bytes.body.to_vec());
+    }
+    (digest_of(&index.body), digests, layers)
+}
+
+#[actix_web::test]
+async fn two_servers_make_the_same_layer_from_the_same_binary() {
+    // Separate data dirs and separate stand-in Velox processes, which write the same bytes for
+    // the same first build.
+    let a = start("[\"linux/amd64\"]", "", |o| o);
+    let b = start("[\"linux/amd64\"]", "", |o| o);
+    let (ca, cb) = (released(&a).await, released(&b).await);
+    let binary = &ca["current"]["binaries"]["linux/amd64"]["digest"];
+    assert_eq!(binary, &cb["current"]["binaries"]["linux/amd64"]["digest"]);
+    assert_eq!(
+        ca["current"]["id"], cb["current"]["id"],
+        "the same release id"
+    );
+    let (_, da, la) = image_of(&a.server().public, "rr/prod", "latest").await;
+    let (_, db, lb) = image_of(&b.server().public, "rr/prod", "latest").await;
+    assert_eq!(da[0][2], db[0][2], "the same layer digest");
+    assert_eq!(la, lb);
+    let (rr, _) = rr_of_layer_bytes(&la[0]);
+    assert_eq!(sha256_hex(&rr), binary.as_str().expect("digest"));
+    // The configs' diff_ids (the uncompressed tar's digest) agree too; the configs themselves
+    // differ only by when each server made its release (`created`).
+    let config = |base: &str, d: &str| {
+        let url = format!("{}/v2/rr/prod/blobs/{d}", base.trim_end_matches('/'));
+        async move { get(&url, &[]).await.json() }
+    };
+    let (fa, fb) = (
+        config(&a.server().public, &da[0][1]).await,
+        config(&b.server().public, &db[0][1]).await,
+    );
+    assert_eq!(fa["rootfs"]["diff_ids"], fb["rootfs"]["diff_ids"]);
+    for field in ["Entrypoint", "Cmd"] {
+        assert_eq!(fa["config"][field], fb["config"][field]);
+    }
+    let version = "org.opencontainers.image.version";
+    assert_eq!(
+        fa["config"]["Labels"][version],
+        fb["config"]["Labels"][version]
+    );
+}
+
+#[actix_web::test]
+async fn a_replica_serves_the_image_of_a_release_another_replica_built() {
+    let cluster = cluster::Cluster::start("images/");
+    let config = cluster.tmp.path().join("velox-cache.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[channels.prod]\nrr_version = \"v2025.1.2\"\nplugins = [{{ module_name = \"{HTTP}\", tag = \"v5.2.7\" }}]\nplatforms = [\"linux/amd64\", \"linux/arm64\"]\n"
+        ),
+    )
+    .expect("config");
+    let mut cluster = cluster
+        .with("VELOX_CACHE_CONFIG", config.to_str().expect("utf-8"))
+        .with(
+            "VELOX_CACHE_AUTH__URL_SECRET",
+            "images-test-url-secret-0123456789",
+        );
+    // The first replica builds the release.
+    let builder = cluster.replica();
+    let mut channel = Value::Null;
+    let built = eventually(Duration::from_secs(40), async || {
+        channel = get(&builder.url("/_velox/v1/channels/prod"), &[])
+            .await
+            .json();
+        channel["current"]["id"].is_string()
+    })
+    .await;
+    assert!(built, "no release: {channel}\n{}", builder.log_text());
+    let builds = cluster.velox.builds();
+    assert_eq!(builds, 2, "one build per platform");
+    // The second one starts afterwards with an empty data dir: it makes the image from the
+    // binaries in the bucket.
+    let other = cluster.replica();
+    let mut seen = Value::Null;
+    let shared = eventually(Duration::from_secs(30), async || {
+        seen = get(&other.url("/_velox/v1/channels/prod"), &[])
+            .await
+            .json();
+        seen["current"]["id"] == channel["current"]["id"]
+    })
+    .await;
+    assert!(shared, "the release never reached the replica: {seen}");
+    let (index_other, digests_other, layers_other) =
+        image_of(&other.public, "rr/prod", "latest").await;
+    for (layer, arch) in layers_other.iter().zip(["amd64", "arm64"]) {
+        let (rr, _) = rr_of_layer_bytes(layer);
+        let want = &channel["current"]["binaries"][format!("linux/{arch}")]["digest"];
+        assert_eq!(sha256_hex(&rr), want.as_str().expect("digest"), "{arch}");
+    }
+    assert_eq!(cluster.velox.builds(), builds, "nothing was built again");
+    assert_eq!(
+        metric(&other, "velox_registry_layers_built_total").await,
+        2.0
+    );
+    // The builder makes the very same documents: same release, same created time, same bytes.
+    let (index_builder, digests_builder, _) = image_of(&builder.public, "rr/prod", "latest").await;
+    assert_eq!(index_builder, index_other);
+    assert_eq!(digests_builder, digests_other);
 }
