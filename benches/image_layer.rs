@@ -51,8 +51,8 @@ fn run(label: &str, binary: &[u8], runs: usize) {
         let started = Instant::now();
         let file = std::fs::File::create(&path).expect("layer file");
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        let facts = build_layer(binary, binary.len() as u64, &digest, &mut out, LEVEL)
-            .expect("layer");
+        let facts =
+            build_layer(binary, binary.len() as u64, &digest, &mut out, LEVEL).expect("layer");
         out.flush().expect("flush");
         out.get_ref().sync_all().expect("sync");
         times.push(started.elapsed());
@@ -76,9 +76,16 @@ fn main() {
     let size = env("VELOX_BENCH_LAYER_MB", 100) * 1_000_000;
     let runs = env("VELOX_BENCH_RUNS", 5).max(1);
     let go = std::env::var("VELOX_BENCH_GO_BINARY").unwrap_or_else(|_| "/usr/bin/skopeo".into());
-    println!("image layer of a {} MB binary, gzip level {LEVEL}, {runs} runs", size / 1_000_000);
+    println!(
+        "image layer of a {} MB binary, gzip level {LEVEL}, {runs} runs",
+        size / 1_000_000
+    );
     match std::fs::read(&go) {
-        Ok(seed) if !seed.is_empty() => run(&format!("Go executable ({go})"), &repeated(&seed, size), runs),
+        Ok(seed) if !seed.is_empty() => run(
+            &format!("Go executable ({go})"),
+            &repeated(&seed, size),
+            runs,
+        ),
         _ => println!("(no Go executable at {go}: set VELOX_BENCH_GO_BINARY)"),
     }
     run("incompressible bytes", &incompressible(size), runs);
