@@ -765,11 +765,16 @@ async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_
         o.env("VELOX_CACHE_UPSTREAM", &php.url)
             .env("VELOX_CACHE_REGISTRY_LISTEN", &format!("127.0.0.1:{port}"))
             .env("VELOX_CACHE_OCI__BUILD_WAIT", "700ms")
+            .env("VELOX_CACHE_API_TOKEN", TOKEN)
+            .env("VELOX_CACHE_AUTH__ANONYMOUS", "none")
     });
     let registry = format!("http://127.0.0.1:{port}");
+    let bearer = format!("Bearer {TOKEN}");
+    let auth: &[(&str, &str)] = &[("authorization", &bearer)];
 
-    // The public listener forwards /v2/ to the PHP app (its own 404 names the path); the
-    // registry listener answers it.
+    // The public listener forwards /v2/ to the PHP app (its own 404 names the path), whose
+    // access is its own business (no velox-cache token asked, even with anonymous = none); the
+    // registry listener answers it, and wants a token.
     let app = get(&h.url("/v2/"), &[]).await;
     assert_eq!(app.status, 404);
     assert_eq!(
@@ -782,14 +787,19 @@ async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_
         app.json()["message"],
         "no route for /v2/rr/edge/manifests/latest"
     );
-    let base = get(&format!("{registry}/v2/"), &[]).await;
+    oci_error(
+        &get(&format!("{registry}/v2/"), &[]).await,
+        401,
+        "UNAUTHORIZED",
+    );
+    let base = get(&format!("{registry}/v2/"), auth).await;
     assert_eq!(base.status, 200);
     assert_eq!(
         base.header("docker-distribution-api-version"),
         Some("registry/2.0")
     );
     oci_error(
-        &get(&format!("{registry}/v2/rr/edge/manifests/latest"), &[]).await,
+        &get(&format!("{registry}/v2/rr/edge/manifests/latest"), auth).await,
         404,
         "NAME_UNKNOWN",
     );
@@ -799,6 +809,7 @@ async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_
     let created = client()
         .put(h.server().admin_url("/v1/channels/edge"))
         .insert_header(("content-type", "application/json"))
+        .insert_header(("authorization", bearer.as_str()))
         .send_body(
             serde_json::to_vec(&serde_json::json!({
                 "rr_version": "v2025.1.2",
@@ -813,7 +824,7 @@ async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_
     assert_eq!(created.as_u16(), 201);
     let url = format!("{registry}/v2/rr/edge/manifests/latest");
     let asked = std::time::Instant::now();
-    let waiting = get(&url, &[]).await;
+    let waiting = get(&url, auth).await;
     let held = asked.elapsed();
     let message = oci_error(&waiting, 404, "MANIFEST_UNKNOWN");
     assert!(message.contains("under way"), "{message}");
@@ -823,13 +834,13 @@ async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_
     );
     assert!(h.velox.calls() >= 1, "the build was started");
     // HEAD waits the same way and ends the same way, without a body.
-    let head_waiting = head(&url, &[]).await;
+    let head_waiting = head(&url, auth).await;
     assert_eq!(head_waiting.status, 404);
     assert!(head_waiting.body.is_empty());
     // Once the release exists, the same request is the image.
     let mut last = None;
     let served = eventually(Duration::from_secs(30), async || {
-        let r = get(&url, &[]).await;
+        let r = get(&url, auth).await;
         let done = r.status == 200;
         last = Some(r);
         done
@@ -841,7 +852,7 @@ async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_
     assert_eq!(index["manifests"][0]["platform"]["architecture"], "amd64");
     // A release id that was never made is unknown (only `latest` waits for a first release).
     let never = format!("{registry}/v2/rr/edge/manifests/{}", "f".repeat(32));
-    let unknown = oci_error(&get(&never, &[]).await, 404, "MANIFEST_UNKNOWN");
+    let unknown = oci_error(&get(&never, auth).await, 404, "MANIFEST_UNKNOWN");
     assert!(unknown.contains("keeps no release"), "{unknown}");
     drop(php);
 }
