@@ -4,6 +4,10 @@
 //! HEAD, Range, media type negotiation, credentials and the separate registry listener through
 //! plain HTTP.
 
+#[path = "support/cluster.rs"]
+mod cluster;
+#[path = "support/moto.rs"]
+mod moto;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -100,8 +104,12 @@ fn read_json(path: &Path) -> Value {
 
 /// `usr/bin/rr` from a layer blob of an OCI layout, with its tar mode.
 fn rr_of_layer(layer: &Path) -> (Vec<u8>, u32) {
+    rr_of_layer_bytes(&std::fs::read(layer).expect("layer"))
+}
+
+/// `usr/bin/rr` from a layer's bytes, with its tar mode.
+fn rr_of_layer_bytes(gz: &[u8]) -> (Vec<u8>, u32) {
     use std::io::Read;
-    let gz = std::fs::File::open(layer).expect("layer");
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gz));
     for entry in archive.entries().expect("tar") {
         let mut entry = entry.expect("entry");
@@ -112,7 +120,7 @@ fn rr_of_layer(layer: &Path) -> (Vec<u8>, u32) {
             return (bytes, mode);
         }
     }
-    panic!("no usr/bin/rr in {}", layer.display());
+    panic!("no usr/bin/rr in the layer");
 }
 
 #[actix_web::test]
@@ -757,11 +765,16 @@ async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_
         o.env("VELOX_CACHE_UPSTREAM", &php.url)
             .env("VELOX_CACHE_REGISTRY_LISTEN", &format!("127.0.0.1:{port}"))
             .env("VELOX_CACHE_OCI__BUILD_WAIT", "700ms")
+            .env("VELOX_CACHE_API_TOKEN", TOKEN)
+            .env("VELOX_CACHE_AUTH__ANONYMOUS", "none")
     });
     let registry = format!("http://127.0.0.1:{port}");
+    let bearer = format!("Bearer {TOKEN}");
+    let auth: &[(&str, &str)] = &[("authorization", &bearer)];
 
-    // The public listener forwards /v2/ to the PHP app (its own 404 names the path); the
-    // registry listener answers it.
+    // The public listener forwards /v2/ to the PHP app (its own 404 names the path), whose
+    // access is its own business (no velox-cache token asked, even with anonymous = none); the
+    // registry listener answers it, and wants a token.
     let app = get(&h.url("/v2/"), &[]).await;
     assert_eq!(app.status, 404);
     assert_eq!(
@@ -774,14 +787,19 @@ async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_
         app.json()["message"],
         "no route for /v2/rr/edge/manifests/latest"
     );
-    let base = get(&format!("{registry}/v2/"), &[]).await;
+    oci_error(
+        &get(&format!("{registry}/v2/"), &[]).await,
+        401,
+        "UNAUTHORIZED",
+    );
+    let base = get(&format!("{registry}/v2/"), auth).await;
     assert_eq!(base.status, 200);
     assert_eq!(
         base.header("docker-distribution-api-version"),
         Some("registry/2.0")
     );
     oci_error(
-        &get(&format!("{registry}/v2/rr/edge/manifests/latest"), &[]).await,
+        &get(&format!("{registry}/v2/rr/edge/manifests/latest"), auth).await,
         404,
         "NAME_UNKNOWN",
     );
@@ -791,6 +809,7 @@ async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_
     let created = client()
         .put(h.server().admin_url("/v1/channels/edge"))
         .insert_header(("content-type", "application/json"))
+        .insert_header(("authorization", bearer.as_str()))
         .send_body(
             serde_json::to_vec(&serde_json::json!({
                 "rr_version": "v2025.1.2",
@@ -805,7 +824,7 @@ async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_
     assert_eq!(created.as_u16(), 201);
     let url = format!("{registry}/v2/rr/edge/manifests/latest");
     let asked = std::time::Instant::now();
-    let waiting = get(&url, &[]).await;
+    let waiting = get(&url, auth).await;
     let held = asked.elapsed();
     let message = oci_error(&waiting, 404, "MANIFEST_UNKNOWN");
     assert!(message.contains("under way"), "{message}");
@@ -815,13 +834,13 @@ async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_
     );
     assert!(h.velox.calls() >= 1, "the build was started");
     // HEAD waits the same way and ends the same way, without a body.
-    let head_waiting = head(&url, &[]).await;
+    let head_waiting = head(&url, auth).await;
     assert_eq!(head_waiting.status, 404);
     assert!(head_waiting.body.is_empty());
     // Once the release exists, the same request is the image.
     let mut last = None;
     let served = eventually(Duration::from_secs(30), async || {
-        let r = get(&url, &[]).await;
+        let r = get(&url, auth).await;
         let done = r.status == 200;
         last = Some(r);
         done
@@ -833,7 +852,262 @@ async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_
     assert_eq!(index["manifests"][0]["platform"]["architecture"], "amd64");
     // A release id that was never made is unknown (only `latest` waits for a first release).
     let never = format!("{registry}/v2/rr/edge/manifests/{}", "f".repeat(32));
-    let unknown = oci_error(&get(&never, &[]).await, 404, "MANIFEST_UNKNOWN");
+    let unknown = oci_error(&get(&never, auth).await, 404, "MANIFEST_UNKNOWN");
     assert!(unknown.contains("keeps no release"), "{unknown}");
     drop(php);
+}
+
+#[actix_web::test]
+async fn layers_count_toward_the_size_limit_stay_pinned_with_their_binary_and_go_with_it() {
+    // 300 KiB binaries (the stand-in's default, incompressible: no compressed variant is kept)
+    // and a limit of 1000 KiB: three binaries fit, three and a layer do not.
+    let limit_gb = 1000.0 * 1024.0 / (1024.0 * 1024.0 * 1024.0);
+    let h =
+        Harness::start_with(|o| o.env("VELOX_CACHE_CACHE__MAX_SIZE_GB", &format!("{limit_gb}")));
+    let admin = |p: &str| h.server().admin_url(p);
+    let created = client()
+        .put(admin("/v1/channels/edge"))
+        .insert_header(("content-type", "application/json"))
+        .send_body(
+            serde_json::to_vec(&serde_json::json!({
+                "rr_version": "v2025.1.2",
+                "plugins": [{"module_name": HTTP, "tag": "v5.2.7"}],
+                "platforms": ["linux/amd64"]
+            }))
+            .expect("json"),
+        )
+        .await
+        .expect("sent")
+        .status();
+    assert_eq!(created.as_u16(), 201);
+    let mut channel = Value::Null;
+    let flipped = eventually(Duration::from_secs(30), async || {
+        channel = get(&h.url("/_velox/v1/channels/edge"), &[]).await.json();
+        channel["current"]["id"].is_string()
+    })
+    .await;
+    assert!(flipped, "no release: {channel}");
+    let binary = channel["current"]["binaries"]["linux/amd64"]["digest"]
+        .as_str()
+        .expect("digest")
+        .to_owned();
+
+    // The image: its layer is kept beside the pinned binary.
+    let index = get(&h.url("/v2/rr/edge/manifests/latest"), &[]).await;
+    let index = document(&index, OCI_INDEX);
+    let manifest = get(
+        &h.url(&format!(
+            "/v2/rr/edge/manifests/{}",
+            index["manifests"][0]["digest"].as_str().expect("digest")
+        )),
+        &[],
+    )
+    .await;
+    let manifest = document(&manifest, OCI_MANIFEST);
+    let layer_digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .to_owned();
+    let layer_url = h.url(&format!("/v2/rr/edge/blobs/{layer_digest}"));
+    assert_eq!(get(&layer_url, &[]).await.status, 200);
+    let layer_file = h
+        .server()
+        .data_dir
+        .join("signatures")
+        .join(&binary[..2])
+        .join(format!("{binary}.oci-layer.tar.gz"));
+    assert!(layer_file.is_file(), "{}", layer_file.display());
+
+    // Two more binaries: the second takes the cache over its limit only because the layer
+    // counts, and the oldest unpinned entry goes.
+    let artifact = |d: &str| h.url(&format!("/_velox/v1/artifacts/{d}"));
+    let first = h.post(&distinct_request(1)).await;
+    assert_eq!(first.status, 200);
+    let first_digest = first
+        .header("etag")
+        .expect("etag")
+        .trim_matches('"')
+        .to_owned();
+    let second = h.post(&distinct_request(2)).await;
+    assert_eq!(second.status, 200);
+    let second_digest = second
+        .header("etag")
+        .expect("etag")
+        .trim_matches('"')
+        .to_owned();
+    assert_eq!(
+        get(&artifact(&first_digest), &[]).await.status,
+        404,
+        "evicted"
+    );
+    assert_eq!(get(&artifact(&second_digest), &[]).await.status, 200);
+    assert_eq!(
+        metric(h.server(), "velox_cache_evictions_total{reason=\"size\"}").await,
+        1.0
+    );
+    // The pinned binary and its layer stayed.
+    assert_eq!(get(&artifact(&binary), &[]).await.status, 200);
+    let layer = get(&layer_url, &[]).await;
+    assert_eq!(layer.status, 200);
+    assert_eq!(digest_of(&layer.body), layer_digest);
+
+    // Unpinned (the channel deleted), the binary is the oldest entry: the next binary evicts
+    // it, and its layer goes with it.
+    let deleted = client()
+        .delete(admin("/v1/channels/edge"))
+        .send()
+        .await
+        .expect("sent")
+        .status();
+    assert_eq!(deleted.as_u16(), 204);
+    let third = h.post(&distinct_request(3)).await;
+    assert_eq!(third.status, 200);
+    assert_eq!(get(&artifact(&binary), &[]).await.status, 404, "evicted");
+    assert!(!layer_file.exists(), "the layer went with its binary");
+    assert_eq!(get(&artifact(&second_digest), &[]).await.status, 200);
+    assert_eq!(
+        metric(h.server(), "velox_cache_evictions_total{reason=\"size\"}").await,
+        2.0
+    );
+    // What is left (two binaries) fits; had the layer's bytes stayed counted, the next
+    // binary would evict one of them.
+    let fourth = h.post(&distinct_request(4)).await;
+    assert_eq!(fourth.status, 200);
+    assert_eq!(get(&artifact(&second_digest), &[]).await.status, 200);
+    assert_eq!(
+        metric(h.server(), "velox_cache_evictions_total{reason=\"size\"}").await,
+        2.0,
+        "the evicted layer no longer counts"
+    );
+}
+
+/// The image of `name:tag` on `base` (a server's URL): the index's digest and, for each platform
+/// of it, the manifest's, config's and layer's digests and the layer's bytes.
+async fn image_of(base: &str, name: &str, tag: &str) -> (String, Vec<[String; 3]>, Vec<Vec<u8>>) {
+    let url = |p: &str| format!("{}/v2/{name}/{p}", base.trim_end_matches('/'));
+    let index = get(&url(&format!("manifests/{tag}")), &[]).await;
+    let index_json = document(&index, OCI_INDEX);
+    let mut digests = Vec::new();
+    let mut layers = Vec::new();
+    for entry in index_json["manifests"].as_array().expect("manifests") {
+        let d = entry["digest"].as_str().expect("digest");
+        let manifest = document(
+            &get(&url(&format!("manifests/{d}")), &[]).await,
+            OCI_MANIFEST,
+        );
+        let layer = manifest["layers"][0]["digest"].as_str().expect("layer");
+        let bytes = get(&url(&format!("blobs/{layer}")), &[]).await;
+        assert_eq!(bytes.status, 200);
+        assert_eq!(digest_of(&bytes.body), layer);
+        digests.push([
+            d.to_owned(),
+            manifest["config"]["digest"]
+                .as_str()
+                .expect("config")
+                .to_owned(),
+            layer.to_owned(),
+        ]);
+        layers.push(bytes.body.to_vec());
+    }
+    (digest_of(&index.body), digests, layers)
+}
+
+#[actix_web::test]
+async fn two_servers_make_the_same_layer_from_the_same_binary() {
+    // Separate data dirs and separate stand-in Velox processes, which write the same bytes for
+    // the same first build.
+    let a = start("[\"linux/amd64\"]", "", |o| o);
+    let b = start("[\"linux/amd64\"]", "", |o| o);
+    let (ca, cb) = (released(&a).await, released(&b).await);
+    let binary = &ca["current"]["binaries"]["linux/amd64"]["digest"];
+    assert_eq!(binary, &cb["current"]["binaries"]["linux/amd64"]["digest"]);
+    assert_eq!(
+        ca["current"]["id"], cb["current"]["id"],
+        "the same release id"
+    );
+    let (_, da, la) = image_of(&a.server().public, "rr/prod", "latest").await;
+    let (_, db, lb) = image_of(&b.server().public, "rr/prod", "latest").await;
+    assert_eq!(da[0][2], db[0][2], "the same layer digest");
+    assert_eq!(la, lb);
+    let (rr, _) = rr_of_layer_bytes(&la[0]);
+    assert_eq!(sha256_hex(&rr), binary.as_str().expect("digest"));
+    // The configs' diff_ids (the uncompressed tar's digest) agree too; the configs themselves
+    // differ only by when each server made its release (`created`).
+    let config = |base: &str, d: &str| {
+        let url = format!("{}/v2/rr/prod/blobs/{d}", base.trim_end_matches('/'));
+        async move { get(&url, &[]).await.json() }
+    };
+    let (fa, fb) = (
+        config(&a.server().public, &da[0][1]).await,
+        config(&b.server().public, &db[0][1]).await,
+    );
+    assert_eq!(fa["rootfs"]["diff_ids"], fb["rootfs"]["diff_ids"]);
+    for field in ["Entrypoint", "Cmd"] {
+        assert_eq!(fa["config"][field], fb["config"][field]);
+    }
+    let version = "org.opencontainers.image.version";
+    assert_eq!(
+        fa["config"]["Labels"][version],
+        fb["config"]["Labels"][version]
+    );
+}
+
+#[actix_web::test]
+async fn a_replica_serves_the_image_of_a_release_another_replica_built() {
+    let cluster = cluster::Cluster::start("images/");
+    let config = cluster.tmp.path().join("velox-cache.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[channels.prod]\nrr_version = \"v2025.1.2\"\nplugins = [{{ module_name = \"{HTTP}\", tag = \"v5.2.7\" }}]\nplatforms = [\"linux/amd64\", \"linux/arm64\"]\n"
+        ),
+    )
+    .expect("config");
+    let mut cluster = cluster
+        .with("VELOX_CACHE_CONFIG", config.to_str().expect("utf-8"))
+        .with(
+            "VELOX_CACHE_AUTH__URL_SECRET",
+            "images-test-url-secret-0123456789",
+        );
+    // The first replica builds the release.
+    let builder = cluster.replica();
+    let mut channel = Value::Null;
+    let built = eventually(Duration::from_secs(40), async || {
+        channel = get(&builder.url("/_velox/v1/channels/prod"), &[])
+            .await
+            .json();
+        channel["current"]["id"].is_string()
+    })
+    .await;
+    assert!(built, "no release: {channel}\n{}", builder.log_text());
+    let builds = cluster.velox.builds();
+    assert_eq!(builds, 2, "one build per platform");
+    // The second one starts afterwards with an empty data dir: it makes the image from the
+    // binaries in the bucket.
+    let other = cluster.replica();
+    let mut seen = Value::Null;
+    let shared = eventually(Duration::from_secs(30), async || {
+        seen = get(&other.url("/_velox/v1/channels/prod"), &[])
+            .await
+            .json();
+        seen["current"]["id"] == channel["current"]["id"]
+    })
+    .await;
+    assert!(shared, "the release never reached the replica: {seen}");
+    let (index_other, digests_other, layers_other) =
+        image_of(&other.public, "rr/prod", "latest").await;
+    for (layer, arch) in layers_other.iter().zip(["amd64", "arm64"]) {
+        let (rr, _) = rr_of_layer_bytes(layer);
+        let want = &channel["current"]["binaries"][format!("linux/{arch}")]["digest"];
+        assert_eq!(sha256_hex(&rr), want.as_str().expect("digest"), "{arch}");
+    }
+    assert_eq!(cluster.velox.builds(), builds, "nothing was built again");
+    assert_eq!(
+        metric(&other, "velox_registry_layers_built_total").await,
+        2.0
+    );
+    // The builder makes the very same documents: same release, same created time, same bytes.
+    let (index_builder, digests_builder, _) = image_of(&builder.public, "rr/prod", "latest").await;
+    assert_eq!(index_builder, index_other);
+    assert_eq!(digests_builder, digests_other);
 }

@@ -119,6 +119,11 @@ async fn guard(
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
     let auth = Arc::clone(&state.auth);
+    let listener = if listener == Listener::Public && state.config.upstream.is_some() {
+        Listener::PublicProxy
+    } else {
+        listener
+    };
     let need = table::need(listener, req.method(), req.path());
     if need == Need::Open {
         return Ok(next.call(req).await?.map_into_boxed_body());
@@ -143,8 +148,7 @@ async fn guard(
             }
             // The registry's clients read the Distribution Spec's errors and its challenge.
             let registry = listener == Listener::Registry
-                || req.path() == "/v2"
-                || req.path().starts_with("/v2/");
+                || (listener == Listener::Public && table::is_registry_path(req.path()));
             let resp = if registry {
                 crate::http::registry::refused(&e)
             } else {

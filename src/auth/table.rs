@@ -8,7 +8,11 @@ use actix_web::http::Method;
 /// Which listener a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listener {
+    /// The public listener without `upstream`: it serves the registry's `/v2/` too.
     Public,
+    /// The public listener in proxy mode: `/v2/…`, like every path that is not velox-cache's,
+    /// belongs to the PHP app (docs/images.md).
+    PublicProxy,
     Admin,
     Registry,
 }
@@ -34,17 +38,23 @@ pub enum Need {
 pub fn need(listener: Listener, method: &Method, path: &str) -> Need {
     let read_method = method == Method::GET || method == Method::HEAD;
     match listener {
-        Listener::Public => public(method, read_method, path),
+        Listener::Public => public(method, read_method, path, true),
+        Listener::PublicProxy => public(method, read_method, path, false),
         Listener::Admin => admin(read_method, path),
         Listener::Registry => registry(path),
     }
 }
 
-fn public(method: &Method, read_method: bool, path: &str) -> Need {
+/// Whether `path` is the registry's (`/v2` and under).
+pub fn is_registry_path(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
+}
+
+fn public(method: &Method, read_method: bool, path: &str, registry: bool) -> Need {
     let Some(rest) = path.strip_prefix("/_velox/") else {
         // The registry on the public listener (no upstream): `/v2/…` is read. Everything else
         // goes to the PHP app (or is a 404 without one).
-        return if path == "/v2" || path.starts_with("/v2/") {
+        return if registry && is_registry_path(path) {
             Need::Read
         } else {
             Need::Open
@@ -152,6 +162,20 @@ mod tests {
             (Public, &get, "/index.php".into(), Need::Open),
             (Public, &post, "/api/login".into(), Need::Open),
             (Public, &get, "/v2/".into(), Need::Read),
+            (PublicProxy, &get, "/v2/".into(), Need::Open),
+            (
+                PublicProxy,
+                &get,
+                "/v2/rr/prod/manifests/latest".into(),
+                Need::Open,
+            ),
+            (PublicProxy, &post, "/api/login".into(), Need::Open),
+            (
+                PublicProxy,
+                &get,
+                "/_velox/v1/channels/prod/linux/amd64".into(),
+                Need::Read,
+            ),
             (Admin, &get, "/healthz".into(), Need::Open),
             (Admin, &get, "/metrics".into(), Need::Open),
             (Admin, &get, "/v1/cache".into(), Need::Read),

@@ -16,8 +16,8 @@ use crate::ids::{CacheKey, Digest};
 pub(super) struct Evictions {
     /// Each victim's key and, when it held the last reference to its blob, that blob's digest.
     gone: Vec<(CacheKey, Option<Digest>)>,
-    /// Bytes of the compressed variants of the blobs in `gone`, still on disk and counted until
-    /// [`Store::finish_evictions`] deletes them.
+    /// Bytes of the compressed variants and image layers of the blobs in `gone`, still on disk
+    /// and counted until [`Store::finish_evictions`] deletes them.
     pub(super) variant_bytes: u64,
 }
 
@@ -38,7 +38,8 @@ impl Store {
         if let Some(blob) = &orphan {
             group.variant_bytes = group
                 .variant_bytes
-                .saturating_add(self.variant_bytes_of(blob));
+                .saturating_add(self.variant_bytes_of(blob))
+                .saturating_add(self.image_layer_bytes_of(blob));
         }
         group.gone.push((*key, orphan));
         Ok(Some(entry))

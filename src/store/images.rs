@@ -7,7 +7,9 @@
 //!   what was served by tag is served byte for byte by digest.
 //!
 //! Records are JSON with a version; a record whose layer file is gone is treated as absent (the
-//! layer is made again).
+//! layer is made again). The bytes of every layer file are counted in the `counters` tree and
+//! count toward `cache.max_size_gb` and the free-space floor, as compressed variants do; the
+//! layer goes with its binary (`Store::forget_sidecars`), so a pinned binary keeps its layer.
 
 use std::fs;
 use std::io;
@@ -19,6 +21,8 @@ use super::{Store, StoreError};
 use crate::ids::Digest;
 
 const RECORD_VERSION: u32 = 1;
+/// Bytes of every layer file, in the `counters` tree.
+const COUNTER_LAYER_BYTES: &[u8] = b"image_layer_bytes";
 /// The suffix of a layer file, beside its binary's other per-blob files.
 pub const LAYER_SUFFIX: &str = "oci-layer.tar.gz";
 
@@ -108,8 +112,14 @@ impl Store {
             .and_then(|()| path.parent().map_or(Ok(()), super::ingest::sync_dir));
         placed.map_err(StoreError::Io)?;
         let ix = self.ix()?;
-        ix.images
+        let old = ix
+            .images
             .insert(key(b"layer:", &binary.0), encode(&record)?)?;
+        // A record left by a layer whose file went outside this code: its bytes are gone too.
+        let old_size = old
+            .and_then(|o| decode::<LayerRecord>(&o).ok())
+            .map_or(0, |o| o.size);
+        self.add_layer_bytes(i128::from(record.size) - i128::from(old_size))?;
         ix.images.insert(
             key(b"blob:", &record.digest.0),
             encode(&BlobOf {
@@ -119,6 +129,54 @@ impl Store {
         )?;
         ix.images.flush()?;
         Ok(())
+    }
+
+    /// Bytes of every layer file.
+    pub fn image_layer_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .ix()?
+            .counters
+            .get(COUNTER_LAYER_BYTES)?
+            .map(|v| super::index::be_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Bytes of the layer made from `binary` (what removing the binary frees beyond its own
+    /// size).
+    pub(super) fn image_layer_bytes_of(&self, binary: &Digest) -> u64 {
+        self.image_layer(binary)
+            .ok()
+            .flatten()
+            .map_or(0, |r| r.size)
+    }
+
+    fn add_layer_bytes(&self, delta: i128) -> Result<(), StoreError> {
+        self.ix()?
+            .counters
+            .update_and_fetch(COUNTER_LAYER_BYTES, |old| {
+                let was = old.map(super::index::be_u64).unwrap_or(0);
+                let now = (i128::from(was) + delta).clamp(0, i128::from(u64::MAX)) as u64;
+                Some(now.to_be_bytes().to_vec())
+            })?;
+        Ok(())
+    }
+
+    /// Forgets the layer made from `binary` (its records and its bytes in the count); its file
+    /// is deleted with the binary's other per-blob files. Called as the binary's file goes.
+    pub(super) fn forget_image_layer(&self, binary: &Digest) {
+        let forgotten = (|| -> Result<(), StoreError> {
+            let ix = self.ix()?;
+            let Some(old) = ix.images.remove(key(b"layer:", &binary.0))? else {
+                return Ok(());
+            };
+            let record: LayerRecord = decode(&old)?;
+            ix.images.remove(key(b"blob:", &record.digest.0))?;
+            self.add_layer_bytes(-i128::from(record.size))?;
+            Ok(())
+        })();
+        if let Err(e) = forgotten {
+            log::warn!("cannot forget the image layer of {binary}: {e}");
+        }
     }
 
     /// The binary a layer of digest `layer` was made from, and the layer, when both are here.

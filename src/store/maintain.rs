@@ -198,9 +198,13 @@ impl Store {
         }
         loop {
             let totals = self.totals()?;
-            // The compressed variants count too (docs/compression.md), less those of the
-            // victims so far, whose files go once the group is flushed.
-            let variants = self.variant_bytes()?.saturating_sub(group.variant_bytes);
+            // The compressed variants and image layers count too (docs/compression.md,
+            // docs/images.md), less those of the victims so far, whose files go once the group
+            // is flushed.
+            let variants = self
+                .variant_bytes()?
+                .saturating_add(self.image_layer_bytes()?)
+                .saturating_sub(group.variant_bytes);
             let reason = if limits.max_entries > 0 && totals.entries > limits.max_entries {
                 EvictionReason::Count
             } else if limits.max_bytes > 0

@@ -1,5 +1,5 @@
 //! Files other layers keep about one blob, named by its digest (docs/signing.md): its minisign
-//! signature and its provenance, under `<data_dir>/signatures/ab/<digest>.*`. They go when the
+//! signature, its provenance and its image layer (docs/images.md), under `<data_dir>/signatures/ab/<digest>.*`. They go when the
 //! blob goes, whatever removes it (eviction, deletion, a replaced entry, the scrub's quarantine):
 //! a signature never outlives the bytes it speaks for.
 
@@ -25,6 +25,7 @@ impl Store {
     /// Deletes every file kept about `digest` (`<digest>.<anything>`). Called once its blob has
     /// left the data dir.
     pub(super) fn forget_sidecars(&self, digest: &Digest) {
+        self.forget_image_layer(digest);
         let dir = self.sidecar_dir(digest);
         let prefix = format!("{}.", digest.to_hex());
         let entries = match fs::read_dir(&dir) {
