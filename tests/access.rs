@@ -64,8 +64,8 @@ async fn registry_url(s: &Server) -> String {
         url = s
             .log_text()
             .lines()
-            .filter_map(|l| l.split_once("registry listener on ").map(|(_, a)| a.trim()))
-            .last()
+            .rev()
+            .find_map(|l| l.split_once("registry listener on ").map(|(_, a)| a.trim()))
             .map(str::to_owned);
         url.is_some()
     })

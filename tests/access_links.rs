@@ -407,7 +407,9 @@ async fn quotas_refuse_with_retry_after_and_slots_go_round_robin() {
     let mut figures = Vec::new();
     for (slots, base) in [(1usize, 100usize), (2, 200)] {
         if slots == 2 {
-            h.stop();
+            // Not a graceful stop: once, on a loaded machine, one outlasted the harness's 40 s
+            // here (cause not found yet), and a stop is not what this test is about.
+            h.take().kill();
             h.restart_with(|o| o.env("VELOX_CACHE_MAX_CONCURRENT_BUILDS", "2"));
         }
         h.velox.set_delay(Duration::from_millis(150));

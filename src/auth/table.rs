@@ -201,6 +201,47 @@ mod tests {
         }
     }
 
+    /// docs/access.md's table says what this module does, row by row.
+    #[test]
+    fn every_row_of_docs_access_md() {
+        let doc = include_str!("../../docs/access.md");
+        let table = doc
+            .split("## The table")
+            .nth(1)
+            .and_then(|t| t.split("\n\n").nth(2))
+            .expect("docs/access.md has its table");
+        let hex = "ab".repeat(32);
+        let mut rows = 0;
+        for line in table.lines().skip(2) {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            let [listener, method, path, needs] = cells[..] else {
+                panic!("not a row: {line}");
+            };
+            let listener = match listener {
+                "public" => Public,
+                "admin" => Admin,
+                "registry" => Registry,
+                other => panic!("listener {other}"),
+            };
+            let method: Method = method.parse().expect("method");
+            let path = path
+                .trim_matches('`')
+                .replace("{sha256}", &hex)
+                .replace("{key}", &hex)
+                .replace("{name}", "prod");
+            let want = match needs.split(' ').next() {
+                Some("open") => Need::Open,
+                Some("read") => Need::Read,
+                Some("build") => Need::Build,
+                Some("admin") => Need::Admin,
+                _ => panic!("needs {needs}"),
+            };
+            assert_eq!(need(listener, &method, &path), want, "{line}");
+            rows += 1;
+        }
+        assert!(rows >= 40, "{rows} rows");
+    }
+
     #[test]
     fn channels_and_signable_paths() {
         assert_eq!(

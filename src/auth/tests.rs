@@ -70,7 +70,7 @@ fn each_bad_token_has_its_own_error() {
         auth.identify(Some(&bearer(good.expose())), 100),
         Ok(Caller::Token(_))
     ));
-    // No message carries the secret.
+    // No refusal's message carries the secret (the good token is not refused).
     for s in [&old, &gone, &unknown] {
         assert!(!msg(&bearer(s.expose())).contains(s.expose()));
     }

@@ -167,9 +167,11 @@ fn create_offline(config: &Config, body: &Value) -> Result<(), String> {
     let now = unix_now();
     let expires_at = match body["expires_in"].as_str() {
         Some(t) => Some(
-            now + humantime::parse_duration(t)
-                .map_err(|e| format!("invalid --expires: {e}"))?
-                .as_secs(),
+            now.saturating_add(
+                humantime::parse_duration(t)
+                    .map_err(|e| format!("invalid --expires: {e}"))?
+                    .as_secs(),
+            ),
         ),
         None => None,
     };
