@@ -4,8 +4,8 @@
 //! the client gets its binary, its place given back and one taken on the next builder, once; a
 //! drained builder takes nothing new and finishes what it has; every builder down is a 503
 //! `velox_unavailable` at once, and a builder that comes back takes builds again; an answer that
-//! is not Velox's takes a builder down; `internal` and `invalid_argument` never move; and
-//! configuration errors stop the start naming the key. `GET /v1/builders` and the per-builder
+//! is not Velox's takes a builder down; `internal` and `invalid_argument` never move;
+//! `already_exists` is waited out on the builder that said it; and configuration errors stop the start naming the key. `GET /v1/builders` and the per-builder
 //! metrics are checked at each step.
 
 mod support;
@@ -615,4 +615,46 @@ fn bad_builders_stop_the_start_with_exit_2_naming_the_key() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("`velox.servers[0].artifact_root`"), "{err}");
     assert!(!data.exists(), "the start went on");
+}
+
+#[actix_web::test]
+async fn already_exists_is_waited_out_on_the_builder_that_said_it() {
+    let pool = Pool::start(&[("a", 1), ("b", 1)], StandIn::default(), &[], "1h");
+    pool.expect_states(&[("a", "up", 0), ("b", "up", 0)]).await;
+    // Someone else (another replica) has a build the same key under way on a.
+    pool.stand_in("a").hold(true);
+    let (theirs, _) = request(30);
+    let a_url = format!(
+        "{}/api.service.v1.BuildService/Build",
+        pool.stand_in("a").url
+    );
+    let elsewhere = actix_web::rt::spawn(async move { post_json(&a_url, &theirs, &[]).await });
+    let started = eventually(WAIT, async || pool.stand_in("a").state().in_progress == 1).await;
+    assert!(started, "the other build never started on a");
+    // Ours goes to a (first in turn), which answers `already_exists`: it waits there, keeping
+    // its place on a, and never moves to b.
+    // The same key, under a request_id of its own.
+    let (mut ours, _) = request(30);
+    let ours_id_sent = "00000000-0000-4000-8000-0000000000aa";
+    ours["request_id"] = json!(ours_id_sent);
+    let client = pool.spawn_post(ours);
+    let waited = eventually(WAIT, async || {
+        pool.stand_in("a").state().calls_with(ours_id_sent) >= 2
+    })
+    .await;
+    assert!(waited, "ours was not asked again on a");
+    pool.expect_states(&[("a", "up", 1), ("b", "up", 0)]).await;
+    assert!(
+        pool.metric("velox_velox_retries_total{reason=\"already_exists\"}")
+            .await
+            >= 1.0
+    );
+    pool.stand_in("a").hold(false);
+    assert_eq!(elsewhere.await.expect("task").status, 200);
+    let resp = client.await.expect("task");
+    assert_built_by(&resp, pool.stand_in("a"));
+    assert_eq!(pool.stand_in("a").state().builds, 1, "a built the key once");
+    assert_eq!(pool.stand_in("b").state().calls_with(ours_id_sent), 0);
+    assert_eq!(pool.metric("velox_builder_failovers_total").await, 0.0);
+    pool.expect_states(&[("a", "up", 0), ("b", "up", 0)]).await;
 }
