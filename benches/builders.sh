@@ -60,9 +60,9 @@ run() { # n
   start=$(date +%s.%N)
   local cpids=()
   for k in $(seq "$BUILDS"); do
-    curl -sf -o /dev/null -H 'content-type: application/json' \
+    curl -sf -o /dev/null -w "%{time_total}\n" -H 'content-type: application/json' \
       --data "{\"request_id\":\"00000000-0000-4000-8000-$(printf '%012d' "$k")\",\"rr_version\":\"v2025.1.2\",\"target_platform\":{\"os\":\"linux\",\"arch\":\"amd64\"},\"plugins\":[{\"module_name\":\"github.com/roadrunner-server/http/v5\",\"tag\":\"v5.2.$k\"}]}" \
-      "http://127.0.0.1:$P/_velox/v1/builds" &
+      "http://127.0.0.1:$P/_velox/v1/builds" >>"$dir/times" &
     cpids+=($!)
   done
   local failed=0
@@ -76,6 +76,19 @@ n, b, s, t = $n, $BUILDS, $secs, $end - $start
 budget = b * s / n * 1.15
 print(f'N={n}: {b} builds of {s:g}s in {t:.2f}s (ideal {b*s/n:.2f}s, budget {budget:.2f}s: {\"within\" if t <= budget else \"OVER\"}); failed: $failed; builds per builder: $spread')
 "
+  if [ -n "${TIMES:-}" ]; then
+    echo "  each request, seconds: $(sort -n "$dir/times" | tr '\n' ' ')"
+    # Each builder's idle time between two builds: a binary's mtime is its build's end.
+    python3 - "$dir" "$n" "$secs" "$start" <<'PY'
+import os, sys
+d, n, s, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+for i in range(1, n + 1):
+    root = os.path.join(d, f"b{i}")
+    ends = sorted(os.path.getmtime(os.path.join(root, h, "rr")) for h in os.listdir(root))
+    gaps = [f"{b - s - a:.2f}" for a, b in zip(ends, ends[1:])]
+    print(f"  b{i}: first call after {ends[0] - s - start:.2f}s, idle between builds: {' '.join(gaps)}")
+PY
+  fi
   kill "$vc" "${vpids[@]}" 2>/dev/null || true
   wait "$vc" "${vpids[@]}" 2>/dev/null || true
 }

@@ -4,8 +4,8 @@
 //! the client gets its binary, its place given back and one taken on the next builder, once; a
 //! drained builder takes nothing new and finishes what it has; every builder down is a 503
 //! `velox_unavailable` at once, and a builder that comes back takes builds again; an answer that
-//! is not Velox's takes a builder down; `internal` and `invalid_argument` never move; and
-//! configuration errors stop the start naming the key. `GET /v1/builders` and the per-builder
+//! is not Velox's takes a builder down; `internal` and `invalid_argument` never move;
+//! `already_exists` is waited out on the builder that said it; and configuration errors stop the start naming the key. `GET /v1/builders` and the per-builder
 //! metrics are checked at each step.
 
 mod support;
@@ -57,6 +57,8 @@ fn request(n: usize) -> (Value, String) {
 struct Pool {
     /// Kept for the stand-ins' folders and the server's data dir.
     _tmp: TempDir,
+    /// `Authorization` for the build route and the admin routes, when `api_token` is set.
+    bearer: Option<String>,
     stand_ins: Vec<VeloxProcess>,
     server: Server,
 }
@@ -88,6 +90,17 @@ impl Pool {
         extra: &[(&str, &str)],
         health: &str,
     ) -> Pool {
+        Self::start_with_token(builders, settings, extra, health, None)
+    }
+
+    /// As [`Pool::start`], with `api_token` set to `token`: the pool's requests send it.
+    fn start_with_token(
+        builders: &[(&str, usize)],
+        settings: StandIn,
+        extra: &[(&str, &str)],
+        health: &str,
+        token: Option<&str>,
+    ) -> Pool {
         let tmp = tempfile::tempdir().expect("tmp");
         let root = tmp.path().join("velox");
         let stand_ins: Vec<VeloxProcess> = builders
@@ -102,13 +115,17 @@ impl Pool {
                 .map(|((name, max), v)| Entry(name, &v.url, *max)),
         );
         let file = config(&root, &entries, health);
-        let opts = Options::new(&tmp.path().join("data"), "", &root)
+        let mut opts = Options::new(&tmp.path().join("data"), "", &root)
             .arg(format!("--config={}", file.display()));
+        if let Some(token) = token {
+            opts = opts.env("VELOX_CACHE_API_TOKEN", token);
+        }
         let server = Server::start(&opts);
         Pool {
             _tmp: tmp,
             stand_ins,
             server,
+            bearer: token.map(|t| format!("Bearer {t}")),
         }
     }
 
@@ -129,11 +146,18 @@ impl Pool {
     /// Posts `body` to the build route on a task of its own.
     fn spawn_post(&self, body: Value) -> actix_web::rt::task::JoinHandle<Resp> {
         let url = self.server.builds_url();
-        actix_web::rt::spawn(async move { post_json(&url, &body, &[]).await })
+        let bearer = self.bearer.clone();
+        actix_web::rt::spawn(async move {
+            let auth: Vec<(&str, &str)> = bearer
+                .iter()
+                .map(|b| ("authorization", b.as_str()))
+                .collect();
+            post_json(&url, &body, &auth).await
+        })
     }
 
     async fn post(&self, body: &Value) -> Resp {
-        post_json(&self.server.builds_url(), body, &[]).await
+        post_json(&self.server.builds_url(), body, &self.auth()).await
     }
 
     /// `GET /v1/builders`.
@@ -187,9 +211,16 @@ impl Pool {
         let url = self
             .server
             .admin_url(&format!("/v1/builders/{id}/{action}"));
-        let resp = finish_post(&url).await;
+        let resp = post_json(&url, &json!({}), &self.auth()).await;
         assert_eq!(resp.status, 200, "{action} {id}: {:?}", resp.body);
         resp.json()
+    }
+
+    fn auth(&self) -> Vec<(&str, &str)> {
+        self.bearer
+            .iter()
+            .map(|b| ("authorization", b.as_str()))
+            .collect()
     }
 
     async fn metric(&self, series: &str) -> f64 {
@@ -456,12 +487,21 @@ async fn garbage_takes_a_builder_down_and_failures_of_the_build_never_move() {
         port,
     );
     let junk_url = format!("http://127.0.0.1:{port}");
-    let pool = Pool::start(
+    let pool = Pool::start_with_token(
         &[("a", 1), ("b", 1)],
         settings,
         &[("junk", &junk_url)],
         "1h",
+        Some("builders-admin-token"),
     );
+    // With api_token set, drain and enable need it; the list is readable.
+    let drain = pool.server.admin_url("/v1/builders/a/drain");
+    finish_post(&drain).await.assert_error(401, "unauthorized");
+    let wrong = post_json(&drain, &json!({}), &[("authorization", "Bearer nope")]).await;
+    assert!(matches!(wrong.status, 401 | 403), "{wrong:?}");
+    assert_eq!(pool.builder("a").await["state"], "up");
+    assert_eq!(pool.admin("a", "drain").await["state"], "draining");
+    assert_eq!(pool.admin("a", "enable").await["state"], "up");
     pool.expect_states(&[("junk", "down", 0), ("a", "up", 0), ("b", "up", 0)])
         .await;
     let junk = pool.builder("junk").await;
@@ -615,4 +655,46 @@ fn bad_builders_stop_the_start_with_exit_2_naming_the_key() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("`velox.servers[0].artifact_root`"), "{err}");
     assert!(!data.exists(), "the start went on");
+}
+
+#[actix_web::test]
+async fn already_exists_is_waited_out_on_the_builder_that_said_it() {
+    let pool = Pool::start(&[("a", 1), ("b", 1)], StandIn::default(), &[], "1h");
+    pool.expect_states(&[("a", "up", 0), ("b", "up", 0)]).await;
+    // Someone else (another replica) has a build the same key under way on a.
+    pool.stand_in("a").hold(true);
+    let (theirs, _) = request(30);
+    let a_url = format!(
+        "{}/api.service.v1.BuildService/Build",
+        pool.stand_in("a").url
+    );
+    let elsewhere = actix_web::rt::spawn(async move { post_json(&a_url, &theirs, &[]).await });
+    let started = eventually(WAIT, async || pool.stand_in("a").state().in_progress == 1).await;
+    assert!(started, "the other build never started on a");
+    // Ours goes to a (first in turn), which answers `already_exists`: it waits there, keeping
+    // its place on a, and never moves to b.
+    // The same key, under a request_id of its own.
+    let (mut ours, _) = request(30);
+    let ours_id_sent = "00000000-0000-4000-8000-0000000000aa";
+    ours["request_id"] = json!(ours_id_sent);
+    let client = pool.spawn_post(ours);
+    let waited = eventually(WAIT, async || {
+        pool.stand_in("a").state().calls_with(ours_id_sent) >= 2
+    })
+    .await;
+    assert!(waited, "ours was not asked again on a");
+    pool.expect_states(&[("a", "up", 1), ("b", "up", 0)]).await;
+    assert!(
+        pool.metric("velox_velox_retries_total{reason=\"already_exists\"}")
+            .await
+            >= 1.0
+    );
+    pool.stand_in("a").hold(false);
+    assert_eq!(elsewhere.await.expect("task").status, 200);
+    let resp = client.await.expect("task");
+    assert_built_by(&resp, pool.stand_in("a"));
+    assert_eq!(pool.stand_in("a").state().builds, 1, "a built the key once");
+    assert_eq!(pool.stand_in("b").state().calls_with(ours_id_sent), 0);
+    assert_eq!(pool.metric("velox_builder_failovers_total").await, 0.0);
+    pool.expect_states(&[("a", "up", 0), ("b", "up", 0)]).await;
 }

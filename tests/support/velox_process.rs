@@ -194,7 +194,14 @@ impl VeloxProcess {
         } else {
             let _ = std::fs::remove_file(&self.hold);
         }
-        while self.state().held != on {}
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.state().held != on {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stand-in {} did not see its hold file for 10s",
+                self.name
+            );
+        }
     }
 
     /// Its counters, read after this call was made (so that every call it answered before is in
