@@ -268,7 +268,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             .app_data(web::Data::new(proxy::Upstream::new(&cfg, &public_tls)))
             .app_data(web::Data::new(GoProxyClient(goproxy_client(&public_tls))))
             .wrap(middleware::from_fn(crate::auth::guard_public))
-            .wrap(middleware::Logger::new("%a \"%r\" %s %b %T"))
+            .wrap(access_log())
             .configure(crate::error::json_extractor_errors)
             .wrap(body_timeout::CutStalledBodies::new(
                 cfg.request_body_timeout,
@@ -318,7 +318,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
                 App::new()
                     .app_data(registry_state.clone())
                     .wrap(middleware::from_fn(crate::auth::guard_registry))
-                    .wrap(middleware::Logger::new("%a \"%r\" %s %b %T"))
+                    .wrap(access_log())
                     .configure(crate::http::registry::configure)
                     .default_service(web::to(crate::http::registry::not_found))
             })
@@ -493,6 +493,23 @@ fn goproxy_client(tls: &Arc<rustls::ClientConfig>) -> awc::Client {
 
 /// Sends small writes at once. Without it, a keep-alive client that asks a small range waits for
 /// Nagle's algorithm to meet its own delayed ACK: 40 ms a request where 0.1 ms is due.
+/// The access log's line: client, request line, status, bytes, seconds. The request line's
+/// query goes through `redact::url`: a signed URL's `sig` is a credential until it expires, and
+/// no secret is written to a log.
+fn access_log() -> middleware::Logger {
+    middleware::Logger::new("%a \"%{request}xi\" %s %b %T").custom_request_replace(
+        "request",
+        |req| {
+            format!(
+                "{} {} {:?}",
+                req.method(),
+                crate::redact::url(&req.uri().to_string()),
+                req.version()
+            )
+        },
+    )
+}
+
 fn no_delay(conn: &dyn std::any::Any, _ext: &mut actix_web::dev::Extensions) {
     if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
         if let Err(e) = tcp.set_nodelay(true) {

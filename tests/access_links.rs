@@ -304,6 +304,10 @@ async fn signed_urls_with_curl_wget_and_chromium_and_the_token_commands() {
             assert!(!text.contains(s));
         }
     }
+    // The access log names the signed requests, their signatures masked.
+    let log = h.server().log_text();
+    assert!(!log.contains(sig), "a signature in the log");
+    assert!(log.contains("&sig=***"), "{log}");
 }
 
 /// Posts distinct build requests `ns` with `token`, each in its own task; finishing ones push
