@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
+T=${CARGO_TARGET_DIR:-target}
 SIZE=${SIZE:-100000000}
-cargo build --release --locked --bin velox-cache --example fake_velox >/dev/null 2>&1
+[ -n "${NO_BUILD:-}" ] || cargo build --release --locked --bin velox-cache --example fake_velox >/dev/null 2>&1
 command -v skopeo >/dev/null || { echo "benches/images.sh needs skopeo (apt-get install skopeo)" >&2; exit 1; }
 work=$(mktemp -d)
 pids=()
@@ -18,7 +19,7 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 VP=$(port)
-target/release/examples/fake_velox "127.0.0.1:$VP" "$work/out" 0s "$SIZE" >"$work/fv.log" 2>&1 & pids+=($!)
+"$T"/release/examples/fake_velox "127.0.0.1:$VP" "$work/out" 0s "$SIZE" >"$work/fv.log" 2>&1 & pids+=($!)
 cat >"$work/config.toml" <<TOML
 [channels.prod]
 rr_version = "v2025.1.2"
@@ -27,7 +28,7 @@ platforms = ["linux/amd64"]
 TOML
 P=$(port); A=$(port)
 RUST_LOG=warn VELOX_CACHE_CONFIG="$work/config.toml" VELOX_CACHE_CACHE__MIN_FREE_GB=0 \
-  target/release/velox-cache serve --listen "127.0.0.1:$P" --admin-listen "127.0.0.1:$A" \
+  "$T"/release/velox-cache serve --listen "127.0.0.1:$P" --admin-listen "127.0.0.1:$A" \
   --data-dir "$work/data" --server-url "http://127.0.0.1:$VP" --artifact-root "$work/out" \
   >"$work/vc.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$A/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
