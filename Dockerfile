@@ -22,6 +22,8 @@ RUN mkdir -p src benches \
 # products go first, so that the real sources are compiled whatever their timestamps say.
 COPY src ./src
 COPY benches ./benches
+# The console's page, built into the binary (include_bytes!).
+COPY assets ./assets
 RUN cargo clean --release --locked -p velox-cache \
  && cargo build --release --locked --bin velox-cache
 
