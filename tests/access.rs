@@ -37,20 +37,9 @@ fn config(dir: &Path) -> String {
     path.display().to_string()
 }
 
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
 /// Makes a token through `POST /v1/tokens` with the api_token; its secret.
 async fn make_token(s: &Server, fields: Value) -> String {
-    let r = post_json(
-        &s.admin_url("/v1/tokens"),
-        &fields,
-        &[("authorization", &bearer(API))],
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let v = r.json();
+    let v = create_token(s, API, &fields).await;
     assert_eq!(v["name"], fields["name"]);
     assert_eq!(v["scope"], fields["scope"]);
     assert!(v.get("hash").is_none(), "{v}");

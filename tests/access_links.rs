@@ -20,19 +20,11 @@ use support::*;
 const API: &str = "access-links-api-token-0123456789";
 const URL_SECRET: &str = "access-links-url-secret-0123456789";
 
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
 async fn make_token(s: &Server, fields: Value) -> String {
-    let r = post_json(
-        &s.admin_url("/v1/tokens"),
-        &fields,
-        &[("authorization", &bearer(API))],
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    r.json()["token"].as_str().expect("token").to_owned()
+    create_token(s, API, &fields).await["token"]
+        .as_str()
+        .expect("token")
+        .to_owned()
 }
 
 /// Runs `program args…`; its exit status, standard output and standard error.

@@ -623,15 +623,10 @@ async fn the_pull_api_answers_as_the_distribution_spec_says() {
 
 /// A token made through the admin API with `api_token`; its secret.
 async fn make_token(h: &Harness, body: Value) -> String {
-    let bearer = format!("Bearer {TOKEN}");
-    let r = post_json(
-        &h.server().admin_url("/v1/tokens"),
-        &body,
-        &[("authorization", &bearer)],
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    r.json()["token"].as_str().expect("token").to_owned()
+    create_token(h.server(), TOKEN, &body).await["token"]
+        .as_str()
+        .expect("token")
+        .to_owned()
 }
 
 fn basic(user: &str, password: &str) -> String {

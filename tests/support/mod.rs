@@ -237,6 +237,24 @@ pub async fn delete(url: &str) -> Resp {
     finish(client().delete(url).send().await).await
 }
 
+/// An `Authorization` value for `token`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// Makes a token through the admin listener's `POST /v1/tokens`, authorised by `admin_token`;
+/// the 201 answer's JSON (with `token`, the secret, shown this once).
+pub async fn create_token(s: &Server, admin_token: &str, fields: &Value) -> Value {
+    let r = post_json(
+        &s.admin_url("/v1/tokens"),
+        fields,
+        &[("authorization", &bearer(admin_token))],
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
 pub async fn head(url: &str, headers: &[(&str, &str)]) -> Resp {
     let mut req = client().head(url);
     for (k, v) in headers {
