@@ -64,9 +64,9 @@ done
 # scratch folder is put back as that layer left it), the steps from the COPY of src run again,
 # and only velox-cache may be compiled.
 ctx="$work/ctx"; mkdir -p "$ctx"
-cp -r "$repo/Cargo.toml" "$repo/Cargo.lock" "$repo/src" "$repo/benches" "$ctx/"
+cp -r "$repo/Cargo.toml" "$repo/Cargo.lock" "$repo/src" "$repo/benches" "$repo/assets" "$ctx/"
 echo '// a source change' >>"$ctx/src/lib.rs"
-rm -rf "$root/src" "$root/benches"
+rm -rf "$root/src" "$root/benches" "$root/assets"
 run_steps "$src_step" "$ctx" "$work/rebuild.log"
 compiled=$(grep -oE 'Compiling [^ ]+' "$work/rebuild.log" | awk '{print $2}' | sort -u | tr '\n' ' ')
 [ "$compiled" = "velox-cache " ] || { echo "a source change compiled: $compiled" >&2; exit 1; }
