@@ -103,6 +103,11 @@ fn read_json(path: &Path) -> Value {
 }
 
 /// `usr/bin/rr` from a layer blob of an OCI layout, with its tar mode.
+/// A request with any method and `body`; its answer.
+async fn send(method: &str, url: &str, body: &[u8]) -> Resp {
+    request(method, url, Some(body)).await
+}
+
 fn rr_of_layer(layer: &Path) -> (Vec<u8>, u32) {
     rr_of_layer_bytes(&std::fs::read(layer).expect("layer"))
 }
@@ -295,23 +300,6 @@ fn document(r: &Resp, media_type: &str) -> Value {
     r.json()
 }
 
-/// A request with any method, its answer.
-async fn send(method: &str, url: &str, body: &[u8]) -> Resp {
-    let method = actix_web::http::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut res = client()
-        .request(method, url)
-        .insert_header(("content-type", "application/octet-stream"))
-        .send_body(body.to_vec())
-        .await
-        .expect("sent");
-    let body = res.body().await.expect("body");
-    Resp {
-        status: res.status().as_u16(),
-        headers: res.headers().clone(),
-        body,
-    }
-}
-
 #[actix_web::test]
 async fn the_pull_api_answers_as_the_distribution_spec_says() {
     let port = support::process::free_port();
@@ -474,37 +462,12 @@ async fn the_pull_api_answers_as_the_distribution_spec_says() {
     assert_eq!(single_oci.body, m.body);
 
     // Bad input: the spec's error JSON.
-    oci_error(
-        &get(&v2("rr/Prod/manifests/latest"), &[]).await,
-        400,
-        "NAME_INVALID",
-    );
-    oci_error(
-        &get(&v2("rr/prod--/blobs/sha256:00"), &[]).await,
-        400,
-        "NAME_INVALID",
-    );
     let bad_tag = oci_error(
         &get(&v2("rr/prod/manifests/.latest"), &[]).await,
         404,
         "MANIFEST_UNKNOWN",
     );
     assert!(bad_tag.contains("not a valid tag"), "{bad_tag}");
-    oci_error(
-        &get(&v2("rr/prod/manifests/sha256:abc"), &[]).await,
-        400,
-        "DIGEST_INVALID",
-    );
-    oci_error(
-        &get(&v2("rr/prod/blobs/sha256:XYZ"), &[]).await,
-        400,
-        "DIGEST_INVALID",
-    );
-    oci_error(
-        &get(&v2("rr/prod/blobs/latest"), &[]).await,
-        400,
-        "DIGEST_INVALID",
-    );
     let malformed = oci_error(
         &get(
             &v2("rr/prod/manifests/latest"),
@@ -515,63 +478,90 @@ async fn the_pull_api_answers_as_the_distribution_spec_says() {
         "UNSUPPORTED",
     );
     assert!(malformed.contains("Accept"), "{malformed}");
-    oci_error(
-        &get(
-            &v2("rr/prod/manifests/latest"),
-            &[("accept", "application/json;q=2")],
-        )
-        .await,
-        400,
-        "UNSUPPORTED",
-    );
-    oci_error(
-        &get(&v2("rr/prod/manifests/latest"), &[("accept", "text/html")]).await,
-        404,
-        "MANIFEST_UNKNOWN",
-    );
-    // Well-formed but unknown.
     let nothing = format!("sha256:{}", "0".repeat(64));
-    oci_error(
-        &get(&v2(&format!("rr/prod/blobs/{nothing}")), &[]).await,
-        404,
-        "BLOB_UNKNOWN",
-    );
-    oci_error(
-        &get(&v2(&format!("rr/prod/manifests/{nothing}")), &[]).await,
-        404,
-        "MANIFEST_UNKNOWN",
-    );
-    // A layer is not a manifest; another algorithm is nothing this registry made.
-    oci_error(
-        &get(&v2(&format!("rr/prod/manifests/{layer_digest}")), &[]).await,
-        404,
-        "MANIFEST_UNKNOWN",
-    );
-    oci_error(
-        &get(&v2("rr/prod/blobs/sha512:abcdef"), &[]).await,
-        404,
-        "BLOB_UNKNOWN",
-    );
-    oci_error(
-        &get(&v2("rr/prod/manifests/0123abcd"), &[]).await,
-        404,
-        "MANIFEST_UNKNOWN",
-    );
-    oci_error(
-        &get(&v2("rr/nope/manifests/latest"), &[]).await,
-        404,
-        "NAME_UNKNOWN",
-    );
-    oci_error(
-        &get(&v2(&format!("rr/nope/blobs/{layer_digest}")), &[]).await,
-        404,
-        "NAME_UNKNOWN",
-    );
-    oci_error(
-        &get(&v2("library/alpine/manifests/latest"), &[]).await,
-        404,
-        "NAME_UNKNOWN",
-    );
+    let refused: &[(String, Option<&str>, u16, &str)] = &[
+        ("rr/Prod/manifests/latest".into(), None, 400, "NAME_INVALID"),
+        (
+            "rr/prod--/blobs/sha256:00".into(),
+            None,
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            "rr/prod/manifests/sha256:abc".into(),
+            None,
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            "rr/prod/blobs/sha256:XYZ".into(),
+            None,
+            400,
+            "DIGEST_INVALID",
+        ),
+        ("rr/prod/blobs/latest".into(), None, 400, "DIGEST_INVALID"),
+        (
+            "rr/prod/manifests/latest".into(),
+            Some("application/json;q=2"),
+            400,
+            "UNSUPPORTED",
+        ),
+        (
+            "rr/prod/manifests/latest".into(),
+            Some("text/html"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        // Well-formed but unknown.
+        (
+            format!("rr/prod/blobs/{nothing}"),
+            None,
+            404,
+            "BLOB_UNKNOWN",
+        ),
+        (
+            format!("rr/prod/manifests/{nothing}"),
+            None,
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        // A layer is not a manifest; another algorithm is nothing this registry made.
+        (
+            format!("rr/prod/manifests/{layer_digest}"),
+            None,
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            "rr/prod/blobs/sha512:abcdef".into(),
+            None,
+            404,
+            "BLOB_UNKNOWN",
+        ),
+        (
+            "rr/prod/manifests/0123abcd".into(),
+            None,
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        ("rr/nope/manifests/latest".into(), None, 404, "NAME_UNKNOWN"),
+        (
+            format!("rr/nope/blobs/{layer_digest}"),
+            None,
+            404,
+            "NAME_UNKNOWN",
+        ),
+        (
+            "library/alpine/manifests/latest".into(),
+            None,
+            404,
+            "NAME_UNKNOWN",
+        ),
+    ];
+    for (path, accept, status, code) in refused {
+        let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("accept", *a)).collect();
+        oci_error(&get(&v2(path), &headers).await, *status, code);
+    }
     // HEAD errors carry the status and no body.
     let head_missing = head(&v2(&format!("rr/prod/blobs/{nothing}")), &[]).await;
     assert_eq!(head_missing.status, 404);

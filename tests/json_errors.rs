@@ -6,18 +6,7 @@ mod support;
 use support::*;
 
 async fn send(method: &str, url: &str) -> Resp {
-    let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut res = client()
-        .request(method, url)
-        .send()
-        .await
-        .expect("request sent");
-    let body = res.body().await.expect("body");
-    Resp {
-        status: res.status().as_u16(),
-        headers: res.headers().clone(),
-        body,
-    }
+    request(method, url, None).await
 }
 
 #[actix_web::test]

@@ -237,6 +237,23 @@ pub async fn delete(url: &str) -> Resp {
     finish(client().delete(url).send().await).await
 }
 
+/// A request with any method (`body`, if any, sent as `application/octet-stream`); its answer.
+pub async fn request(method: &str, url: &str, body: Option<&[u8]>) -> Resp {
+    let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
+    let req = client().request(method, url);
+    match body {
+        Some(b) => {
+            finish(
+                req.insert_header(("content-type", "application/octet-stream"))
+                    .send_body(b.to_vec())
+                    .await,
+            )
+            .await
+        }
+        None => finish(req.send().await).await,
+    }
+}
+
 /// An `Authorization` value for `token`.
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
