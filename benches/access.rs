@@ -10,7 +10,6 @@
 //! benches/hit_ttfb.sh; SPEC §12's budgets are in BENCHMARKS.md.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use actix_web::http::Method;
 use velox_cache::auth::table::{self, Listener};
@@ -18,25 +17,12 @@ use velox_cache::auth::token::{Scope, Secret, TokenRecord};
 use velox_cache::auth::{unix_now, Auth};
 use velox_cache::config::Config;
 
-/// Runs `f` in batches for about a second; prints the median batch's time per call.
-fn bench(name: &str, mut f: impl FnMut()) {
-    let batch = 1_000;
-    let mut per_call = Vec::new();
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(1) {
-        let t = Instant::now();
-        for _ in 0..batch {
-            f();
-        }
-        per_call.push(t.elapsed() / batch);
-    }
-    per_call.sort();
-    println!(
-        "{name}: median {:?} per call, p99 {:?} ({} batches of {batch})",
-        per_call[per_call.len() / 2],
-        per_call[per_call.len() * 99 / 100],
-        per_call.len()
-    );
+#[path = "support/timing.rs"]
+mod timing;
+
+/// Runs `f` in batches of 1,000 for about a second; prints the median batch's time per call.
+fn bench(name: &str, f: impl FnMut()) {
+    timing::bench(name, 1_000, f);
 }
 
 fn main() {

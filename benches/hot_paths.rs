@@ -7,32 +7,19 @@
 //! (The sled lookup at 1,000,000 entries is in `benches/metadata.rs`.)
 
 use std::hint::black_box;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use actix_web::http::header::{EntityTag, HttpDate};
 use actix_web::test::TestRequest;
 use velox_cache::builds::BuildRequest;
 use velox_cache::http::artifact::{plan, Plan};
 
-/// Runs `f` in batches for about a second; prints the median batch's time per call.
-fn bench(name: &str, mut f: impl FnMut()) {
-    let batch = 1_000;
-    let mut per_call = Vec::new();
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(1) {
-        let t = Instant::now();
-        for _ in 0..batch {
-            f();
-        }
-        per_call.push(t.elapsed() / batch);
-    }
-    per_call.sort();
-    println!(
-        "{name}: median {:?} per call, p99 {:?} ({} batches of {batch})",
-        per_call[per_call.len() / 2],
-        per_call[per_call.len() * 99 / 100],
-        per_call.len()
-    );
+#[path = "support/timing.rs"]
+mod timing;
+
+/// Runs `f` in batches of 1,000 for about a second; prints the median batch's time per call.
+fn bench(name: &str, f: impl FnMut()) {
+    timing::bench(name, 1_000, f);
 }
 
 fn request(plugins: usize) -> Vec<u8> {

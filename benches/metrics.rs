@@ -9,7 +9,7 @@
 
 use std::hint::black_box;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -19,25 +19,9 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use velox_cache::metrics::{CacheTotals, DiskGauge, Gauges, Metrics};
 
-/// Runs `f` in batches for about a second; prints the median batch's time per call.
-fn bench(name: &str, batch: u32, mut f: impl FnMut()) {
-    let mut per_call = Vec::new();
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(1) {
-        let t = Instant::now();
-        for _ in 0..batch {
-            f();
-        }
-        per_call.push(t.elapsed() / batch);
-    }
-    per_call.sort();
-    println!(
-        "{name}: median {:?} per call, p99 {:?} ({} batches of {batch})",
-        per_call[per_call.len() / 2],
-        per_call[per_call.len() * 99 / 100],
-        per_call.len()
-    );
-}
+#[path = "support/timing.rs"]
+mod timing;
+use timing::bench;
 
 // The bounds of today's histograms (src/metrics/mod.rs).
 const LOOKUP_BOUNDS: &[f64] = &[
