@@ -367,6 +367,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
             Arc::clone(&store),
             config.compression.zstd_level,
             Arc::clone(&state.metrics),
+            Some(Arc::clone(state.builds.shared())),
         )
     });
     let mut background = Background::start(

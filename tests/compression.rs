@@ -868,6 +868,8 @@ async fn binaries_stored_while_compression_was_off_are_compressed_at_the_next_st
     assert_eq!(seen.status, 200);
     assert_eq!(seen.header("content-encoding"), None);
     assert_eq!(seen.header("x-binary-sha256"), Some(digest.as_str()));
+    // `Vary` with compression off too: a shared cache may hold a zstd answer from before.
+    assert!(seen.varies_on_accept_encoding(), "{:?}", seen.headers);
     assert_eq!(
         metric(h.server(), "velox_cache_compression_backlog").await,
         0.0
@@ -892,4 +894,56 @@ async fn binaries_stored_while_compression_was_off_are_compressed_at_the_next_st
     let artifact = h.url(&format!("/_velox/v1/artifacts/{digest}"));
     let seen = curl(&dir, &artifact, &["-H", "Accept-Encoding: zstd"]);
     assert_sent_as(&seen, &binary, Some("zstd"), "compressed after the restart");
+
+    // `cache rebuild-index` re-reads the manifests and keeps what it knew of the variants, their
+    // bytes counted again: nothing is made again.
+    let variant_bytes = metric(h.server(), "velox_cache_variant_bytes").await;
+    let (files, bytes) = files_under(&h.opts.data_dir.join("variants"));
+    assert_eq!(
+        (files, bytes as f64),
+        (4, variant_bytes),
+        "two binaries, two codings"
+    );
+    h.stop();
+    let dd = h.opts.data_dir.display().to_string();
+    let (code, out, err) = server::run(&["cache", "rebuild-index", "--data-dir", &dd], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    h.restart_with(|o| o.env("VELOX_CACHE_COMPRESSION__ENABLED", "true"));
+    assert_eq!(
+        metric(h.server(), "velox_cache_variant_bytes").await,
+        variant_bytes
+    );
+    let artifact = h.url(&format!("/_velox/v1/artifacts/{digest}"));
+    let seen = curl(&dir, &artifact, &["-H", "Accept-Encoding: zstd"]);
+    assert_sent_as(&seen, &binary, Some("zstd"), "after rebuild-index");
+    assert_eq!(made(&h, "zstd").await + made(&h, "gzip").await, 0.0);
+
+    // An index damaged beyond use is set aside and rebuilt from the manifests with no record of
+    // any variant: the files on disk are recognised (each decodes to a stored binary) and kept,
+    // none is made again.
+    h.stop();
+    for file in walk_files(&h.opts.data_dir.join("meta")) {
+        let len = std::fs::metadata(&file)
+            .map(|m| m.len())
+            .unwrap_or(0)
+            .max(4096);
+        let garbage: Vec<u8> = (0..len).map(|i| (i * 7919 % 251) as u8).collect();
+        std::fs::write(&file, garbage).expect("overwrite");
+    }
+    h.restart_with(|o| o.env("VELOX_CACHE_COMPRESSION__ENABLED", "true"));
+    let mut last = 0.0;
+    let kept = eventually(Duration::from_secs(30), async || {
+        last = metric(h.server(), "velox_cache_variant_bytes").await;
+        last == variant_bytes
+    })
+    .await;
+    assert!(kept, "variant bytes {last}\n{}", h.server().log_text());
+    let artifact = h.url(&format!("/_velox/v1/artifacts/{digest}"));
+    let seen = curl(&dir, &artifact, &["-H", "Accept-Encoding: zstd"]);
+    assert_sent_as(&seen, &binary, Some("zstd"), "after the index was rebuilt");
+    assert_eq!(made(&h, "zstd").await + made(&h, "gzip").await, 0.0);
+    assert_eq!(files_under(&h.opts.data_dir.join("variants")).0, 4);
+    let log = h.server().log_text();
+    assert!(log.contains("rebuilding from the manifests"), "{log}");
+    assert_eq!(log.matches(": kept").count(), 4, "{log}");
 }

@@ -381,6 +381,10 @@ async fn the_pull_api_answers_as_the_distribution_spec_says() {
     assert_eq!(digest_of(&layer.body), layer_digest);
     assert_eq!(layer.body.len() as u64, layer_size);
     assert_eq!(layer.header("docker-content-digest"), Some(layer_digest));
+    // A layer is not a binary answer: no binary digest, nothing negotiated.
+    assert_eq!(layer.header("x-binary-sha256"), None);
+    assert_eq!(layer.header("vary"), None);
+    assert_eq!(layer.header("content-encoding"), None);
     let head_layer = head(&v2(&format!("rr/prod/blobs/{layer_digest}")), &[]).await;
     assert_eq!(head_layer.status, 200);
     assert!(head_layer.body.is_empty());

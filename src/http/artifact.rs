@@ -36,6 +36,10 @@ pub struct Blob {
     /// no artifact URL (no `Content-Location`) and is never memory-mapped, since its bytes are
     /// not the store's to vouch for.
     pub stored: bool,
+    /// A RoadRunner binary (docs/compression.md): its answers negotiate `Accept-Encoding` and
+    /// carry `X-Binary-SHA256` and `Vary: Accept-Encoding`. False for an image layer, whose
+    /// bytes are gzip already and named by their own digest.
+    pub binary: bool,
 }
 
 /// The representation sent: the binary's own headers, or a variant's (its ETag and
@@ -229,7 +233,7 @@ pub fn respond(
     // The representation (docs/compression.md): a compressed variant when the request accepts
     // one that is stored; its own ETag, Repr-Digest and length then.
     let state = req.app_data::<actix_web::web::Data<super::AppState>>();
-    let compressing = state.is_some_and(|s| s.config.compression.enabled);
+    let compressing = blob.binary && state.is_some_and(|s| s.config.compression.enabled);
     let chosen = match (state, &blob.source) {
         (Some(state), BlobSource::File(_)) if compressing && blob.stored => {
             super::negotiate::choose(req, &state.store, &blob.digest, blob.size)
@@ -287,10 +291,12 @@ pub fn respond(
     resp.insert_header((header::ETAG, rep.pre.etag_value.clone()))
         .insert_header((header::LAST_MODIFIED, pre.modified_value.clone()))
         .insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
-    if let Ok(v) = HeaderValue::from_str(&binary.to_hex()) {
-        resp.insert_header((HeaderName::from_static("x-binary-sha256"), v));
-    }
-    if compressing {
+    // On every answer of a binary route, compression on or off: what a shared cache stored
+    // while it was on must still be told apart (SPEC §21: on identity answers too).
+    if blob.binary {
+        if let Ok(v) = HeaderValue::from_str(&binary.to_hex()) {
+            resp.insert_header((HeaderName::from_static("x-binary-sha256"), v));
+        }
         resp.append_header((header::VARY, HeaderValue::from_static("accept-encoding")));
     }
     if blob.stored {

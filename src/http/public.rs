@@ -230,6 +230,7 @@ pub fn binary_response(
         source,
         file_name,
         stored,
+        binary: true,
     };
     artifact::respond(req, blob, headers, false, &state.metrics)
 }
@@ -267,6 +268,7 @@ async fn get_artifact(
             source: BlobSource::File(file),
             file_name: record.file_name,
             stored: true,
+            binary: true,
         })
     });
     let blob = match local {
@@ -287,6 +289,7 @@ async fn get_artifact(
                 file_name: remote.file_name.clone(),
                 source: BlobSource::Remote(Box::new(remote)),
                 stored: true,
+                binary: true,
             }
         }
     };

@@ -337,6 +337,7 @@ async fn blob(
         source: BlobSource::File(std::sync::Arc::new(file)),
         file_name: "layer.tar.gz".into(),
         stored: false,
+        binary: false,
     };
     let extra = vec![(
         HeaderName::from_static("docker-content-digest"),

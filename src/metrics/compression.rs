@@ -7,8 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// Content codings of binary answers, in the label order of the exposition.
 pub const SENT_ENCODINGS: [&str; 3] = ["identity", "zstd", "gzip"];
 
-/// Outcomes of making one variant.
-pub const COMPRESSION_OUTCOMES: [&str; 3] = ["stored", "useless", "error"];
+/// Outcomes of making one variant: `fetched` and `refused` are a replica's taking of another's
+/// from the bucket (docs/compression.md, "With replicas").
+pub const COMPRESSION_OUTCOMES: [&str; 5] = ["stored", "useless", "error", "fetched", "refused"];
+/// Where an unknown outcome is counted.
+const OUTCOME_ERROR: usize = 2;
 
 /// The compressed-download counters.
 #[derive(Default)]
@@ -17,7 +20,7 @@ pub struct CompressionCounters {
     sent: [AtomicU64; 3],
     /// `velox_cache_compressions_total{encoding,outcome}`: zstd then gzip, by
     /// [`COMPRESSION_OUTCOMES`] order.
-    made: [[AtomicU64; 3]; 2],
+    made: [[AtomicU64; 5]; 2],
     /// `velox_cache_compression_backlog`: blobs waiting for their variants.
     pub backlog: AtomicU64,
     /// `velox_cache_compression_seconds_total{encoding}`: time spent making variants, in
@@ -45,7 +48,7 @@ impl CompressionCounters {
         let o = COMPRESSION_OUTCOMES
             .iter()
             .position(|x| *x == outcome)
-            .unwrap_or(2);
+            .unwrap_or(OUTCOME_ERROR);
         self.made[e][o].fetch_add(1, Relaxed);
         self.busy_ms[e].fetch_add(took.as_millis() as u64, Relaxed);
     }

@@ -150,6 +150,22 @@ impl Store {
             .map_or(0, |r| r.size)
     }
 
+    /// Sets the count of layer bytes from the layer records (after `rebuild-index` cleared the
+    /// counters but kept the records).
+    pub(super) fn recount_layer_bytes(&self) -> Result<u64, StoreError> {
+        let ix = self.ix()?;
+        let mut total = 0u64;
+        for item in ix.images.scan_prefix(b"layer:") {
+            let (_, v) = item?;
+            if let Ok(record) = decode::<LayerRecord>(&v) {
+                total = total.saturating_add(record.size);
+            }
+        }
+        ix.counters
+            .insert(COUNTER_LAYER_BYTES, &total.to_be_bytes())?;
+        Ok(total)
+    }
+
     fn add_layer_bytes(&self, delta: i128) -> Result<(), StoreError> {
         self.ix()?
             .counters

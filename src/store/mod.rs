@@ -52,7 +52,9 @@ pub use sidecars::SIDECAR_DIR;
 pub use bucket::{Bucket, BucketCounters, BucketOp};
 pub use shared::{BlobSource, SharedStore};
 pub use tier::{Staged, Staging};
-pub use variants::{Encoding, Made, Variant, VARIANT_DIR};
+pub use variants::{
+    keep_below, Adopted, Encoding, Made, Scratch, Variant, KEEP_BELOW_PERMILLE, VARIANT_DIR,
+};
 
 use index::{be_u64, COUNTER_BYTES, COUNTER_ENTRIES};
 

@@ -480,8 +480,10 @@ impl Store {
         Ok(())
     }
 
-    /// Empties every tree but the tombstones (still honoured) and re-indexes the manifests
-    /// (`cache rebuild-index`).
+    /// Empties the entry trees and the counters and re-indexes the manifests (`cache
+    /// rebuild-index`). The tombstones are still honoured; the records of compressed variants and
+    /// image layers are kept (their files are checked before they are served) and their bytes
+    /// counted again.
     pub fn rebuild_index(&self) -> Result<ReconcileReport, StoreError> {
         {
             let _guard = self.locked()?;
@@ -489,6 +491,8 @@ impl Store {
             for tree in ix.trees() {
                 tree.clear()?;
             }
+            self.recount_variant_bytes()?;
+            self.recount_layer_bytes()?;
             ix.db.flush()?;
         }
         self.reconcile()

@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::io;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,7 +19,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{EntryRecord, IngestError, Manifest, Store, StoreError};
+use super::{Encoding, EntryRecord, IngestError, Manifest, Store, StoreError};
 use crate::ids::{CacheKey, Digest};
 
 /// Why the shared store could not answer.
@@ -317,6 +318,46 @@ pub trait SharedStore: Send + Sync {
         _bytes: Vec<u8>,
     ) -> BoxFuture<'static, Result<bool, SharedError>> {
         Box::pin(async { Ok(true) })
+    }
+
+    /// Whether compressed variants are shared here (docs/compression.md, "With replicas"); the
+    /// calls below are made only when they are.
+    fn shares_variants(&self) -> bool {
+        false
+    }
+
+    /// Downloads the `enc` variant of `blob` into the existing file `dest` when the shared store
+    /// has one of fewer than `max` bytes; its size. Unchecked input: the caller decodes it and
+    /// checks it against the blob.
+    fn variant_get(
+        &self,
+        _blob: Digest,
+        _enc: Encoding,
+        _dest: PathBuf,
+        _max: u64,
+    ) -> BoxFuture<'static, Result<Option<u64>, SharedError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Shares the local variant file `local` of `size` bytes unless a variant of `blob` in `enc`
+    /// is shared already; whether this one was.
+    fn variant_put(
+        &self,
+        _blob: Digest,
+        _enc: Encoding,
+        _local: PathBuf,
+        _size: u64,
+    ) -> BoxFuture<'static, Result<bool, SharedError>> {
+        Box::pin(async { Ok(false) })
+    }
+
+    /// Deletes the shared `enc` variant of `blob` (it failed its check).
+    fn variant_delete(
+        &self,
+        _blob: Digest,
+        _enc: Encoding,
+    ) -> BoxFuture<'static, Result<(), SharedError>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Whether the token store lives here (docs/access.md, "With replicas"); the calls below

@@ -6,13 +6,16 @@
 //! again.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 
 use sha2::{Digest as _, Sha256};
 
 use super::scrub::open_nofollow;
-use super::variants::{decode_record, mark_whole, seen, verified_as, Encoding, VARIANT_DIR};
+use super::variants::{
+    decode_record, encode_record, keep_below, mark_whole, record_key, seen, verified_as, Encoding,
+    Hashing, Variant, VARIANT_DIR,
+};
 use super::{Store, StoreError};
 use crate::ids::Digest;
 
@@ -97,9 +100,12 @@ impl Store {
     /// Checks every variant not seen whole since this process started (at start, before any is
     /// served): a record whose blob is gone, or whose file is missing, damaged or
     /// of the wrong size, is dropped (and its blob's variants asked for again); a file under
-    /// `variants/` that no record names is deleted. Hashes every variant file: run it in the
-    /// background. Returns how many problems were put right.
-    pub fn check_variants(&self) -> Result<usize, StoreError> {
+    /// `variants/` that no record names is deleted, unless it decodes (`decode`) to a stored
+    /// binary that has no record of its coding: then it is that binary's variant again (a crash
+    /// between placing a variant and recording it, an index rebuilt from the manifests), kept
+    /// rather than made again. Hashes every variant file: run it in the background. Returns how
+    /// many problems were put right.
+    pub fn check_variants(&self, decode: Decode<'_>) -> Result<usize, StoreError> {
         let mut fixed = 0;
         let mut named = std::collections::HashSet::new();
         let records: Vec<_> = self.ix()?.variants.iter().collect::<Result<Vec<_>, _>>()?;
@@ -140,13 +146,86 @@ impl Store {
                 }
             }
         }
-        fixed += self.delete_unnamed_variant_files(&named)?;
+        fixed += self.delete_unnamed_variant_files(&named, decode)?;
         Ok(fixed)
+    }
+
+    /// Takes the unnamed variant file `path` back as the variant of the stored binary it decodes
+    /// to, when its name is its SHA-256 and that binary has no record of its coding; whether it
+    /// did.
+    fn readopt(&self, path: &std::path::Path, name: Digest, decode: Decode<'_>) -> bool {
+        let Ok(file) = open_nofollow(path) else {
+            return false;
+        };
+        let mut head = [0u8; 4];
+        let enc = match file.read_at(&mut head, 0) {
+            Ok(4) if head == [0x28, 0xb5, 0x2f, 0xfd] => Encoding::Zstd,
+            Ok(n) if n >= 2 && head[..2] == [0x1f, 0x8b] => Encoding::Gzip,
+            _ => return false,
+        };
+        let mut encoded = Hashing {
+            inner: io::BufReader::with_capacity(1024 * 1024, &file),
+            hasher: Sha256::new(),
+            count: 0,
+        };
+        let mut decoded = Hashing {
+            inner: io::sink(),
+            hasher: Sha256::new(),
+            count: 0,
+        };
+        if decode(enc, &mut encoded, &mut decoded).is_err()
+            || io::copy(&mut encoded, &mut io::sink()).map_or(true, |n| n != 0)
+            || Digest(encoded.hasher.finalize().into()) != name
+        {
+            return false;
+        }
+        let blob = Digest(decoded.hasher.finalize().into());
+        let size = encoded.count;
+        let Ok(_guard) = self.locked() else {
+            return false;
+        };
+        let adopted = (|| -> Result<bool, StoreError> {
+            let Some(record) = self.blob(&blob)? else {
+                return Ok(false);
+            };
+            if record.size != decoded.count
+                || size >= keep_below(record.size)
+                || self.ix()?.variants.contains_key(record_key(&blob, enc))?
+            {
+                return Ok(false);
+            }
+            let made = Some(Variant { digest: name, size });
+            self.ix()?
+                .variants
+                .insert(record_key(&blob, enc), encode_record(&made))?;
+            self.add_variant_bytes(i128::from(size))?;
+            self.flush()?;
+            if let Ok(m) = file.metadata() {
+                mark_whole(&name, seen(&m));
+            }
+            Ok(true)
+        })();
+        match adopted {
+            Ok(true) => {
+                log::info!(
+                    "the unrecorded file {} is the {} variant of {blob}: kept",
+                    path.display(),
+                    enc.as_str()
+                );
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                log::warn!("cannot record the variant file {}: {e}", path.display());
+                false
+            }
+        }
     }
 
     fn delete_unnamed_variant_files(
         &self,
         named: &std::collections::HashSet<Digest>,
+        decode: Decode<'_>,
     ) -> Result<usize, StoreError> {
         let root = self.root.join(VARIANT_DIR);
         let shards = match fs::read_dir(&root) {
@@ -164,6 +243,12 @@ impl Store {
                 let digest = name.to_str().and_then(Digest::from_hex);
                 if digest.is_some_and(|d| named.contains(&d)) {
                     continue;
+                }
+                if let Some(d) = digest {
+                    if self.readopt(&file.path(), d, decode) {
+                        deleted += 1;
+                        continue;
+                    }
                 }
                 // Checked again under the lock: a variant may have been placed since the list.
                 let _guard = self.locked()?;
@@ -184,6 +269,9 @@ impl Store {
         Ok(deleted)
     }
 }
+
+/// Decodes all of its input in a coding into its output (`crate::compress::decode`).
+pub type Decode<'a> = &'a dyn Fn(Encoding, &mut dyn Read, &mut dyn Write) -> io::Result<()>;
 
 /// SHA-256 of a whole file, read through `file` with `pread` (its position is left alone).
 /// `pace` is told of every chunk; when it answers false the hash stops with `Interrupted`.

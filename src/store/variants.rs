@@ -17,7 +17,7 @@ use std::sync::{LazyLock, Mutex};
 
 use sha2::{Digest as _, Sha256};
 
-use super::ingest::place;
+use super::ingest::{place, TempFile};
 use super::scrub::open_nofollow;
 use super::{RecordError, Store, StoreError};
 use crate::ids::Digest;
@@ -29,6 +29,16 @@ pub const VARIANT_DIR: &str = "variants/sha256";
 pub(super) const COUNTER_VARIANT_BYTES: &[u8] = b"variant_bytes";
 
 const RECORD_V1: u8 = 1;
+
+/// A variant is kept only when smaller than this share of its binary (in thousandths); a
+/// larger one saves too little to be worth its bytes, and is never served (SPEC: "smaller than
+/// 90 %").
+pub const KEEP_BELOW_PERMILLE: u64 = 900;
+
+/// The size below which a variant of a binary of `size` bytes is kept.
+pub fn keep_below(size: u64) -> u64 {
+    size / 1000 * KEEP_BELOW_PERMILLE + size % 1000 * KEEP_BELOW_PERMILLE / 1000
+}
 
 /// A content coding velox-cache makes variants in (RFC 9110 §8.4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,7 +78,7 @@ pub struct Variant {
 /// be worth a file (`None`), so that it is not tried again.
 type Recorded = Option<Variant>;
 
-fn encode_record(v: &Recorded) -> Vec<u8> {
+pub(super) fn encode_record(v: &Recorded) -> Vec<u8> {
     let mut out = vec![RECORD_V1];
     match v {
         None => out.push(0),
@@ -135,11 +145,31 @@ pub enum Made {
     SourceDamaged,
 }
 
+/// How taking in a variant made elsewhere ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adopted {
+    /// Checked, stored and recorded.
+    Stored(Variant),
+    /// Not the blob's variant, or not one worth keeping: why. Nothing kept.
+    Refused(String),
+    /// The blob left the store meanwhile: nothing kept.
+    BlobGone,
+}
+
+/// A file in the store's `tmp/`, deleted when dropped unless a variant was adopted from it.
+pub struct Scratch(TempFile);
+
+impl Scratch {
+    pub fn path(&self) -> &std::path::Path {
+        &self.0.path
+    }
+}
+
 /// Counts and hashes what passes through.
-struct Hashing<T> {
-    inner: T,
-    hasher: Sha256,
-    count: u64,
+pub(super) struct Hashing<T> {
+    pub(super) inner: T,
+    pub(super) hasher: Sha256,
+    pub(super) count: u64,
 }
 
 impl<T: Read> Read for Hashing<T> {
@@ -235,7 +265,23 @@ impl Store {
             .sum()
     }
 
-    fn add_variant_bytes(&self, delta: i128) -> Result<(), StoreError> {
+    /// Sets the count of variant bytes from the variant records (after `rebuild-index` cleared
+    /// the counters but kept the records).
+    pub(super) fn recount_variant_bytes(&self) -> Result<u64, StoreError> {
+        let ix = self.ix()?;
+        let mut total = 0u64;
+        for item in ix.variants.iter() {
+            let (_, v) = item?;
+            if let Ok(Some(variant)) = decode_record(&v) {
+                total = total.saturating_add(variant.size);
+            }
+        }
+        ix.counters
+            .insert(COUNTER_VARIANT_BYTES, &total.to_be_bytes())?;
+        Ok(total)
+    }
+
+    pub(super) fn add_variant_bytes(&self, delta: i128) -> Result<(), StoreError> {
         self.ix()?
             .counters
             .update_and_fetch(COUNTER_VARIANT_BYTES, |old| {
@@ -297,24 +343,96 @@ impl Store {
             file.sync_all()?;
         }
         drop(file);
+        let made = useful.then_some(Variant { digest, size });
+        self.record_variant(blob, enc, &mut tmp, made)
+    }
 
+    /// Takes in a variant made elsewhere (another replica's, from the bucket) that was written
+    /// into `scratch`: kept only when its bytes decode (`decode`) to exactly the blob's, hash
+    /// for hash and byte for byte, and it is smaller than `keep_below` of the blob. Blocks for as
+    /// long as decoding takes.
+    pub fn adopt_variant(
+        &self,
+        blob: &Digest,
+        enc: Encoding,
+        scratch: Scratch,
+        keep_below: impl FnOnce(u64) -> u64,
+        decode: impl FnOnce(&mut dyn Read, &mut dyn Write) -> io::Result<()>,
+    ) -> Result<Adopted, StoreError> {
+        let Scratch(mut tmp) = scratch;
+        let Some(record) = self.blob(blob)? else {
+            return Ok(Adopted::BlobGone);
+        };
+        let file = File::open(&tmp.path)?;
+        let mut input = Hashing {
+            inner: io::BufReader::with_capacity(1024 * 1024, &file),
+            hasher: Sha256::new(),
+            count: 0,
+        };
+        let mut decoded = Hashing {
+            inner: io::sink(),
+            hasher: Sha256::new(),
+            count: 0,
+        };
+        if let Err(e) = decode(&mut input, &mut decoded) {
+            return Ok(Adopted::Refused(format!("does not decode: {e}")));
+        }
+        // Whatever the decoder left unread belongs to the variant too (and must not be there).
+        let unread = io::copy(&mut input, &mut io::sink())?;
+        if unread != 0 {
+            return Ok(Adopted::Refused(format!(
+                "has {unread} bytes after its end"
+            )));
+        }
+        if decoded.count != record.size || Digest(decoded.hasher.finalize().into()) != *blob {
+            return Ok(Adopted::Refused(
+                "does not decode to the binary's bytes".into(),
+            ));
+        }
+        let (size, digest) = (input.count, Digest(input.hasher.finalize().into()));
+        if size >= keep_below(record.size) {
+            return Ok(Adopted::Refused(format!(
+                "has {size} bytes: too many for a variant of {} bytes",
+                record.size
+            )));
+        }
+        file.sync_all()?;
+        drop(file);
+        match self.record_variant(blob, enc, &mut tmp, Some(Variant { digest, size }))? {
+            Made::Stored(v) => Ok(Adopted::Stored(v)),
+            _ => Ok(Adopted::BlobGone),
+        }
+    }
+
+    /// A file in `tmp/` for a variant to be written into from elsewhere ([`Store::adopt_variant`]).
+    pub fn scratch(&self, enc: Encoding) -> io::Result<Scratch> {
+        let (tmp, _file) = self.temp_file(enc.as_str())?;
+        Ok(Scratch(tmp))
+    }
+
+    /// Records `made` (or that the encoding is not worth a file) as the `enc` variant of `blob`,
+    /// moving the file in `tmp` into place when there is one.
+    fn record_variant(
+        &self,
+        blob: &Digest,
+        enc: Encoding,
+        tmp: &mut TempFile,
+        made: Option<Variant>,
+    ) -> Result<Made, StoreError> {
         let _guard = self.locked()?;
         // The blob may have gone while it was encoded; its removal took the same lock.
         if self.blob(blob)?.is_none() {
             return Ok(Made::BlobGone);
         }
         let previous = self.recorded(blob, enc)?.flatten();
-        let made = if useful {
+        if let Some(Variant { digest, .. }) = made {
             let path = self.variant_path(&digest);
-            place(&mut tmp, &path)?;
+            place(tmp, &path)?;
             // Hashed as it was written: whole as of now (the rename changed its inode's time).
             if let Ok(m) = fs::symlink_metadata(&path) {
                 mark_whole(&digest, seen(&m));
             }
-            Some(Variant { digest, size })
-        } else {
-            None
-        };
+        }
         self.ix()?
             .variants
             .insert(record_key(blob, enc), encode_record(&made))?;

@@ -6,6 +6,8 @@
 //! <prefix>locks/<key>                   a build under way (lock.rs)
 //! <prefix>tombstones/<key>              a key deleted on some replica (tombstone.rs)
 //! <prefix>channels/<name>.json          a channel and its releases (channels.rs)
+//! <prefix>trust/ab/<digest>.<name>       a blob's signature and provenance (trust.rs)
+//! <prefix>variants/ab/<digest>.<coding>  a blob's compressed variants (variants.rs)
 //! ```
 //!
 //! Every request runs on the bucket's own small multi-threaded runtime: object_store's client
@@ -25,6 +27,7 @@ mod seam;
 mod tombstone;
 mod transfer;
 mod trust;
+mod variants;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -45,5 +45,7 @@ impl Bucket {
         }
         // Its signature and provenance speak for bytes that are no longer there.
         self.delete_trust(digest).await;
+        // Its variants encode them.
+        self.delete_variants(digest).await;
     }
 }

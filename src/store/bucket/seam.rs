@@ -16,7 +16,7 @@ use crate::store::shared::{
     Artifact, Claim, Elsewhere, Expect, Fill, RemoteBlob, SharedError, SharedHealth, SharedStore,
     Versioned,
 };
-use crate::store::{EntryRecord, Manifest, Store};
+use crate::store::{Encoding, EntryRecord, Manifest, Store};
 
 /// How long a presigned artifact URL stays valid.
 pub const PRESIGN_TTL: Duration = Duration::from_secs(3600);
@@ -294,6 +294,41 @@ impl SharedStore for Bucket {
     ) -> BoxFuture<'static, Result<bool, SharedError>> {
         let this = self.clone();
         self.run(async move { this.put_trust(digest, name, bytes).await })
+    }
+
+    fn shares_variants(&self) -> bool {
+        true
+    }
+
+    fn variant_get(
+        &self,
+        blob: Digest,
+        enc: Encoding,
+        dest: std::path::PathBuf,
+        max: u64,
+    ) -> BoxFuture<'static, Result<Option<u64>, SharedError>> {
+        let this = self.clone();
+        self.run(async move { this.get_variant(blob, enc, dest, max).await })
+    }
+
+    fn variant_put(
+        &self,
+        blob: Digest,
+        enc: Encoding,
+        local: std::path::PathBuf,
+        size: u64,
+    ) -> BoxFuture<'static, Result<bool, SharedError>> {
+        let this = self.clone();
+        self.run(async move { this.put_variant(blob, enc, local, size).await })
+    }
+
+    fn variant_delete(
+        &self,
+        blob: Digest,
+        enc: Encoding,
+    ) -> BoxFuture<'static, Result<(), SharedError>> {
+        let this = self.clone();
+        self.run(async move { this.delete_variant(blob, enc).await })
     }
 
     fn shares_auth(&self) -> bool {

@@ -62,7 +62,19 @@ impl Bucket {
             Attribute::Metadata(KEY_METADATA.into()),
             key.to_hex().into(),
         );
-        let file = Arc::new(std::fs::File::open(&staged_path)?);
+        self.upload_file(&path, staged_path, size, attributes).await
+    }
+
+    /// Uploads the local file `local` (`size` bytes) to `path` with `attributes`, replacing what
+    /// is there: one PUT up to `PART_SIZE`, a multipart upload above.
+    pub(super) async fn upload_file(
+        &self,
+        path: &object_store::path::Path,
+        local: std::path::PathBuf,
+        size: u64,
+        attributes: Attributes,
+    ) -> Result<(), SharedError> {
+        let file = Arc::new(std::fs::File::open(&local)?);
         let read = |offset: u64, len: usize| {
             let file = Arc::clone(&file);
             async move {
@@ -86,7 +98,7 @@ impl Bucket {
             return match self
                 .counted(
                     BucketOp::BlobPut,
-                    self.0.s3.put_opts(&path, PutPayload::from(bytes), opts),
+                    self.0.s3.put_opts(path, PutPayload::from(bytes), opts),
                 )
                 .await?
             {
@@ -102,7 +114,7 @@ impl Bucket {
             .counted(
                 BucketOp::BlobPut,
                 self.0.s3.put_multipart_opts(
-                    &path,
+                    path,
                     PutMultipartOptions {
                         attributes,
                         ..Default::default()

@@ -15,7 +15,11 @@ use std::time::Instant;
 
 use crate::ids::Digest;
 use crate::metrics::Metrics;
+use crate::store::shared::SharedStore;
 use crate::store::{Encoding, Made, Store};
+
+mod replicas;
+use replicas::{fetched, share};
 
 /// zstd's window: 2^23 = 8 MiB, the most RFC 9659 lets a `Content-Encoding: zstd` sender use.
 pub const ZSTD_WINDOW_LOG: u32 = 23;
@@ -25,19 +29,11 @@ pub const ZSTD_WINDOW_LOG: u32 = 23;
 /// zstd, which does better either way.
 const GZIP_LEVEL: u32 = 6;
 
-/// A variant is kept only when smaller than this share of its binary (in thousandths); a
-/// larger one saves too little to be worth its bytes, and is never served (SPEC: "smaller than
-/// 90 %").
-pub const KEEP_BELOW_PERMILLE: u64 = 900;
+pub use crate::store::{keep_below, KEEP_BELOW_PERMILLE};
 
 /// Bytes compressed first, quickly, to see whether a binary compresses at all: random or
 /// already-compressed bytes are then recorded as not worth a variant without a slow pass.
 const PROBE_BYTES: usize = 1024 * 1024;
-
-/// The size below which a variant of a binary of `size` bytes is kept.
-pub fn keep_below(size: u64) -> u64 {
-    size / 1000 * KEEP_BELOW_PERMILLE + size % 1000 * KEEP_BELOW_PERMILLE / 1000
-}
 
 struct Queue {
     order: VecDeque<Digest>,
@@ -49,6 +45,9 @@ struct Shared {
     wake: Condvar,
     stop: AtomicBool,
     metrics: Arc<Metrics>,
+    /// The bucket, with replicas: variants are taken from it before they are made, and shared
+    /// through it once made.
+    shared: Option<Arc<dyn SharedStore>>,
 }
 
 impl Shared {
@@ -98,7 +97,13 @@ pub struct Compressor {
 impl Compressor {
     /// Starts the compressor for `store`: registers it for new blobs, then, on its own thread,
     /// checks the variants already stored, queues the blobs missing one, and works the queue.
-    pub fn start(store: Arc<Store>, zstd_level: i32, metrics: Arc<Metrics>) -> Compressor {
+    /// `shared`: what replicas share, when it shares variants.
+    pub fn start(
+        store: Arc<Store>,
+        zstd_level: i32,
+        metrics: Arc<Metrics>,
+        shared: Option<Arc<dyn SharedStore>>,
+    ) -> Compressor {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 order: VecDeque::new(),
@@ -107,6 +112,7 @@ impl Compressor {
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             metrics,
+            shared: shared.filter(|s| s.shares_variants()),
         });
         let hook = Arc::downgrade(&shared);
         store.on_variants_wanted(move |digest| {
@@ -165,7 +171,7 @@ impl Compressor {
 /// missing a variant is queued.
 fn catch_up(store: &Store, shared: &Shared) {
     let started = Instant::now();
-    match store.check_variants() {
+    match store.check_variants(&decode) {
         Ok(0) => {}
         Ok(n) => log::warn!("compression: {n} variants were missing, damaged or unused"),
         Err(e) => log::error!("compression: cannot check the stored variants: {e}"),
@@ -275,6 +281,9 @@ fn compress_blob(store: &Store, shared: &Shared, digest: &Digest, zstd_level: i3
             return;
         }
         let started = Instant::now();
+        if fetched(store, shared, digest, enc, started) {
+            continue;
+        }
         let stop = &shared.stop;
         let made = store.make_variant(digest, enc, keep_below, |input, output, size| {
             let mut input = Stoppable { inner: input, stop };
@@ -301,6 +310,7 @@ fn compress_blob(store: &Store, shared: &Shared, digest: &Digest, zstd_level: i3
                     took.as_secs_f64(),
                     v.size
                 );
+                share(store, shared, digest, enc, v);
             }
             Ok(Made::Useless) => {
                 c.made(enc.as_str(), "useless", took);
@@ -325,6 +335,31 @@ fn compress_blob(store: &Store, shared: &Shared, digest: &Digest, zstd_level: i3
                     enc.as_str()
                 );
             }
+        }
+    }
+}
+
+/// Decodes all of `input` (`enc`-encoded) into `output`, as strictly as a browser: zstd frames
+/// with a window of at most 8 MiB and their checksums, one gzip member; nothing after the end.
+pub fn decode(enc: Encoding, input: &mut dyn Read, output: &mut dyn Write) -> io::Result<()> {
+    match enc {
+        Encoding::Zstd => {
+            let mut d = zstd::stream::read::Decoder::new(input)?;
+            d.window_log_max(ZSTD_WINDOW_LOG)?;
+            copy(&mut d, output)
+        }
+        Encoding::Gzip => {
+            let mut d = flate2::bufread::GzDecoder::new(io::BufReader::new(input));
+            copy(&mut d, output)?;
+            let mut rest = d.into_inner();
+            let mut byte = [0u8; 1];
+            if rest.read(&mut byte)? != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "bytes after the gzip member",
+                ));
+            }
+            Ok(())
         }
     }
 }
@@ -406,5 +441,60 @@ mod tests {
         assert_eq!(keep_below(1000), 900);
         assert_eq!(keep_below(10), 9);
         assert!(keep_below(u64::MAX) > u64::MAX / 10 * 8, "no overflow");
+    }
+
+    /// What a replica takes from the bucket is decoded as strictly as a browser would: what
+    /// velox-cache makes decodes; a larger zstd window, bytes after the end, a truncated or
+    /// damaged stream do not.
+    #[test]
+    fn decoding_is_as_strict_as_a_browser() {
+        let data: Vec<u8> = (0..12_000_000u32)
+            .map(|i| (i % 7 + i / 4096 % 5) as u8)
+            .collect();
+        for enc in Encoding::ALL {
+            let mut encoded = Vec::new();
+            encode(
+                enc,
+                &mut data.as_slice(),
+                &mut encoded,
+                data.len() as u64,
+                3,
+            )
+            .expect("encode");
+            let mut out = Vec::new();
+            decode(enc, &mut encoded.as_slice(), &mut out).expect("decodes");
+            assert_eq!(out, data, "{enc:?}");
+
+            let mut trailing = encoded.clone();
+            trailing.extend_from_slice(b"trailing garbage");
+            assert!(
+                decode(enc, &mut trailing.as_slice(), &mut io::sink()).is_err(),
+                "{enc:?}: bytes after the end"
+            );
+            let truncated = &encoded[..encoded.len() - 10];
+            assert!(
+                decode(enc, &mut &truncated[..], &mut io::sink()).is_err(),
+                "{enc:?}: truncated"
+            );
+            let mut flipped = encoded.clone();
+            let at = flipped.len() / 2;
+            flipped[at] ^= 0x55;
+            let mut out = Vec::new();
+            let r = decode(enc, &mut flipped.as_slice(), &mut out);
+            assert!(
+                r.is_err() || out != data,
+                "{enc:?}: a flipped byte went unnoticed"
+            );
+        }
+        // A zstd frame with a 16 MiB window (what level 19 picks for a large input without the
+        // limit) is refused, as browsers refuse it.
+        let mut wide = Vec::new();
+        let mut e = zstd::stream::write::Encoder::new(&mut wide, 3).expect("encoder");
+        e.window_log(24).expect("window");
+        e.set_pledged_src_size(Some(data.len() as u64))
+            .expect("size");
+        e.write_all(&data).expect("write");
+        e.finish().expect("finish");
+        assert!(decode(Encoding::Zstd, &mut wide.as_slice(), &mut io::sink()).is_err());
     }
 }
