@@ -100,7 +100,7 @@ async fn list(
 async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let totals = state.store.totals().map_err(storage)?;
     let m = &state.metrics;
-    let hits = m.hits.load(Ordering::Relaxed);
+    let hits = m.hits.get();
     let misses = m.misses.load(Ordering::Relaxed);
     let c = &state.config.cache;
     let ratio = if hits + misses == 0 {

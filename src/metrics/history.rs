@@ -25,7 +25,7 @@ struct Counts {
 impl Counts {
     fn read(m: &Metrics) -> Counts {
         Counts {
-            hits: m.hits.load(Relaxed),
+            hits: m.hits.get(),
             misses: m.misses.load(Relaxed),
             bytes: m.download_bytes.load(Relaxed),
         }
@@ -159,7 +159,7 @@ mod tests {
         let h = History::default();
         let t0 = 1_000 * MINUTE_MS;
         h.sample(&m, t0);
-        m.hits.fetch_add(3, Relaxed);
+        m.hits.add(3);
         m.download_bytes.fetch_add(100, Relaxed);
         h.sample(&m, t0 + 1_000);
         m.misses.fetch_add(1, Relaxed);
@@ -172,7 +172,7 @@ mod tests {
         assert_eq!(minutes[2]["misses"], 1);
         assert_eq!(v["hit_ratio"], 0.75);
         // Two hours later: the hour before is gone, the gap is not filled past an hour.
-        m.hits.fetch_add(1, Relaxed);
+        m.hits.add(1);
         let v = h.json(&m, t0 + 120 * MINUTE_MS);
         let minutes = v["minutes"].as_array().expect("minutes");
         assert!(minutes.len() <= MINUTES);

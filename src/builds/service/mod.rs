@@ -219,7 +219,7 @@ impl BuildService {
                 return Ok(Hit::Stale);
             }
         }
-        self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+        self.metrics.hits.add(1);
         let modified = manifest.created();
         remote.fill = Some(Fill {
             key: *key,
@@ -532,7 +532,7 @@ impl BuildService {
     /// Counts a hit: in the metrics, and in the store's batch of access statistics (written at
     /// once when `cache.access_update_interval` is 0).
     fn hit(&self, key: &CacheKey) {
-        self.metrics.hits.fetch_add(1, Ordering::Relaxed);
+        self.metrics.hits.add(1);
         self.store.note_hit(key);
         if self.config.cache.access_update_interval.is_zero() {
             let store = Arc::clone(&self.store);
