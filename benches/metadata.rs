@@ -9,6 +9,9 @@
 //! VELOX_BENCH_POLICY_ORDER=fifo,lfu,lru cargo bench --bench metadata   # policies in that order
 //! VELOX_BENCH_SNAPSHOT_WRITES=0 cargo bench --bench metadata   # no snapshot while populating
 //! ```
+//!
+//! The entries are written by a child process (the benchmark re-executed), killed with SIGKILL
+//! once they are: the first open after that is the first open after a crash.
 
 use std::time::{Duration, Instant};
 
@@ -48,19 +51,14 @@ fn report(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n: u64 = std::env::var("VELOX_BENCH_ENTRIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let dir = tempfile::tempdir()?;
-    let root = dir.path().join("data");
+/// The child's half of the crash figure: populates `root` with `n` entries as the server indexes
+/// them (snapshotting while running as `cache.index_snapshot_writes` says), prints `populated`,
+/// and waits, index open, for the SIGKILL.
+fn populate_and_wait(root: &std::path::Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
     let base = 1_700_000_000_000;
-    println!("metadata benchmark, {n} entries, in {}", root.display());
-
-    let store = Store::open(&root)?;
+    let store = Store::open(root)?;
     // As the server does once a second when `cache.index_snapshot_writes` is set (docs/storage.md,
-    // "Snapshots while running"; off by default); here every 100,000 writes, about once per chunk.
+    // "Snapshots while running"); here every 100,000 writes, about once per chunk.
     // `VELOX_BENCH_SNAPSHOT_WRITES=0` turns it off (the crash-open figure then replays every
     // write).
     let snapshot_after = std::env::var("VELOX_BENCH_SNAPSHOT_WRITES")
@@ -96,27 +94,61 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let on_disk: u64 = walk_size(&root.join("meta"));
     println!("sled size on disk: {:.1} MiB", on_disk as f64 / 1048576.0);
-    drop(store);
-
-    // What a crash leaves: the million writes in sled's log, no snapshot since. Kept aside in a
-    // copy, opened last.
-    let crashed = dir.path().join("crashed");
-    copy_dir(&root, &crashed)?;
-    // `VELOX_BENCH_KEEP_CRASHED=/path`: one more copy of the crashed state, kept, for a profile of
-    // the replay (`perf record velox-cache cache stats --data-dir /path`).
-    if let Some(keep) = std::env::var_os("VELOX_BENCH_KEEP_CRASHED") {
-        copy_dir(&crashed, std::path::Path::new(&keep))?;
+    println!("populated");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
     }
+}
 
-    // What `serve` does after a graceful stop: open the index once more and close it, which has
-    // sled replay its log and write a snapshot.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let n: u64 = std::env::var("VELOX_BENCH_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    if let Some(root) = std::env::var_os("VELOX_BENCH_POPULATE_INTO") {
+        return populate_and_wait(std::path::Path::new(&root), n);
+    }
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("data");
+    println!("metadata benchmark, {n} entries, in {}", root.display());
+
+    // A crash: the entries are written by a child process (this benchmark again), killed with
+    // SIGKILL once they are, its index still open: no flush at close, no snapshot at close.
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .env("VELOX_BENCH_POPULATE_INTO", &root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let mut populated = false;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+        let line = line?;
+        if line == "populated" {
+            populated = true;
+            break;
+        }
+        println!("{line}");
+    }
+    child.kill()?;
+    child.wait()?;
+    if !populated {
+        return Err("the populating process ended early".into());
+    }
+    // `VELOX_BENCH_KEEP_CRASHED=/path`: a copy of the crashed state, kept, for a profile of the
+    // open (`perf record velox-cache cache stats --data-dir /path`).
+    if let Some(keep) = std::env::var_os("VELOX_BENCH_KEEP_CRASHED") {
+        copy_dir(&root, std::path::Path::new(&keep))?;
+    }
     let t = Instant::now();
     drop(Store::open(&root)?);
     println!(
-        "graceful stop: index snapshot written in {:?} (the replay, paid at stop)",
+        "first open after the SIGKILL (replays the writes since the last snapshot): {:?}",
         t.elapsed()
     );
 
+    // That open wrote a snapshot, as `serve` does after a graceful stop (it opens the index once
+    // more and closes it): the opens from here are a start after a graceful stop.
     let mut opens = Vec::new();
     let mut store = None;
     for _ in 0..5 {
@@ -135,13 +167,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "open after a graceful stop (sled open + first/last of every tree)",
         opens,
     );
-    let t = Instant::now();
-    drop(Store::open(&crashed)?);
-    println!(
-        "first open after a crash (replays the writes since the last snapshot): {:?}",
-        t.elapsed()
-    );
-    std::fs::remove_dir_all(&crashed)?;
 
     // The hit decision: canonical key of a parsed request, then the sled lookup.
     let body = br#"{"request_id":"b66d5617-64dd-419b-a68b-b002938320ab","target_platform":{"os":"linux","arch":"amd64"},"rr_version":"v2025.1.2","plugins":[{"module_name":"github.com/roadrunner-server/http/v5","tag":"v5.2.7"},{"module_name":"github.com/roadrunner-server/grpc/v5","tag":"v5.1.0"},{"module_name":"github.com/roadrunner-server/logger/v5","tag":"v5.1.0"}]}"#;
