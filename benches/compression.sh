@@ -31,6 +31,8 @@ metric() { curl -s "http://127.0.0.1:$AP/metrics" | awk -v m="$1" 'index($0, m" 
 serve() {
   local binary=$1 name=$2
   VP=$(port); PP=$(port); AP=$(port)
+  # The artifact root must exist when velox-cache starts (it checks): not left to the stand-in.
+  mkdir -p "$work/$name-out"
   "$TARGET/release/examples/fake_velox" "127.0.0.1:$VP" "$work/$name-out" 10ms "$binary" >"$work/$name-fv.log" 2>&1 &
   pids+=($!)
   RUST_LOG=info "$TARGET/release/velox-cache" serve --listen "127.0.0.1:$PP" --admin-listen "127.0.0.1:$AP" \
@@ -41,7 +43,7 @@ serve() {
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$AP/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   printf '{"request_id":"b66d5617-64dd-419b-a68b-b002938320ab","target_platform":{"os":"linux","arch":"amd64"},"rr_version":"v2025.1.2","plugins":[{"module_name":"github.com/roadrunner-server/http/v5","tag":"v5.2.7"}]}' >"$work/req.json"
   curl -sS --data @"$work/req.json" -H 'content-type: application/json' -o "$work/$name-first" "http://127.0.0.1:$PP/_velox/v1/builds" \
-    || { echo "the build failed" >&2; tail -20 "$work/$name-vc.log" "$work/$name-fv.log" >&2; exit 1; }
+    || { echo "the build failed" >&2; tail -n 20 "$work/$name-vc.log" "$work/$name-fv.log" >&2; exit 1; }
   digest=$(sha256sum <"$work/$name-first" | cut -c1-64)
   for _ in $(seq 1200); do
     z=$(metric 'velox_cache_compressions_total{encoding="zstd",outcome="stored"}')
