@@ -222,10 +222,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             assert_eq!(gone.len(), 1);
         }
         report(&format!("{policy:?}: find the victim"), find);
+        // Where the slow ones fall (the first after the reopens, or spread out: BENCHMARKS.md,
+        // "Three runs on a quiet machine", asks which).
+        let slow: Vec<String> = evict
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d > Duration::from_millis(1))
+            .map(|(i, d)| format!("#{i} {d:?}"))
+            .collect();
         report(
             &format!("{policy:?}: find and evict one victim (one transaction + flush)"),
             evict,
         );
+        println!("{policy:?}: evictions over 1 ms: [{}]", slow.join(", "));
     }
 
     // Hits: a hot set of 10,000 keys, counted in memory and written every 5 s worth of traffic.

@@ -1,8 +1,9 @@
 //! The image layer: a gzip'd tar of `usr/`, `usr/bin/` and `usr/bin/rr`, made deterministically
 //! (fixed order, mtimes, owners and modes; no gzip timestamp or file name) so that the same binary
 //! gives the same bytes on every run of the same build. The deflate bytes still depend on the
-//! compressor's version and backend, so a layer is made once per binary and kept (and shared
-//! through the bucket), never made again and expected to match.
+//! compressor's version and backend, so a layer is made once per binary and kept, never made
+//! again and expected to match. Replicas each make their own (docs/images.md): the same build of
+//! velox-cache makes the same bytes; the layer is not uploaded to the bucket.
 
 use std::io::{self, Read, Write};
 
