@@ -13,8 +13,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::scrub::open_nofollow;
 use super::variants::{
-    decode_record, encode_record, keep_below, mark_whole, record_key, seen, verified_as, Encoding,
-    Hashing, Variant, VARIANT_DIR,
+    decode_hashed, decode_record, encode_record, keep_below, mark_whole, record_key, seen,
+    verified_as, Encoding, Variant, VARIANT_DIR,
 };
 use super::{Store, StoreError};
 use crate::ids::Digest;
@@ -163,24 +163,11 @@ impl Store {
             Ok(n) if n >= 2 && head[..2] == [0x1f, 0x8b] => Encoding::Gzip,
             _ => return false,
         };
-        let mut encoded = Hashing {
-            inner: io::BufReader::with_capacity(1024 * 1024, &file),
-            hasher: Sha256::new(),
-            count: 0,
+        let found = match decode_hashed(&file, |input, output| decode(enc, input, output)) {
+            Ok(Ok(found)) if found.encoded.digest == name => found,
+            _ => return false,
         };
-        let mut decoded = Hashing {
-            inner: io::sink(),
-            hasher: Sha256::new(),
-            count: 0,
-        };
-        if decode(enc, &mut encoded, &mut decoded).is_err()
-            || io::copy(&mut encoded, &mut io::sink()).map_or(true, |n| n != 0)
-            || Digest(encoded.hasher.finalize().into()) != name
-        {
-            return false;
-        }
-        let blob = Digest(decoded.hasher.finalize().into());
-        let size = encoded.count;
+        let (blob, size) = (found.decoded, found.encoded.size);
         let Ok(_guard) = self.locked() else {
             return false;
         };
@@ -188,7 +175,7 @@ impl Store {
             let Some(record) = self.blob(&blob)? else {
                 return Ok(false);
             };
-            if record.size != decoded.count
+            if record.size != found.decoded_size
                 || size >= keep_below(record.size)
                 || self.ix()?.variants.contains_key(record_key(&blob, enc))?
             {

@@ -156,6 +156,49 @@ pub enum Adopted {
     BlobGone,
 }
 
+/// What reading a variant file whole through its decoder found.
+pub(super) struct Decoded {
+    /// The file's own bytes: their digest and length.
+    pub(super) encoded: Variant,
+    /// The decoded bytes' digest and length.
+    pub(super) decoded: Digest,
+    pub(super) decoded_size: u64,
+}
+
+/// Reads `file` whole through `decode`, hashing what goes in and what comes out. `Ok(Err(why))`
+/// when it does not decode, or has bytes after the end of what decodes.
+pub(super) fn decode_hashed(
+    file: &File,
+    decode: impl FnOnce(&mut dyn Read, &mut dyn Write) -> io::Result<()>,
+) -> io::Result<Result<Decoded, String>> {
+    let mut input = Hashing {
+        inner: io::BufReader::with_capacity(1024 * 1024, file),
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    let mut decoded = Hashing {
+        inner: io::sink(),
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    if let Err(e) = decode(&mut input, &mut decoded) {
+        return Ok(Err(format!("does not decode: {e}")));
+    }
+    // Whatever the decoder left unread belongs to the variant too (and must not be there).
+    let unread = io::copy(&mut input, &mut io::sink())?;
+    if unread != 0 {
+        return Ok(Err(format!("has {unread} bytes after its end")));
+    }
+    Ok(Ok(Decoded {
+        encoded: Variant {
+            digest: Digest(input.hasher.finalize().into()),
+            size: input.count,
+        },
+        decoded: Digest(decoded.hasher.finalize().into()),
+        decoded_size: decoded.count,
+    }))
+}
+
 /// A file in the store's `tmp/`, deleted when dropped unless a variant was adopted from it.
 pub struct Scratch(TempFile);
 
@@ -364,32 +407,16 @@ impl Store {
             return Ok(Adopted::BlobGone);
         };
         let file = File::open(&tmp.path)?;
-        let mut input = Hashing {
-            inner: io::BufReader::with_capacity(1024 * 1024, &file),
-            hasher: Sha256::new(),
-            count: 0,
+        let found = match decode_hashed(&file, decode)? {
+            Ok(found) => found,
+            Err(why) => return Ok(Adopted::Refused(why)),
         };
-        let mut decoded = Hashing {
-            inner: io::sink(),
-            hasher: Sha256::new(),
-            count: 0,
-        };
-        if let Err(e) = decode(&mut input, &mut decoded) {
-            return Ok(Adopted::Refused(format!("does not decode: {e}")));
-        }
-        // Whatever the decoder left unread belongs to the variant too (and must not be there).
-        let unread = io::copy(&mut input, &mut io::sink())?;
-        if unread != 0 {
-            return Ok(Adopted::Refused(format!(
-                "has {unread} bytes after its end"
-            )));
-        }
-        if decoded.count != record.size || Digest(decoded.hasher.finalize().into()) != *blob {
+        if found.decoded_size != record.size || found.decoded != *blob {
             return Ok(Adopted::Refused(
                 "does not decode to the binary's bytes".into(),
             ));
         }
-        let (size, digest) = (input.count, Digest(input.hasher.finalize().into()));
+        let Variant { digest, size } = found.encoded;
         if size >= keep_below(record.size) {
             return Ok(Adopted::Refused(format!(
                 "has {size} bytes: too many for a variant of {} bytes",
