@@ -186,6 +186,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         decide,
     );
 
+    // The gigabytes written above (populate, the snapshots) are written back by the kernel
+    // first, so that the evictions' flushes do not queue behind them (BENCHMARKS.md, "Where the
+    // slow evictions fall"); `VELOX_BENCH_NO_SYNC=1` leaves them.
+    if std::env::var_os("VELOX_BENCH_NO_SYNC").is_none() {
+        let t = Instant::now();
+        std::process::Command::new("sync").status()?;
+        println!("sync before the evictions: {:?}", t.elapsed());
+    }
+
     // `VELOX_BENCH_POLICY_ORDER=fifo,lfu,lru` measures the policies in another order (the first
     // one measured after the reopens pays for pages sled has not cached yet).
     let order = std::env::var("VELOX_BENCH_POLICY_ORDER").unwrap_or_else(|_| "lru,lfu,fifo".into());
