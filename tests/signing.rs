@@ -499,7 +499,7 @@ env = json.load(open(sys.argv[1]))
 pub_lines = [l for l in open(sys.argv[2]).read().splitlines() if l.strip()]
 raw = base64.b64decode(pub_lines[-1])
 assert len(raw) == 42 and raw[:2] == b"Ed", "not an Ed25519 minisign key"
-key_id = "%016X" % int.from_bytes(raw[2:10], "little")
+key_id = "%X" % int.from_bytes(raw[2:10], "little")
 key = Ed25519PublicKey.from_public_bytes(raw[10:42])
 
 payload_type = env["payloadType"].encode()
@@ -573,4 +573,25 @@ fn a_dsse_envelope_verifies_in_python_with_the_key_from_the_minisign_pub() {
     let other = SigningKey::generate().expect("generate");
     let out = python_verify(&env, &other.public(), dir.path());
     assert!(!out.status.success(), "{}", text(&out));
+}
+
+/// Minisign prints a key id without leading zeros ("%" PRIX64), and the envelope's `keyid` is
+/// that same text: a verifier that pads it to 16 digits finds no signature for one key in 16.
+/// CI once drew such a key; this draws one on purpose.
+#[test]
+fn a_dsse_keyid_with_a_leading_zero_nibble_matches_what_minisign_prints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = (0..2000)
+        .map(|_| SigningKey::generate().expect("generate"))
+        .find(|k| k.key_id().len() < 16)
+        .expect("one key in 16 has an id below 0x1000000000000000");
+    let body = serde_json::to_vec(&provenance::statement(&sample())).expect("json");
+    let env = dsse::envelope(IN_TOTO_PAYLOAD_TYPE, &body, &key);
+    assert_eq!(env["signatures"][0]["keyid"], json!(key.key_id()));
+    assert!(key.public().file().starts_with(&format!(
+        "untrusted comment: minisign public key {}\n",
+        key.key_id()
+    )));
+    let out = python_verify(&env, &key.public(), dir.path());
+    assert!(out.status.success(), "{}", text(&out));
 }
