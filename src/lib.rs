@@ -19,6 +19,7 @@ pub mod oci;
 pub mod preflight;
 pub(crate) mod redact;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub(crate) mod tls;
 pub mod trust;

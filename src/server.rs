@@ -77,6 +77,8 @@ fn write_index_snapshot(data_dir: &std::path::Path) {
 }
 
 async fn serve(config: Config) -> Result<(), ServeError> {
+    // Before anything else: a signal during the start is acted on once the server runs.
+    let (stop_signal, hangup) = crate::signals::watch();
     let open_files = raise_open_file_limit();
     let workers = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
     let (max_conns, per_worker) = public_connections(config.max_connections, open_files, workers);
@@ -123,6 +125,9 @@ async fn serve(config: Config) -> Result<(), ServeError> {
         ),
         _ => None,
     };
+    if let Some(w) = &webhook {
+        w.spool_in(&config.data_dir.join("webhooks"));
+    }
     let channels = Arc::new(Channels::new(
         Arc::clone(&store),
         Arc::clone(&builds),
@@ -404,7 +409,8 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     actix_web::rt::spawn(
         Arc::clone(&auth).run_refresh(config.auth.refresh, prebuilds_stop.clone()),
     );
-    actix_web::rt::spawn(reopen_audit_on_hangup(Arc::clone(&auth)));
+    let audit = Arc::clone(&auth);
+    actix_web::rt::spawn(hangup.each(move || audit.audit.reopen()));
     actix_web::rt::spawn(
         Arc::clone(&channels).run_refresh(config.storage.s3.tombstone_poll(), prebuilds_stop),
     );
@@ -414,7 +420,7 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     let registry = registry.map(|r| r.run());
     let registry_handle = registry.as_ref().map(|r| r.handle());
     actix_web::rt::spawn(async move {
-        wait_for_signal().await;
+        stop_signal.received().await;
         log::info!("stopping: no new connections; open downloads get {DRAIN_SECS}s");
         let registry_stop = async {
             if let Some(h) = registry_handle {
@@ -440,6 +446,9 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     if let Some(compressor) = compressor {
         let _ = actix_web::rt::task::spawn_blocking(move || compressor.stop()).await;
     }
+    // Evicted entries' files still waiting (docs/storage.md, "Limits and eviction"); a failure
+    // is logged there, and the next start's pass finds each victim whole or tombstoned.
+    let _ = store.reap_evictions();
     // The last batch of access statistics, then everything to disk.
     if let Err(e) = store.write_pending_hits() {
         log::error!("cannot write the last access statistics: {e}");
@@ -451,37 +460,6 @@ async fn serve(config: Config) -> Result<(), ServeError> {
     flushed?;
     log::info!("stopped");
     Ok(())
-}
-
-/// Reopens the audit log on every SIGHUP (logrotate moves the file, then signals).
-async fn reopen_audit_on_hangup(auth: Arc<crate::auth::Auth>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(hup) => hup,
-        Err(e) => {
-            log::error!("cannot watch SIGHUP: the audit log is never reopened: {e}");
-            return;
-        }
-    };
-    while hup.recv().await.is_some() {
-        auth.audit.reopen();
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            log::error!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// The client for the Go module proxy: redirects followed (proxies redirect to their storage), no

@@ -174,7 +174,39 @@ async fn sigterm_lets_a_download_finish() {
         .expect("the download finished");
     assert_eq!(body, miss.body);
     let mut server = server;
-    assert!(server.wait_exit(Duration::from_secs(40)).success());
+    server.wait_success(Duration::from_secs(40));
+}
+
+/// A SIGTERM (or SIGHUP) that arrives the moment the listeners are up, before the server has
+/// settled (a pod deleted while it starts, logrotate's SIGHUP at a bad time), is acted on once
+/// the server runs: a graceful stop with status 0, never the signal's default action (death).
+#[actix_web::test]
+async fn a_signal_the_moment_the_listeners_are_up_is_handled_not_fatal() {
+    let mut h = Harness::start();
+    let mut opts = h.opts.clone();
+    let _ = h.take().terminate();
+    for round in 0..4 {
+        let mut server = Server::start(&opts);
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(server.pid(), libc::SIGTERM);
+        }
+        server.wait_success(Duration::from_secs(40));
+        assert!(server.log_text().contains("stopped"), "round {round}");
+    }
+    opts.data_dir = h.tmp.path().join("data-hup");
+    let mut server = Server::start(&opts);
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(server.pid(), libc::SIGHUP);
+    }
+    assert_eq!(get(&server.admin_url("/healthz"), &[]).await.status, 200);
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(server.pid(), libc::SIGTERM);
+    }
+    // Dead of the SIGHUP, it would have ended with "signal: 1".
+    server.wait_success(Duration::from_secs(40));
 }
 
 #[actix_web::test]

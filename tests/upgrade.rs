@@ -81,7 +81,7 @@ async fn a_data_dir_written_by_0_1_0_is_served_as_it_is() {
     unsafe {
         libc::kill(server.pid(), libc::SIGTERM);
     }
-    assert!(server.wait_exit(Duration::from_secs(40)).success());
+    server.wait_success(Duration::from_secs(40));
     let dd = data.display().to_string();
     let (code, out, err) = run(&["cache", "verify", "--data-dir", &dd], &[]);
     assert_eq!(code, 0, "{out}{err}");

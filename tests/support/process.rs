@@ -269,6 +269,18 @@ impl Process {
         }
     }
 
+    /// [`Self::wait_exit`] for an exit with status 0: anything else fails the test with the
+    /// status and the process's log.
+    pub fn wait_success(&mut self, within: Duration) {
+        let status = self.wait_exit(within);
+        assert!(
+            status.success(),
+            "{} ended with {status}; its log:\n{}",
+            self.name,
+            self.log_text()
+        );
+    }
+
     /// SIGKILL (to the whole group, for a group), then reaps it.
     pub fn kill(&mut self) {
         if self.exited.is_none() {
