@@ -25,7 +25,7 @@
 //!
 //! # Guarantees
 //!
-//! - **At least once, while the process runs.** An event is retried until the receiver answers
+//! - **At least once.** An event is retried until the receiver answers
 //!   any `2xx`; anything else (another status, a redirect, which is not followed, a connection
 //!   error, no answer within the attempt timeout of 10 s) is retried. A receiver may therefore
 //!   see an event twice (its answer lost on the way back): de-duplicate on `webhook-id`.
@@ -39,8 +39,9 @@
 //! - **Not ordered.** Each event is delivered by its own task, concurrently with the others: a
 //!   retried event arrives after later ones. Order by the body's `timestamp`.
 //! - **Never in the caller's way.** [`Webhook::send`] queues and returns; the deliveries run on
-//!   a thread of their own (`velox-webhook`) with its own actix system. Pending events live in
-//!   memory only: the ones not yet delivered when the process stops are lost.
+//!   a thread of their own (`velox-webhook`) with its own actix system.
+//! - **Across restarts**, once [`Webhook::spool_in`] names a folder ([`spool`]): each event is
+//!   kept there until it is delivered or given up, and the next start sends the ones left.
 //!
 //! The secret is kept only as a `ring` HMAC key: it is never logged, and `Debug` shows the URL
 //! (its credentials masked) and nothing else.
@@ -57,6 +58,7 @@ use tokio::sync::mpsc;
 use crate::redact;
 
 mod signature;
+mod spool;
 mod target;
 
 use signature::sign_with;
@@ -129,6 +131,8 @@ struct Event {
 
 struct Inner {
     tx: mpsc::UnboundedSender<Event>,
+    /// Where pending events are kept, once [`Webhook::spool_in`] said so.
+    spool: Arc<std::sync::OnceLock<spool::Spool>>,
     pending: Arc<AtomicUsize>,
     max_pending: usize,
     stats: Arc<WebhookStats>,
@@ -176,6 +180,7 @@ impl Webhook {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &parse_secret(secret)?);
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
+        let spool = Arc::new(std::sync::OnceLock::new());
         let shown_url = redact::url(url);
         let (url, authorization) = split_userinfo(url);
         let delivery = Delivery {
@@ -185,6 +190,7 @@ impl Webhook {
             schedule: schedule.clone(),
             stats: Arc::clone(&stats),
             pending: Arc::clone(&pending),
+            spool: Arc::clone(&spool),
         };
         std::thread::Builder::new()
             .name("velox-webhook".into())
@@ -193,6 +199,7 @@ impl Webhook {
         Ok(Webhook {
             inner: Arc::new(Inner {
                 tx,
+                spool,
                 pending,
                 max_pending: schedule.max_pending,
                 stats,
@@ -201,11 +208,55 @@ impl Webhook {
         })
     }
 
+    /// Keeps pending events in `dir` from now on ([`spool`]), and queues those a previous run
+    /// left there. Logs what it does; returns how many events were queued again. Once only.
+    pub fn spool_in(&self, dir: &std::path::Path) -> usize {
+        let opened = match spool::Spool::open(dir) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!(
+                    "webhook events cannot be kept in {}: {e}; those pending at a stop are lost",
+                    dir.display()
+                );
+                return 0;
+            }
+        };
+        let left = opened.pending();
+        if self.inner.spool.set(opened).is_err() {
+            return 0;
+        }
+        let mut queued = 0;
+        for event in left {
+            if self.queue(event) {
+                queued += 1;
+            }
+        }
+        if queued > 0 {
+            log::info!(
+                "webhook: {queued} events left pending by the last run are sent again to {}",
+                self.inner.shown_url
+            );
+        }
+        queued
+    }
+
     /// Queues one event and returns at once, whatever the receiver does. `event_type` like
     /// `channel.release.flipped`; `data` the event's JSON object. Callable from any thread.
     pub fn send(&self, event_type: &str, data: serde_json::Value) {
-        let inner = &self.inner;
         let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
+        let timestamp = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let payload = serde_json::json!({"type": event_type, "timestamp": timestamp, "data": data});
+        self.queue(Event {
+            id,
+            event_type: event_type.to_owned(),
+            body: Bytes::from(payload.to_string()),
+        });
+    }
+
+    /// Takes a pending slot and hands `event` to the delivery thread; whether it was taken.
+    fn queue(&self, event: Event) -> bool {
+        let inner = &self.inner;
+        let (id, event_type) = (&event.id, &event.event_type);
         let taken = inner
             .pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -218,15 +269,11 @@ impl Webhook {
                 inner.max_pending,
                 inner.shown_url
             );
-            return;
+            if let Some(spool) = inner.spool.get() {
+                spool.forget(id);
+            }
+            return false;
         }
-        let timestamp = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let payload = serde_json::json!({"type": event_type, "timestamp": timestamp, "data": data});
-        let event = Event {
-            id,
-            event_type: event_type.to_owned(),
-            body: Bytes::from(payload.to_string()),
-        };
         if let Err(mpsc::error::SendError(event)) = inner.tx.send(event) {
             // Only when the delivery thread has died (a panic); never silently.
             inner.pending.fetch_sub(1, Ordering::AcqRel);
@@ -236,7 +283,9 @@ impl Webhook {
                 event.event_type,
                 event.id
             );
+            return false;
         }
+        true
     }
 
     /// Events queued or being retried now.
@@ -258,6 +307,7 @@ struct Delivery {
     schedule: Schedule,
     stats: Arc<WebhookStats>,
     pending: Arc<AtomicUsize>,
+    spool: Arc<std::sync::OnceLock<spool::Spool>>,
 }
 
 /// One failed attempt.
@@ -293,6 +343,10 @@ fn run(delivery: Delivery, mut rx: mpsc::UnboundedReceiver<Event>, tls: Arc<rust
         let mut tasks: Vec<actix_web::rt::task::JoinHandle<()>> = Vec::new();
         while let Some(event) = rx.recv().await {
             tasks.retain(|t| !t.is_finished());
+            // Kept before its first attempt, so that a stop or a crash does not lose it.
+            if let Some(spool) = delivery.spool.get() {
+                spool.keep(&event);
+            }
             let slot = PendingSlot(Arc::clone(&delivery.pending));
             let delivery = std::rc::Rc::clone(&delivery);
             let client = client.clone();
@@ -315,6 +369,7 @@ impl Delivery {
             match self.attempt(client, &event).await {
                 Ok(()) => {
                     self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.forget(&event);
                     log::debug!(
                         "webhook {} ({}) delivered on attempt {}",
                         event.event_type,
@@ -341,12 +396,20 @@ impl Delivery {
             }
         }
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        self.forget(&event);
         log::warn!(
             "webhook {} ({}) to {} given up after {attempts} attempts: {last}",
             event.event_type,
             event.id,
             redact::url(&self.url)
         );
+    }
+
+    /// The event needs keeping no longer (delivered, or given up).
+    fn forget(&self, event: &Event) {
+        if let Some(spool) = self.spool.get() {
+            spool.forget(&event.id);
+        }
     }
 
     async fn attempt(&self, client: &awc::Client, event: &Event) -> Result<(), Failure> {
@@ -407,5 +470,7 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+#[cfg(test)]
+mod spool_tests;
 #[cfg(test)]
 mod tests;

@@ -13,13 +13,13 @@ use super::*;
 
 #[allow(dead_code)]
 #[path = "../../tests/support/webhook_sink.rs"]
-mod webhook_sink;
+pub(super) mod webhook_sink;
 
 use webhook_sink::{Recorded, Reply, WebhookSink};
 
 /// 24 random bytes, as Standard Webhooks makes them.
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-const WAIT: Duration = Duration::from_secs(20);
+pub(super) const WAIT: Duration = Duration::from_secs(20);
 
 fn key_of(secret: &str) -> Vec<u8> {
     parse_secret(secret).expect("key")
@@ -36,7 +36,7 @@ fn tls() -> Arc<rustls::ClientConfig> {
 }
 
 /// A schedule with short waits: `retries` in milliseconds, no jitter.
-fn quick(retries: &[u64]) -> Schedule {
+pub(super) fn quick(retries: &[u64]) -> Schedule {
     Schedule {
         retries: retries.iter().copied().map(Duration::from_millis).collect(),
         jitter: 0.0,
@@ -47,7 +47,7 @@ fn quick(retries: &[u64]) -> Schedule {
     }
 }
 
-fn webhook(url: &str, schedule: Schedule) -> (Webhook, Arc<WebhookStats>) {
+pub(super) fn webhook(url: &str, schedule: Schedule) -> (Webhook, Arc<WebhookStats>) {
     let stats = Arc::new(WebhookStats::default());
     let hook = Webhook::with_schedule(url, SECRET, tls(), Arc::clone(&stats), schedule)
         .expect("valid webhook");
@@ -63,7 +63,7 @@ fn counts(stats: &WebhookStats) -> (u64, u64, u64) {
 }
 
 /// Waits until the counters read `want` (delivered, retried, failed); panics with what they read.
-async fn wait_counts(stats: &WebhookStats, want: (u64, u64, u64)) {
+pub(super) async fn wait_counts(stats: &WebhookStats, want: (u64, u64, u64)) {
     let deadline = Instant::now() + WAIT;
     while counts(stats) != want {
         assert!(
@@ -76,7 +76,7 @@ async fn wait_counts(stats: &WebhookStats, want: (u64, u64, u64)) {
 }
 
 /// Checks one request as a receiver would, computing the HMAC here with `ring` directly.
-fn assert_verifies(r: &Recorded) {
+pub(super) fn assert_verifies(r: &Recorded) {
     assert_eq!(r.method, "POST");
     assert_eq!(r.header("content-type"), Some("application/json"));
     let id = r.header("webhook-id").expect("webhook-id");
