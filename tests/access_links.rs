@@ -499,3 +499,61 @@ async fn a_revocation_reaches_another_replica_within_the_refresh() {
         "{v}"
     );
 }
+
+/// The CLI on `data_dir` with no server running (`args`, then `--data-dir`).
+fn offline(args: &[&str], data_dir: &str) -> (i32, String, String) {
+    let mut all = args.to_vec();
+    all.extend(["--data-dir", data_dir]);
+    server::run(&all, &[])
+}
+
+/// `token create` without a server (docs/access.md, "Quotas and fairness") refuses a quota of 0
+/// as `POST /v1/tokens` does, instead of storing a quota of 1.
+#[actix_web::test]
+async fn offline_token_create_refuses_a_quota_of_zero_as_the_route_does() {
+    let mut h = Harness::start_with(|o| o.env("VELOX_CACHE_API_TOKEN", API));
+    let r = post_json(
+        &h.server().admin_url("/v1/tokens"),
+        &json!({"name": "ci", "scope": "build", "max_concurrent_builds": 0}),
+        &[("authorization", &bearer(API))],
+    )
+    .await;
+    r.assert_error(400, "invalid_request");
+    h.take().terminate();
+    let data_dir = h.data_dir_arg();
+    for flag in ["--max-concurrent-builds", "--builds-per-hour"] {
+        let (code, out, err) = offline(
+            &[
+                "token", "create", "--name", "ci", "--scope", "build", flag, "0",
+            ],
+            &data_dir,
+        );
+        assert_ne!(code, 0, "{out}");
+        assert!(out.is_empty(), "no secret for a refused token: {out}");
+        assert!(err.contains(flag) && err.contains("at least 1"), "{err}");
+    }
+    let (code, list, err) = offline(&["token", "list"], &data_dir);
+    assert_eq!(code, 0, "{err}");
+    assert!(!list.lines().any(|l| l.starts_with("ci ")), "{list}");
+    // A quota of 1 is a quota of 1.
+    let (code, _, err) = offline(
+        &[
+            "token",
+            "create",
+            "--name",
+            "ci",
+            "--scope",
+            "build",
+            "--builds-per-hour",
+            "1",
+        ],
+        &data_dir,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (_, list, _) = offline(&["token", "list"], &data_dir);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("ci ") && l.contains("live")),
+        "{list}"
+    );
+}

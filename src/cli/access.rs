@@ -175,11 +175,20 @@ fn create_offline(config: &Config, body: &Value) -> Result<(), String> {
         ),
         None => None,
     };
-    let quota = |k: &str| {
-        body[k]
-            .as_u64()
-            .map(|n| n.clamp(1, u64::from(u32::MAX)) as u32)
+    // As the admin route does (docs/access.md): a quota of 0 is refused, not read as 1.
+    let quota = |k: &str| match body[k].as_u64() {
+        None => Ok(None),
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| *n >= 1)
+            .map(Some)
+            .ok_or(format!(
+                "invalid quota: --{} is at least 1 (leave it out for no limit)",
+                k.replace('_', "-")
+            )),
     };
+    let (max_concurrent_builds, builds_per_hour) =
+        (quota("max_concurrent_builds")?, quota("builds_per_hour")?);
     let store = TokenStore::local(&config.data_dir)?;
     let mut records = store.read_local()?;
     if records
@@ -197,8 +206,8 @@ fn create_offline(config: &Config, body: &Value) -> Result<(), String> {
         channels,
         created_at: now,
         expires_at,
-        max_concurrent_builds: quota("max_concurrent_builds"),
-        builds_per_hour: quota("builds_per_hour"),
+        max_concurrent_builds,
+        builds_per_hour,
         revoked_at: None,
     });
     store.write_local(&records)?;
