@@ -302,9 +302,8 @@ fn document(r: &Resp, media_type: &str) -> Value {
 
 #[actix_web::test]
 async fn the_pull_api_answers_as_the_distribution_spec_says() {
-    let port = support::process::free_port();
     let h = start("[\"linux/amd64\", \"linux/arm64\"]", "", |o| {
-        o.env("VELOX_CACHE_REGISTRY_LISTEN", &format!("127.0.0.1:{port}"))
+        o.env("VELOX_CACHE_REGISTRY_LISTEN", "127.0.0.1:0")
     });
     let channel = released(&h).await;
     let release = channel["current"]["id"].as_str().expect("id").to_owned();
@@ -318,7 +317,7 @@ async fn the_pull_api_answers_as_the_distribution_spec_says() {
         Some("registry/2.0")
     );
     assert_eq!(base.json(), serde_json::json!({}));
-    let registry = format!("http://127.0.0.1:{port}");
+    let registry = h.server().registry_url();
     assert_eq!(get(&format!("{registry}/v2/"), &[]).await.status, 200);
     oci_error(
         &get(&format!("{registry}/elsewhere"), &[]).await,
@@ -634,11 +633,10 @@ fn basic(user: &str, password: &str) -> String {
 
 #[actix_web::test]
 async fn reads_need_a_token_as_basic_password_or_bearer_when_anonymous_is_none() {
-    let port = support::process::free_port();
     let h = start("[\"linux/amd64\"]", "", |o| {
         o.env("VELOX_CACHE_API_TOKEN", TOKEN)
             .env("VELOX_CACHE_AUTH__ANONYMOUS", "none")
-            .env("VELOX_CACHE_REGISTRY_LISTEN", &format!("127.0.0.1:{port}"))
+            .env("VELOX_CACHE_REGISTRY_LISTEN", "127.0.0.1:0")
     });
     let admin = format!("Bearer {TOKEN}");
     released_as(&h, &[("authorization", &admin)]).await;
@@ -648,7 +646,7 @@ async fn reads_need_a_token_as_basic_password_or_bearer_when_anonymous_is_none()
         serde_json::json!({"name": "other", "scope": "read", "channels": ["staging-*"]}),
     )
     .await;
-    let registry = format!("http://127.0.0.1:{port}");
+    let registry = h.server().registry_url();
     let public = h.server().public.trim_end_matches('/').to_owned();
 
     for base in [&public, &registry] {
@@ -749,15 +747,14 @@ async fn reads_need_a_token_as_basic_password_or_bearer_when_anonymous_is_none()
 #[actix_web::test]
 async fn proxy_mode_leaves_v2_to_the_app_and_a_tag_without_a_release_waits_then_404s() {
     let php = support::php::PhpApp::start();
-    let port = support::process::free_port();
     let h = Harness::start_with(|o| {
         o.env("VELOX_CACHE_UPSTREAM", &php.url)
-            .env("VELOX_CACHE_REGISTRY_LISTEN", &format!("127.0.0.1:{port}"))
+            .env("VELOX_CACHE_REGISTRY_LISTEN", "127.0.0.1:0")
             .env("VELOX_CACHE_OCI__BUILD_WAIT", "700ms")
             .env("VELOX_CACHE_API_TOKEN", TOKEN)
             .env("VELOX_CACHE_AUTH__ANONYMOUS", "none")
     });
-    let registry = format!("http://127.0.0.1:{port}");
+    let registry = h.server().registry_url();
     let bearer = format!("Bearer {TOKEN}");
     let auth: &[(&str, &str)] = &[("authorization", &bearer)];
 
@@ -952,7 +949,11 @@ async fn layers_count_toward_the_size_limit_stay_pinned_with_their_binary_and_go
     let third = h.post(&distinct_request(3)).await;
     assert_eq!(third.status, 200);
     assert_eq!(get(&artifact(&binary), &[]).await.status, 404, "evicted");
-    assert!(!layer_file.exists(), "the layer went with its binary");
+    // An eviction's files go a moment after its answer (docs/storage.md, "Limits and eviction").
+    assert!(
+        eventually(Duration::from_secs(10), async || !layer_file.exists()).await,
+        "the layer went with its binary"
+    );
     assert_eq!(get(&artifact(&second_digest), &[]).await.status, 200);
     assert_eq!(
         metric(h.server(), "velox_cache_evictions_total{reason=\"size\"}").await,
@@ -1083,6 +1084,10 @@ async fn a_replica_serves_the_image_of_a_release_another_replica_built() {
     })
     .await;
     assert!(shared, "the release never reached the replica: {seen}");
+    // A pull behind a load balancer: the tag answered by the builder, every digest asked of the
+    // other replica, which has served no tag yet (documents and layers made again from the
+    // release: the same bytes).
+    by_digest_elsewhere(&builder.public, &other.public).await;
     let (index_other, digests_other, layers_other) =
         image_of(&other.public, "rr/prod", "latest").await;
     for (layer, arch) in layers_other.iter().zip(["amd64", "arm64"]) {
@@ -1099,4 +1104,58 @@ async fn a_replica_serves_the_image_of_a_release_another_replica_built() {
     let (index_builder, digests_builder, _) = image_of(&builder.public, "rr/prod", "latest").await;
     assert_eq!(index_builder, index_other);
     assert_eq!(digests_builder, digests_other);
+}
+
+/// Asks `tagged` for `rr/prod:latest` (an OCI index, then a Docker list) and `elsewhere` for
+/// everything they name, by digest: indexes, manifests, configs and layers, each byte for byte
+/// as `tagged` serves it. Unknown digests stay unknown there.
+async fn by_digest_elsewhere(tagged: &str, elsewhere: &str) {
+    let url = |base: &str, p: &str| format!("{}/v2/rr/prod/{p}", base.trim_end_matches('/'));
+    for (index_type, manifest_type) in [(OCI_INDEX, OCI_MANIFEST), (DOCKER_LIST, DOCKER_MANIFEST)] {
+        let accept = format!("{index_type}, {manifest_type}");
+        let index = get(&url(tagged, "manifests/latest"), &[("accept", &accept)]).await;
+        let index_json = document(&index, index_type);
+        let again = get(
+            &url(elsewhere, &format!("manifests/{}", digest_of(&index.body))),
+            &[("accept", &accept)],
+        )
+        .await;
+        document(&again, index_type);
+        assert!(again.body == index.body, "{index_type}: the same index");
+        for entry in index_json["manifests"].as_array().expect("manifests") {
+            let d = entry["digest"].as_str().expect("digest");
+            let m = get(&url(elsewhere, &format!("manifests/{d}")), &[]).await;
+            let manifest = document(&m, manifest_type);
+            let mut blobs = vec![manifest["config"]["digest"].as_str().expect("config")];
+            blobs.extend(
+                manifest["layers"]
+                    .as_array()
+                    .expect("layers")
+                    .iter()
+                    .filter_map(|l| l["digest"].as_str()),
+            );
+            for b in blobs {
+                let there = get(&url(elsewhere, &format!("blobs/{b}")), &[]).await;
+                assert_eq!(
+                    there.status,
+                    200,
+                    "{b}: {}",
+                    String::from_utf8_lossy(&there.body)
+                );
+                assert_eq!(digest_of(&there.body), b);
+                assert_eq!(there.header("docker-content-digest"), Some(b));
+            }
+        }
+    }
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    oci_error(
+        &get(&url(elsewhere, &format!("manifests/{unknown}")), &[]).await,
+        404,
+        "MANIFEST_UNKNOWN",
+    );
+    oci_error(
+        &get(&url(elsewhere, &format!("blobs/{unknown}")), &[]).await,
+        404,
+        "BLOB_UNKNOWN",
+    );
 }

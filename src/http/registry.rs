@@ -238,11 +238,18 @@ async fn manifest(
             ))
         }
         Reference::Digest(Digest::Sha256(d)) => {
-            let doc = state.store.image_doc(&d).map_err(|e| {
-                log::error!("registry: {e}");
-                RegistryError::unavailable()
-            })?;
-            return match doc {
+            let doc = |d: &[u8; 32]| {
+                state.store.image_doc(d).map_err(|e| {
+                    log::error!("registry: {e}");
+                    RegistryError::unavailable()
+                })
+            };
+            let mut found = doc(&d)?;
+            // Served by tag elsewhere (another replica) or before the index was set aside.
+            if found.is_none() && images::derive(state, &record, &d).await? {
+                found = doc(&d)?;
+            }
+            return match found {
                 Some((media_type, bytes)) if is_manifest_type(&media_type) => {
                     Ok(document(&media_type, bytes, &d))
                 }
@@ -306,7 +313,7 @@ async fn blob(
     name: &str,
     digest: Digest,
 ) -> Result<HttpResponse, RegistryError> {
-    images::channel_of(state, name)?;
+    let record = images::channel_of(state, name)?;
     let Digest::Sha256(d) = digest else {
         return Err(RegistryError::blob_unknown());
     };
@@ -314,16 +321,23 @@ async fn blob(
         log::error!("registry: {e}");
         RegistryError::unavailable()
     };
-    if let Some((media_type, bytes)) = state.store.image_doc(&d).map_err(store_failed)? {
-        if !is_manifest_type(&media_type) {
-            return Ok(document("application/octet-stream", bytes, &d));
+    let mut derived = false;
+    let (binary, layer) = loop {
+        if let Some((media_type, bytes)) = state.store.image_doc(&d).map_err(store_failed)? {
+            if !is_manifest_type(&media_type) {
+                return Ok(document("application/octet-stream", bytes, &d));
+            }
         }
-    }
-    let (binary, layer) = state
-        .store
-        .layer_by_digest(&d)
-        .map_err(store_failed)?
-        .ok_or_else(RegistryError::blob_unknown)?;
+        if let Some(found) = state.store.layer_by_digest(&d).map_err(store_failed)? {
+            break found;
+        }
+        // Made elsewhere (another replica) or before the index was set aside: made again here
+        // from the channel's releases, once.
+        if derived || !images::derive(state, &record, &d).await? {
+            return Err(RegistryError::blob_unknown());
+        }
+        derived = true;
+    };
     let path = state.store.layer_path(&binary);
     let file = std::fs::File::open(&path).map_err(|_| RegistryError::blob_unknown())?;
     let modified = file

@@ -13,6 +13,8 @@ pub struct Server {
     process: Process,
     pub public: String,
     pub admin: String,
+    /// The registry listener (`VELOX_CACHE_REGISTRY_LISTEN`, port 0 for any), as `http://host:port`.
+    pub registry: Option<String>,
     pub data_dir: PathBuf,
     pub log: PathBuf,
 }
@@ -115,10 +117,13 @@ impl Server {
             .stdout_lines()
             .start()
             .expect("spawn velox-cache");
-        let (mut public, mut admin) = (None, None);
+        let (mut public, mut admin, mut registry) = (None, None, None);
         let ready = process.wait_for(Duration::from_secs(30), |p| {
             while let Some(line) = p.line() {
-                if let Some(a) = line.strip_prefix("velox-cache: public listener on ") {
+                // Printed before the public listener's line.
+                if let Some(a) = line.strip_prefix("velox-cache: registry listener on ") {
+                    registry = Some(a.to_owned());
+                } else if let Some(a) = line.strip_prefix("velox-cache: public listener on ") {
                     public = Some(a.to_owned());
                 } else if let Some(a) = line.strip_prefix("velox-cache: admin listener on ") {
                     admin = Some(a.to_owned());
@@ -131,6 +136,7 @@ impl Server {
                 process,
                 public,
                 admin,
+                registry,
                 data_dir: opts.data_dir.clone(),
                 log,
             }),
@@ -147,6 +153,14 @@ impl Server {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("{}{path}", self.admin)
+    }
+
+    /// The registry listener's base URL (no trailing slash); the test set
+    /// `VELOX_CACHE_REGISTRY_LISTEN`.
+    pub fn registry_url(&self) -> String {
+        self.registry
+            .clone()
+            .expect("no registry listener: set VELOX_CACHE_REGISTRY_LISTEN")
     }
 
     pub fn pid(&self) -> i32 {
@@ -177,6 +191,11 @@ impl Server {
     /// Waits for the exit; past `within`, kills it and panics.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         self.process.wait_exit(within)
+    }
+
+    /// Waits for an exit with status 0 (after a SIGTERM); fails with the log otherwise.
+    pub fn wait_success(&mut self, within: Duration) {
+        self.process.wait_success(within)
     }
 
     pub fn log_text(&self) -> String {

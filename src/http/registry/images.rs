@@ -133,6 +133,52 @@ pub async fn images_of(
     Ok(images)
 }
 
+/// Makes again, from the releases `record` keeps (the current one first), the documents and
+/// layers of each release in both flavors, until one of them has `wanted` for digest; keeps
+/// what it made; whether `wanted` was found. A client may ask one server by digest for what
+/// another one served by tag (replicas behind a load balancer, or an index set aside): the
+/// documents are made from the release alone, so every server makes the same bytes. A release
+/// whose binaries are gone is passed over; a storage failure is an error.
+pub async fn derive(
+    state: &web::Data<AppState>,
+    record: &ChannelRecord,
+    wanted: &[u8; 32],
+) -> Result<bool, RegistryError> {
+    for release in &record.releases {
+        for flavor in [Flavor::Oci, Flavor::Docker] {
+            let images = match images_of(state, release, flavor).await {
+                Ok(images) => images,
+                Err(e) if e.status == actix_web::http::StatusCode::NOT_FOUND => break,
+                Err(e) => return Err(e),
+            };
+            // A layer is found by its own record, kept as it was made.
+            let found = images
+                .iter()
+                .any(|i| i.config.digest == *wanted || i.manifest.digest == *wanted)
+                || state
+                    .store
+                    .layer_by_digest(wanted)
+                    .map_err(|e| {
+                        log::error!("registry: {e}");
+                        RegistryError::unavailable()
+                    })?
+                    .is_some();
+            let mut docs: Vec<_> = images
+                .iter()
+                .flat_map(|i| [i.config.clone(), i.manifest.clone()])
+                .collect();
+            let index = document::index(&images, flavor);
+            let found = found || index.digest == *wanted;
+            docs.push(index);
+            keep(state, docs).await?;
+            if found {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// Keeps `docs` by digest (once each), off the executor.
 pub async fn keep(state: &web::Data<AppState>, docs: Vec<Document>) -> Result<(), RegistryError> {
     let st = state.clone();
