@@ -827,3 +827,193 @@ async fn a_prebuild_waits_behind_user_builds() {
     let (user_at, prebuild_at) = (at("v5.2.77"), at("v5.2.8"));
     assert!(user_at < prebuild_at, "{requests:?}");
 }
+
+/// `PUT /v1/channels/{name}` with `body`; the status.
+async fn define(h: &Harness, name: &str, body: &Value) -> u16 {
+    client()
+        .put(h.server().admin_url(&format!("/v1/channels/{name}")))
+        .insert_header(("content-type", "application/json"))
+        .send_body(serde_json::to_vec(body).expect("json"))
+        .await
+        .expect("sent")
+        .status()
+        .as_u16()
+}
+
+/// Garbage over every file of the sled index under `data_dir`.
+fn damage_index(data_dir: &Path) {
+    fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    files(&data_dir.join("meta"), &mut found);
+    assert!(!found.is_empty(), "no sled files");
+    for f in &found {
+        let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0).max(4096);
+        let garbage: Vec<u8> = (0..len).map(|i| (i * 7919 % 251) as u8).collect();
+        std::fs::write(f, garbage).expect("overwrite");
+    }
+}
+
+/// A damaged index is set aside and rebuilt from the manifests (docs/storage.md); the channels
+/// defined through the API, every channel's releases and the pins made by hand come back from
+/// their copies beside it (docs/channels.md, "Crash safety"), so nothing is built again.
+#[actix_web::test]
+async fn an_api_channel_its_release_and_a_manual_pin_survive_a_damaged_index() {
+    let proxy = GoProxy::start();
+    proxy.set_latest(HTTP, "v5.2.7");
+    let mut h = start(&proxy, "");
+    let prod = flipped(&h, "prod", None).await;
+    let workers = json!({
+        "rr_version": "v2025.1.2",
+        "plugins": [{"module_name": HTTP, "tag": "v5.2.7"}],
+        "platforms": ["linux/amd64"],
+        "keep": 1
+    });
+    assert_eq!(define(&h, "workers", &workers).await, 201);
+    let built = flipped(&h, "workers", None).await;
+    let key = built["current"]["binaries"]["linux/amd64"]["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let user = h.post(&distinct_request(3)).await;
+    assert_eq!(user.header("x-cache-status"), Some("MISS"));
+    let user_key = user.header("x-velox-cache-key").expect("key").to_owned();
+    let pin_url = h.server().admin_url(&format!("/v1/cache/{user_key}/pin"));
+    assert_eq!(post_json(&pin_url, &json!({}), &[]).await.status, 200);
+    let entries = h.admin_json("/v1/cache/stats").await["entries"].clone();
+    let calls = h.velox.calls();
+
+    h.stop();
+    damage_index(&h.opts.data_dir);
+    h.restart();
+    let log = h.server().log_text();
+    assert!(log.contains("rebuilding from the manifests"), "{log}");
+    assert!(
+        log.contains("restored 2 channels and 1 manual pins"),
+        "{log}"
+    );
+    // The manifests are re-indexed in the background.
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            h.admin_json("/v1/cache/stats").await["entries"] == entries
+        })
+        .await,
+        "the entries did not come back"
+    );
+    let back = channel(&h, "workers").await;
+    assert_eq!(back["origin"], "api", "{back}");
+    assert_eq!(back["current"]["id"], built["current"]["id"], "{back}");
+    assert_eq!(
+        channel(&h, "prod").await["current"]["id"],
+        prod["current"]["id"]
+    );
+    let r = get(&h.url("/_velox/v1/channels/workers/linux/amd64"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-velox-cache-key"), Some(key.as_str()));
+    let pinned = get(&h.server().admin_url(&format!("/v1/cache/{key}")), &[])
+        .await
+        .json();
+    assert_eq!(pinned["pins"], json!(["channel:workers"]), "{pinned}");
+    let manual = get(&h.server().admin_url(&format!("/v1/cache/{user_key}")), &[])
+        .await
+        .json();
+    assert_eq!(manual["pins"], json!(["manual"]), "{manual}");
+    assert_eq!(h.velox.calls(), calls, "something was built again");
+
+    // A channel deleted through the API stays deleted after the next damage.
+    let deleted = client()
+        .delete(h.server().admin_url("/v1/channels/workers"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(deleted.status().as_u16(), 204);
+    h.stop();
+    damage_index(&h.opts.data_dir);
+    h.restart();
+    assert_eq!(
+        get(&h.url("/_velox/v1/channels/workers"), &[]).await.status,
+        404
+    );
+}
+
+/// A channel's platforms build at once, as many as `prebuild.max_concurrent` allows and never
+/// more (docs/channels.md, "Pre-building").
+#[actix_web::test]
+async fn a_channels_platforms_build_at_once_within_prebuild_max_concurrent() {
+    let proxy = GoProxy::start();
+    proxy.set_latest(HTTP, "v5.2.7");
+    let h = start(&proxy, "\n[prebuild]\nmax_concurrent = 2\n");
+    flipped(&h, "prod", None).await;
+    h.velox.hold(true);
+    let workers = json!({
+        "rr_version": "v2025.1.2",
+        "plugins": [{"module_name": HTTP, "tag": "v5.2.7"}],
+        "platforms": ["linux/amd64", "linux/arm64", "darwin/arm64"],
+    });
+    assert_eq!(define(&h, "workers", &workers).await, 201);
+    assert!(
+        eventually(Duration::from_secs(20), async || h.velox.in_progress() == 2).await,
+        "two platforms were not building at once: {} in progress",
+        h.velox.in_progress()
+    );
+    // The third waits for a slot, however long the first two take.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        h.velox.in_progress(),
+        2,
+        "more builds than prebuild.max_concurrent"
+    );
+    h.velox.hold(false);
+    let released = flipped(&h, "workers", None).await;
+    let binaries = released["current"]["binaries"].as_object().map(|b| b.len());
+    assert_eq!(binaries, Some(3), "{released}");
+}
+
+/// A webhook event still pending when the server stops is sent by the next start, under its
+/// own `webhook-id` and body (docs/webhooks.md, "Delivery guarantees").
+#[actix_web::test]
+async fn a_webhook_event_pending_at_a_stop_is_delivered_after_the_restart() {
+    use support::webhook_sink::WebhookSink;
+    let down = WebhookSink::start();
+    down.fail_next(1000, 503);
+    let up = WebhookSink::start();
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let proxy = GoProxy::start();
+    proxy.set_latest(HTTP, "v5.2.7");
+    let mut h = start_with(&proxy, "", |o| {
+        o.env("VELOX_CACHE_PREBUILD__WEBHOOK_URL", &down.url())
+            .env("VELOX_CACHE_PREBUILD__WEBHOOK_SECRET", secret)
+    });
+    flipped(&h, "prod", None).await;
+    let refused = down.wait_for(1, Duration::from_secs(15)).await;
+    let id = refused[0].header("webhook-id").expect("id").to_owned();
+    assert_eq!(refused[0].json()["type"], "channel.release.flipped");
+    h.stop();
+
+    h.restart_with(|o| o.env("VELOX_CACHE_PREBUILD__WEBHOOK_URL", &up.url()));
+    let got = up.wait_for(1, Duration::from_secs(15)).await;
+    assert_eq!(got[0].header("webhook-id"), Some(id.as_str()), "{got:?}");
+    assert_eq!(got[0].body, refused[0].body);
+    let log = h.server().log_text();
+    assert!(
+        log.contains("1 events left pending by the last run are sent again"),
+        "{log}"
+    );
+    // Delivered: not kept for a third start.
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            std::fs::read_dir(h.opts.data_dir.join("webhooks"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(false)
+        })
+        .await
+    );
+}

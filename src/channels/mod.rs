@@ -72,6 +72,8 @@ pub struct Channels {
     events: broadcast::Sender<ChannelEvent>,
     /// Wakes the pre-build loop before its next poll (a channel defined, a binary asked for).
     kick: Notify,
+    /// `prebuild.max_concurrent` builds at once, across channels and their platforms.
+    prebuild_slots: tokio::sync::Semaphore,
     webhook: Option<crate::webhook::Webhook>,
 }
 
@@ -84,7 +86,9 @@ impl Channels {
         resolver: Option<Arc<Resolver>>,
         webhook: Option<crate::webhook::Webhook>,
     ) -> Channels {
+        let prebuild_slots = tokio::sync::Semaphore::new(config.prebuild.max_concurrent.max(1));
         Channels {
+            prebuild_slots,
             store,
             builds,
             config,

@@ -155,31 +155,42 @@ impl Channels {
             }
         );
         self.set_status(name, PrebuildState::Building, None);
-        let mut binaries = BTreeMap::new();
-        for platform in &spec.platforms {
-            self.behind_user_builds().await;
-            let request = model::request_for(&recipe, platform)
-                .map_err(|e| format!("{platform}: the recipe is refused: {}", e.message))?;
-            let key = request.cache_key();
-            let served = self
-                .builds
-                .resolve(request, key, velox, None)
-                .await
-                .map_err(|e| format!("{platform}: {e}"))?;
-            if !served.stored {
-                return Err(format!(
-                    "{platform}: built, but the disk had no room to store it"
-                ));
-            }
-            binaries.insert(
-                platform.clone(),
-                Binary {
+        // The platforms build at once, each taking one of the `prebuild.max_concurrent` slots
+        // (shared by every channel), in the recipe's order; the first failure ends the release.
+        let builds = spec.platforms.iter().map(|platform| {
+            let recipe = &recipe;
+            async move {
+                let _slot = self
+                    .prebuild_slots
+                    .acquire()
+                    .await
+                    .map_err(|_| format!("{platform}: the pre-build is stopping"))?;
+                self.behind_user_builds().await;
+                let request = model::request_for(recipe, platform)
+                    .map_err(|e| format!("{platform}: the recipe is refused: {}", e.message))?;
+                let key = request.cache_key();
+                let served = self
+                    .builds
+                    .resolve(request, key, velox, None)
+                    .await
+                    .map_err(|e| format!("{platform}: {e}"))?;
+                if !served.stored {
+                    return Err(format!(
+                        "{platform}: built, but the disk had no room to store it"
+                    ));
+                }
+                let binary = Binary {
                     key,
                     digest: served.entry.digest,
                     size: served.entry.size,
-                },
-            );
-        }
+                };
+                Ok::<_, String>((platform.clone(), binary))
+            }
+        });
+        let binaries: BTreeMap<String, Binary> = futures_util::future::try_join_all(builds)
+            .await?
+            .into_iter()
+            .collect();
         let release = Release {
             id,
             created_ms: crate::util::now_ms(),

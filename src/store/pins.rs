@@ -14,6 +14,7 @@
 //! that is no longer kept.
 
 use std::collections::BTreeSet;
+use std::sync::PoisonError;
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
@@ -124,7 +125,12 @@ impl Store {
     }
 
     /// Pins (`pin`) or unpins `key` by hand, durably. Returns whether that changed anything.
+    /// Kept beside the index too ([`super::kept`]).
     pub fn pin_manually(&self, key: &CacheKey, pin: bool) -> Result<bool, StoreError> {
+        let _kept = self
+            .kept_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let ix = self.ix()?;
         let changed = ix
             .pins
@@ -133,6 +139,9 @@ impl Store {
         let changed = self.noted(changed)?;
         self.count_writes(1);
         self.flush()?;
+        if let Err(e) = self.keep_pin(key, pin) {
+            log::warn!("the pin of {key} is in the index, but its copy beside it could not be written ({e}): a damaged index would lose it");
+        }
         Ok(changed)
     }
 
@@ -156,13 +165,18 @@ impl Store {
     }
 
     /// Writes (`Some`) or deletes (`None`) the record of channel `name`, and makes `keys` the
-    /// keys pinned by it, in one transaction, flushed before it returns.
+    /// keys pinned by it, in one transaction, flushed before it returns; then its copy beside
+    /// the index ([`super::kept`]).
     pub fn write_channel(
         &self,
         name: &str,
         record: Option<&[u8]>,
         keys: &[CacheKey],
     ) -> Result<(), StoreError> {
+        let _kept = self
+            .kept_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let ix = self.ix()?;
         let holder = channel_holder(name);
         let new: BTreeSet<CacheKey> = keys.iter().copied().collect();
@@ -197,7 +211,11 @@ impl Store {
             .map_err(sled_tx);
         self.noted(written)?;
         self.count_writes(1);
-        self.flush()
+        self.flush()?;
+        if let Err(e) = self.keep_channel(name, record, keys) {
+            log::warn!("channel `{name}` is in the index, but its copy beside it could not be written ({e}): a damaged index would lose this change");
+        }
+        Ok(())
     }
 }
 
