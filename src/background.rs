@@ -100,6 +100,31 @@ fn every(
     })
 }
 
+/// Flushes and deletes the files of evicted entries whenever the store queues some (docs/storage.md,
+/// "Limits and eviction"): enforcements, from the moment this listens, only take victims out of
+/// the index. A failed flush leaves them queued; the one-second tick tries again.
+fn reap_evictions(
+    store: Arc<Store>,
+    mut stop: watch::Receiver<bool>,
+) -> actix_web::rt::task::JoinHandle<()> {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let w = Arc::clone(&wake);
+    store.on_evictions(move || w.notify_one());
+    actix_web::rt::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+            let s = Arc::clone(&store);
+            // Errors are logged where they happen (the store).
+            if let Err(e) = actix_web::rt::task::spawn_blocking(move || s.reap_evictions()).await {
+                log::error!("deleting evicted files failed: {e}");
+            }
+        }
+    })
+}
+
 /// Enforces the limits now and counts what was evicted. Returns how many entries went.
 pub fn cleanup(store: &Store, limits: &Limits, metrics: &Metrics) -> usize {
     match store.enforce(limits, None) {
@@ -143,12 +168,15 @@ impl Background {
                 log::error!("the start-up pass did not run to its end");
             }
         }));
-        // Both a no-op (atomic loads) unless sled refused a write (docs/storage.md, "Disk
-        // full"), or the writes since the last snapshot call for one ("Snapshots while running").
+        tasks.push(reap_evictions(Arc::clone(&store), rx.clone()));
+        // Each a no-op (atomic loads, an empty queue) unless sled refused a write (docs/storage.md,
+        // "Disk full"), the writes since the last snapshot call for one ("Snapshots while
+        // running"), or evicted files wait for a flush that failed ("Limits and eviction").
         let s = Arc::clone(&store);
         tasks.push(every(rx.clone(), Duration::from_secs(1), move || {
             s.heal_index();
             s.snapshot_if_due();
+            let _ = s.reap_evictions();
         }));
         if !access_every.is_zero() {
             let s = Arc::clone(&store);

@@ -947,3 +947,74 @@ async fn binaries_stored_while_compression_was_off_are_compressed_at_the_next_st
     assert!(log.contains("rebuilding from the manifests"), "{log}");
     assert_eq!(log.matches(": kept").count(), 4, "{log}");
 }
+
+/// Waits for the start-up check of the `n`th start (the log file is appended to by every start)
+/// and returns the bytes it hashed, from its log line.
+async fn hashed_at_start(h: &Harness, n: usize) -> u64 {
+    let server = h.server();
+    assert!(
+        eventually(Duration::from_secs(20), async || server
+            .log_text()
+            .matches("variants checked,")
+            .count()
+            == n)
+        .await,
+        "{}",
+        server.log_text()
+    );
+    hashed_in(&server.log_text())
+}
+
+fn hashed_in(log: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("variants checked,"))
+        .unwrap_or_else(|| panic!("no start-up check in the log:\n{log}"));
+    line.split("variants checked, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"))
+}
+
+/// A restart does not hash every variant again: the stamp each was seen whole in is kept in
+/// the index, and one damaged while the server was stopped has another (docs/compression.md,
+/// "Damage").
+#[actix_web::test]
+async fn a_restart_hashes_only_the_variants_changed_while_it_was_down() {
+    let binary = go_binary();
+    let digest = sha256_hex(&binary);
+    let mut h = start(Path::new(GO_BINARY), false, |o| o);
+    let dir = h.tmp.path().join("clients");
+    std::fs::create_dir_all(&dir).expect("dir");
+    assert_eq!(h.post(&build_request("linux", "amd64")).await.status, 200);
+    variants_made(&h, 1.0, 1.0).await;
+    let zstd = variant_file(&h, &dir, &digest, "zstd").await;
+    let zstd_size = std::fs::metadata(&zstd).expect("zstd").len();
+
+    h.stop();
+    h.restart();
+    assert_eq!(hashed_at_start(&h, 2).await, 0, "nothing changed");
+    // Served at once, compressed, and whole.
+    let artifact = h.url(&format!("/_velox/v1/artifacts/{digest}"));
+    let seen = curl(&dir, &artifact, &["-H", "Accept-Encoding: zstd"]);
+    assert_sent_as(&seen, &binary, Some("zstd"), "after the restart");
+
+    h.stop();
+    damage(&zstd);
+    h.restart();
+    assert_eq!(
+        hashed_at_start(&h, 3).await,
+        zstd_size,
+        "the damaged one, and only it"
+    );
+    let artifact = h.url(&format!("/_velox/v1/artifacts/{digest}"));
+    let seen = curl(&dir, &artifact, &["-H", "Accept-Encoding: zstd"]);
+    assert_ne!(
+        seen.header("content-encoding"),
+        Some("zstd"),
+        "the damaged variant is not served"
+    );
+    assert_eq!(corrupt_count(&h).await, 1.0);
+}

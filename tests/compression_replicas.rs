@@ -93,6 +93,28 @@ async fn shared_variants(cluster: &Cluster, server: &Server, digest: &str) -> Ve
     cluster.moto.get_object(&key).expect("zstd variant")
 }
 
+/// `binary` with `suffix` appended, built by `server` for linux/`arch` (the stand-in writes those
+/// bytes) and compressed, both variants shared; the bytes and their digest.
+async fn built_and_shared(
+    cluster: &Cluster,
+    server: &Server,
+    dir: &Path,
+    binary: &[u8],
+    suffix: &str,
+    arch: &str,
+) -> (Vec<u8>, String) {
+    let mut bytes = binary.to_vec();
+    bytes.extend_from_slice(suffix.as_bytes());
+    let path = dir.join(format!("promtool-{arch}"));
+    std::fs::write(&path, &bytes).expect("write");
+    let digest = sha256_hex(&bytes);
+    cluster.velox.build_binary(&path);
+    let built = post_json(&server.builds_url(), &build_request("linux", arch), &[]).await;
+    assert_eq!(sha256_hex(&built.body), digest);
+    shared_variants(cluster, server, &digest).await;
+    (bytes, digest)
+}
+
 #[actix_web::test]
 async fn a_replica_takes_the_variants_another_made_and_refuses_foreign_ones() {
     let binary =
@@ -143,15 +165,8 @@ async fn a_replica_takes_the_variants_another_made_and_refuses_foreign_ones() {
 
     // A second binary, whose variants someone replaces in the bucket: the zstd one with a valid
     // zstd frame of other bytes, the gzip one with bytes that are no gzip at all.
-    let mut other = binary.clone();
-    other.extend_from_slice(b"another build");
-    let other_path = dir.path().join("promtool-2");
-    std::fs::write(&other_path, &other).expect("write");
-    let other_digest = sha256_hex(&other);
-    cluster.velox.build_binary(&other_path);
-    let built = post_json(&a.builds_url(), &build_request("linux", "arm64"), &[]).await;
-    assert_eq!(sha256_hex(&built.body), other_digest);
-    shared_variants(&cluster, &a, &other_digest).await;
+    let (other, other_digest) =
+        built_and_shared(&cluster, &a, dir.path(), &binary, "another build", "arm64").await;
     let fan = &other_digest[..2];
     let zstd_key = format!("{}variants/{fan}/{other_digest}.zstd", cluster.prefix);
     let gzip_key = format!("{}variants/{fan}/{other_digest}.gzip", cluster.prefix);
@@ -196,4 +211,42 @@ async fn a_replica_takes_the_variants_another_made_and_refuses_foreign_ones() {
     })
     .await;
     assert!(healed, "the bucket keeps C's variants\n{}", c.log_text());
+
+    // A third binary whose gzip variant someone replaces with an object as large as the binary:
+    // refused on its size alone (its bytes are not downloaded), deleted, and made again.
+    let (third, third_digest) =
+        built_and_shared(&cluster, &a, dir.path(), &binary, "a third build", "386").await;
+    let fan = &third_digest[..2];
+    let gzip_key = format!("{}variants/{fan}/{third_digest}.gzip", cluster.prefix);
+    let mut oversized = vec![0x1f, 0x8b];
+    oversized.resize(third.len(), 0);
+    cluster.moto.put_object(&gzip_key, &oversized, &[]);
+    let d = cluster.replica();
+    let third_artifact = format!("/_velox/v1/artifacts/{third_digest}");
+    let (status, _, _, body) = fetch(dir.path(), &d.url(&third_artifact), "identity");
+    assert_eq!(status, "200");
+    assert_eq!(body, third);
+    counted(&d, "refused", "gzip", 1.0).await;
+    counted(&d, "stored", "gzip", 1.0).await;
+    counted(&d, "fetched", "zstd", 1.0).await;
+    let log = d.log_text();
+    assert!(log.contains("not fewer than"), "{log}");
+    let (_, coding, _, gz) = fetch(dir.path(), &d.url(&third_artifact), "gzip");
+    assert_eq!(coding.as_deref(), Some("gzip"));
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut plain)
+        .expect("gunzip");
+    assert_eq!(plain, third);
+    let healed = eventually(Duration::from_secs(30), async || {
+        cluster
+            .moto
+            .get_object(&gzip_key)
+            .is_some_and(|b| b.len() < third.len() && b.starts_with(&[0x1f, 0x8b]))
+    })
+    .await;
+    assert!(
+        healed,
+        "the bucket keeps D's gzip variant\n{}",
+        d.log_text()
+    );
 }

@@ -1,7 +1,8 @@
 //! Store hygiene through the real binary (docs/storage.md): a removal cut by SIGKILL between its
 //! index commit and its manifest's deletion stays removed (the tombstone); the start-up pass and
 //! `velox-cache cache verify` follow no symbolic link planted in the data dir; the admin list
-//! reads the index alone.
+//! reads the index alone; an evicted entry's files go after the answer, and a SIGKILL around
+//! that leaves the victim whole or gone.
 
 mod support;
 
@@ -132,6 +133,69 @@ async fn a_removal_cut_by_sigkill_before_its_manifest_goes_stays_removed() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
+/// Whether `key`'s manifest and `digest`'s blob are both present (`Some(true)`), both gone
+/// (`Some(false)`), or one without the other (`None`).
+fn files_of(data_dir: &Path, key: &str, digest: &str) -> Option<bool> {
+    let manifest = manifest_path(data_dir, key).exists();
+    let blob = blob_path(data_dir, digest).exists();
+    (manifest == blob).then_some(manifest)
+}
+
+/// Whether `key`'s manifest and `digest`'s blob are both gone within 10 s.
+async fn files_go(data_dir: &Path, key: &str, digest: &str) -> bool {
+    eventually(Duration::from_secs(10), async || {
+        files_of(data_dir, key, digest) == Some(false)
+    })
+    .await
+}
+
+/// Evictions leave the index on the MISS's path and their files go after it (docs/storage.md,
+/// "Limits and eviction"). However a SIGKILL falls around that, each victim ends whole or gone
+/// and the limits hold after the next start.
+#[actix_web::test]
+async fn an_evicted_entrys_files_go_after_the_answer_and_survive_a_sigkill_whole_or_not_at_all() {
+    let mut h = Harness::start_with(|o| o.env("VELOX_CACHE_CACHE__MAX_ENTRIES", "1"));
+    let dd = h.opts.data_dir.clone();
+    let (first, first_digest) = store(&h, &distinct_request(0)).await;
+    let (mut kept, mut kept_digest) = store(&h, &distinct_request(1)).await;
+    assert_eq!(
+        entry_status(&h, &first).await,
+        404,
+        "evicted from the index"
+    );
+    assert!(
+        files_go(&dd, &first, &first_digest).await,
+        "the victim's manifest and blob were not deleted"
+    );
+    for (round, i) in (2..5).enumerate() {
+        // Each MISS evicts the entry before it; the SIGKILL comes at once, or a little later.
+        let (new, new_digest) = store(&h, &distinct_request(i)).await;
+        tokio::time::sleep(Duration::from_millis([0, 5, 50][round])).await;
+        let log = restart(&mut h, true).await;
+        assert_ne!(
+            files_of(&dd, &kept, &kept_digest),
+            None,
+            "round {round}: a manifest without its blob or a blob without its manifest:\n{log}"
+        );
+        // Whether the eviction reached the disk or not, the pass leaves the newest entry alone.
+        assert!(
+            files_go(&dd, &kept, &kept_digest).await,
+            "round {round}: the victim's files stayed:\n{log}"
+        );
+        assert_eq!(entry_status(&h, &kept).await, 404, "round {round}");
+        let hit = post_json(&h.builds_url(), &distinct_request(i), &[]).await;
+        assert_eq!(hit.header("x-cache-status"), Some("HIT"), "round {round}");
+        assert_eq!(sha256_hex(&hit.body), new_digest, "round {round}");
+        (kept, kept_digest) = (new, new_digest);
+    }
+    let stats = h.admin_json("/v1/cache/stats").await;
+    assert_eq!(stats["entries"], 1, "{stats}");
+    h.take().terminate();
+    let dd = dd.display().to_string();
+    let (code, out, err) = run(&["cache", "verify", "--data-dir", &dd], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 #[actix_web::test]
 async fn a_removal_deletes_its_manifest_and_its_tombstone() {
     let mut h = Harness::start();
@@ -145,6 +209,16 @@ async fn a_removal_deletes_its_manifest_and_its_tombstone() {
     assert_eq!(deleted.status(), 200);
     assert!(!manifest_path(&h.opts.data_dir, &key).exists());
     assert!(!blob_path(&h.opts.data_dir, &digest).exists());
+    // The blob went through tmp/ (renamed under the write lock, deleted after it): gone too.
+    // Only the retired file is looked for: the compressor may be writing a variant of the same
+    // blob into tmp/ at this moment (it found it before the removal and drops it after).
+    let left: Vec<_> = std::fs::read_dir(h.opts.data_dir.join("tmp"))
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("retired-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     // Nothing was left for the pass: no manifest to delete, no entry back.
     let log = restart(&mut h, true).await;
     assert!(log.contains("tombstoned: 0"), "{log}");

@@ -108,12 +108,33 @@ impl Store {
 
     /// Removes the entry for `key`: the index first, with a tombstone (flushed), then its
     /// manifest, then its blob when no other entry uses it, then the tombstone.
+    ///
+    /// The blob file is renamed into `tmp/` under the write lock and deleted after it (deleting
+    /// a large file takes milliseconds that inserts would wait for: BENCHMARKS.md).
     pub fn remove(&self, key: &CacheKey) -> Result<Option<EntryRecord>, StoreError> {
-        let _guard = self.locked()?;
-        self.remove_locked(key)
+        let mut retired = None;
+        let removed = {
+            let _guard = self.locked()?;
+            self.remove_locked_with(key, Some(&mut retired))
+        };
+        if let Some(path) = retired {
+            remove_file_logged(&path);
+        }
+        removed
     }
 
+    /// [`Store::remove`] with the write lock held by the caller; the blob file goes at once.
     pub(super) fn remove_locked(&self, key: &CacheKey) -> Result<Option<EntryRecord>, StoreError> {
+        self.remove_locked_with(key, None)
+    }
+
+    /// With `retired`, an orphaned blob file is moved into `tmp/` and its path left there for
+    /// the caller to delete without the lock.
+    fn remove_locked_with(
+        &self,
+        key: &CacheKey,
+        retired: Option<&mut Option<std::path::PathBuf>>,
+    ) -> Result<Option<EntryRecord>, StoreError> {
         let Some((entry, orphan)) = self.uncommit_entry(key)? else {
             return Ok(None);
         };
@@ -123,7 +144,12 @@ impl Store {
         pause_for_a_crash_test();
         let manifest_gone = remove_file_logged(&self.manifest_path(key));
         if let Some(digest) = orphan {
-            self.remove_blob_file(&digest);
+            match retired {
+                Some(retired) => *retired = self.retire_blob_file(&digest),
+                None => {
+                    self.remove_blob_file(&digest);
+                }
+            }
         }
         if manifest_gone {
             self.clear_tombstone(key)?;
@@ -167,12 +193,22 @@ impl Store {
             return Ok(evicted);
         }
         self.write_pending_hits()?;
-        let _guard = self.locked()?;
-        // One flush for every victim of this call (evict.rs), done even when a step failed, so
-        // that what left the index leaves the disk too.
+        let guard = self.locked()?;
+        // The victims of this call are finished as a group (evict.rs), even when a step failed,
+        // so that what left the index leaves the disk too: now, or by the background's reap.
         let mut group = Evictions::default();
         let chosen = self.evict_over_limits(limits, protect, room, &mut group, &mut evicted);
-        let finished = self.finish_evictions(group);
+        // Space wanted now cannot wait for the background's deletions (evict.rs); the blob
+        // files are still deleted without the lock, which inserts wait for, before this returns.
+        let now = evicted
+            .iter()
+            .any(|(_, reason)| *reason == EvictionReason::FreeSpace);
+        let mut retired = Vec::new();
+        let finished = self.finish_evictions(group, now, Some(&mut retired));
+        drop(guard);
+        for path in retired {
+            remove_file_logged(&path);
+        }
         chosen?;
         finished?;
         Ok(evicted)
@@ -199,12 +235,13 @@ impl Store {
         loop {
             let totals = self.totals()?;
             // The compressed variants and image layers count too (docs/compression.md,
-            // docs/images.md), less those of the victims so far, whose files go once the group
-            // is flushed.
+            // docs/images.md), less those of the victims so far and of earlier ones whose files
+            // wait for a flush (evict.rs).
             let variants = self
                 .variant_bytes()?
                 .saturating_add(self.image_layer_bytes()?)
-                .saturating_sub(group.variant_bytes);
+                .saturating_sub(group.variant_bytes)
+                .saturating_sub(self.variant_bytes_leaving());
             let reason = if limits.max_entries > 0 && totals.entries > limits.max_entries {
                 EvictionReason::Count
             } else if limits.max_bytes > 0
@@ -252,6 +289,11 @@ impl Store {
         let want = limits.min_free_bytes.saturating_add(room);
         if want == 0 {
             return Ok(());
+        }
+        // Files of earlier victims that wait for a flush (evict.rs) free their space first.
+        if space.free < want && (!group.gone_is_empty() || self.evictions_waiting()) {
+            // Deleted here, under the lock: the loop below reads the disk's free space.
+            self.finish_evictions(std::mem::take(group), true, None)?;
         }
         let mut freed = 0u64;
         loop {

@@ -17,6 +17,7 @@ mod handles;
 pub mod images;
 mod index;
 mod ingest;
+mod kept;
 mod maintain;
 pub mod pins;
 pub mod record;
@@ -118,6 +119,9 @@ pub(super) struct Index {
     images: sled::Tree,
     /// Compressed variants of blobs ([`variants`]).
     variants: sled::Tree,
+    /// The file stamp each variant was last seen whole in, so that a restart need not hash
+    /// them again ([`variant_check`]).
+    variant_seen: sled::Tree,
 }
 
 impl Index {
@@ -135,6 +139,7 @@ impl Index {
             channel_keys: db.open_tree("channel_keys")?,
             images: db.open_tree("images")?,
             variants: db.open_tree("variants")?,
+            variant_seen: db.open_tree("variant_seen")?,
             db,
         })
     }
@@ -158,6 +163,14 @@ pub struct Store {
     corrupt_hook: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// Told of every blob whose compressed variants should be made ([`variants`]).
     variant_hook: OnceLock<Box<dyn Fn(Digest) + Send + Sync>>,
+    /// Told when evicted entries' files wait for [`Store::reap_evictions`] ([`evict`]).
+    evictions_hook: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Evicted entries whose files wait for a flush ([`evict`]).
+    waiting_evictions: Mutex<evict::Evictions>,
+    /// The variant and layer bytes of those, still on disk but no longer counted by the limits.
+    leaving_variant_bytes: std::sync::atomic::AtomicU64,
+    /// Orders the index's channel and pin writes with their copies beside it ([`kept`]).
+    kept_lock: Mutex<()>,
     /// Held for the life of the process: one process owns a data dir.
     _lock: File,
 }
@@ -201,8 +214,8 @@ impl Store {
                 log::warn!("cannot remove the leftover {}: {e}", path.display());
             }
         }
-        let db = open_meta(root)?;
-        Ok(Store {
+        let (db, created) = open_meta(root)?;
+        let store = Store {
             root: root.to_path_buf(),
             index: RwLock::new(Some(Arc::new(Index::new(db)?))),
             health: reopen::IndexHealth::new(),
@@ -211,8 +224,18 @@ impl Store {
             pending: Mutex::new(HashMap::new()),
             corrupt_hook: OnceLock::new(),
             variant_hook: OnceLock::new(),
+            evictions_hook: OnceLock::new(),
+            waiting_evictions: Mutex::new(evict::Evictions::default()),
+            leaving_variant_bytes: std::sync::atomic::AtomicU64::new(0),
+            kept_lock: Mutex::new(()),
             _lock: lock,
-        })
+        };
+        if created {
+            // A new index (the old one damaged and set aside, or deleted): the channels and
+            // manual pins kept beside it come back before anything reads it ([`kept`]).
+            store.restore_kept()?;
+        }
+        Ok(store)
     }
 
     /// The index as it is now. The lock is held only to clone the `Arc`: a caller must not hold
@@ -359,10 +382,13 @@ impl Store {
 
 /// Opens the index in `<root>/meta` with every check of a start: a damaged one is set aside and
 /// a new one started, for the reconciliation to re-index the manifests.
-fn open_meta(root: &Path) -> Result<sled::Db, StoreError> {
+/// Also says whether the index was created by this open (none there, or the damaged one set
+/// aside).
+fn open_meta(root: &Path) -> Result<(sled::Db, bool), StoreError> {
     let meta = root.join("meta");
+    let existed = meta.exists();
     match open_index_waiting(&meta) {
-        Ok(db) => Ok(db),
+        Ok(db) => Ok((db, !existed)),
         Err(e) if !is_damage(&e) => Err(e),
         Err(e) => {
             // The cache survives its index: set the damaged one aside, start a new one, and
@@ -376,7 +402,7 @@ fn open_meta(root: &Path) -> Result<sled::Db, StoreError> {
             if meta.exists() {
                 fs::rename(&meta, &aside).map_err(dir_err(root))?;
             }
-            open_index(&meta)
+            Ok((open_index(&meta)?, true))
         }
     }
 }

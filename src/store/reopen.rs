@@ -161,7 +161,8 @@ impl Store {
         }
         let started = Instant::now();
         match self.reopen(SNAPSHOT_LET_GO_WITHIN) {
-            Ok(()) => {
+            Ok(created) => {
+                self.restore_if_created(created);
                 let n = self.health.snapshots.fetch_add(1, Ordering::Relaxed) + 1;
                 log::info!(
                     "index snapshot {n} written while running, after {writes} index writes, in {:.3}s; \
@@ -236,10 +237,10 @@ impl Store {
         if self.disk_space().is_some_and(|d| d.free < FULL_BELOW) {
             return;
         }
-        match self
-            .reopen(LET_GO_WITHIN)
-            .and_then(|()| self.probe_index().map_err(Reopen::from))
-        {
+        match self.reopen(LET_GO_WITHIN).and_then(|created| {
+            self.restore_if_created(created);
+            self.probe_index().map_err(Reopen::from)
+        }) {
             Ok(()) => {
                 self.health.reopened.fetch_add(1, Ordering::Relaxed);
                 self.health.failing_reopens.store(0, Ordering::Relaxed);
@@ -273,7 +274,9 @@ impl Store {
     /// for writing throughout, so that requests wait for the new index rather than fail; gives
     /// up, closing nothing, when requests under way do not let go of the old one within
     /// `let_go`.
-    fn reopen(&self, let_go: Duration) -> Result<(), Reopen> {
+    ///
+    /// Says whether the index it opened is a new one (the old one damaged and set aside).
+    fn reopen(&self, let_go: Duration) -> Result<bool, Reopen> {
         let mut slot = self.index.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(old) = slot.as_ref() {
             // sled's files stay locked while any handle is open: wait for requests under way.
@@ -290,9 +293,22 @@ impl Store {
         // Closed before the new one opens, even when the open fails: the index is then `None`
         // (every call says [`StoreError::Closed`]) until an attempt succeeds.
         drop(slot.take());
-        let db = open_meta(&self.root)?;
+        let (db, created) = open_meta(&self.root)?;
         *slot = Some(Arc::new(Index::new(db)?));
-        Ok(())
+        Ok(created)
+    }
+
+    /// After a reopen that had to start a new index: what is kept beside it comes back
+    /// ([`super::kept`]), as at a start.
+    fn restore_if_created(&self, created: bool) {
+        if !created {
+            return;
+        }
+        if let Err(e) = self.restore_kept() {
+            log::error!(
+                "a new index: the channels and pins kept beside it could not be restored: {e}"
+            );
+        }
     }
 }
 

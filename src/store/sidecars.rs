@@ -56,6 +56,31 @@ impl Store {
         super::maintain::remove_file_logged(&self.blob_path(digest))
     }
 
+    /// [`Store::remove_blob_file`] for a caller that holds the write lock and can delete later:
+    /// the blob file is renamed into `tmp/` (one metadata change) and its path returned, for the
+    /// caller to delete once it has let the lock go; deleting a large file takes milliseconds
+    /// (BENCHMARKS.md), and inserts wait for the lock. A crash before that deletion leaves the
+    /// file in `tmp/`, which every start empties. `None` when the blob was not there, or could
+    /// not be renamed and was deleted here.
+    pub(super) fn retire_blob_file(&self, digest: &Digest) -> Option<PathBuf> {
+        self.forget_sidecars(digest);
+        self.forget_variants(digest);
+        let from = self.blob_path(digest);
+        let to = self.tmp_dir().join(format!("retired-{}", digest.to_hex()));
+        match fs::rename(&from, &to) {
+            Ok(()) => Some(to),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                log::debug!(
+                    "cannot move {} aside ({e}); deleting it now",
+                    from.display()
+                );
+                super::maintain::remove_file_logged(&from);
+                None
+            }
+        }
+    }
+
     /// An entry stored for `digest` and its manifest, found by walking the index (the first
     /// request for the signature of a blob stored before signing existed needs its key and
     /// RoadRunner version; it happens once per blob).

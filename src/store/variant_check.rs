@@ -14,7 +14,7 @@ use sha2::{Digest as _, Sha256};
 use super::scrub::open_nofollow;
 use super::variants::{
     decode_hashed, decode_record, encode_record, keep_below, mark_whole, record_key, seen,
-    verified_as, Encoding, Variant, VARIANT_DIR,
+    verified_as, Encoding, Seen, Variant, VARIANT_DIR,
 };
 use super::{Store, StoreError};
 use crate::ids::Digest;
@@ -53,7 +53,7 @@ impl Store {
                         let stamp = seen(&m);
                         // Seen whole since its file last changed: not hashed again (but
                         // by the scrub, which looks for damage below the filesystem).
-                        let known = !force && verified_as(&variant.digest) == Some(stamp);
+                        let known = !force && self.seen_whole_as(&variant.digest) == Some(stamp);
                         match if known {
                             None
                         } else {
@@ -64,7 +64,7 @@ impl Store {
                                 return Ok(dropped)
                             }
                             Some(Ok(d)) if d == variant.digest => {
-                                mark_whole(&variant.digest, stamp);
+                                self.note_whole(&variant.digest, stamp);
                                 None
                             }
                             Some(Ok(_)) => Some(("does not hash to its name", true)),
@@ -97,16 +97,17 @@ impl Store {
         Ok(dropped)
     }
 
-    /// Checks every variant not seen whole since this process started (at start, before any is
-    /// served): a record whose blob is gone, or whose file is missing, damaged or
+    /// Checks every variant not seen whole since its file last changed (at start, before any is
+    /// served; the stamps are kept in the index, so a restart hashes only what changed): a record whose blob is gone, or whose file is missing, damaged or
     /// of the wrong size, is dropped (and its blob's variants asked for again); a file under
     /// `variants/` that no record names is deleted, unless it decodes (`decode`) to a stored
     /// binary that has no record of its coding: then it is that binary's variant again (a crash
     /// between placing a variant and recording it, an index rebuilt from the manifests), kept
-    /// rather than made again. Hashes every variant file: run it in the background. Returns how
-    /// many problems were put right.
+    /// rather than made again. May hash every variant file: run it in the background. Returns
+    /// how many problems were put right.
     pub fn check_variants(&self, decode: Decode<'_>) -> Result<usize, StoreError> {
         let mut fixed = 0;
+        let mut hashed = 0u64;
         let mut named = std::collections::HashSet::new();
         let records: Vec<_> = self.ix()?.variants.iter().collect::<Result<Vec<_>, _>>()?;
         for (k, v) in records {
@@ -136,7 +137,10 @@ impl Store {
                 continue;
             }
             if let Some(variant) = recorded {
-                let dropped = self.check_variants_of(&blob, false, &mut |_| true)?;
+                let dropped = self.check_variants_of(&blob, false, &mut |n| {
+                    hashed = hashed.saturating_add(n);
+                    true
+                })?;
                 if dropped > 0 {
                     fixed += dropped;
                     self.want_variants(&blob);
@@ -146,6 +150,10 @@ impl Store {
                 }
             }
         }
+        log::info!(
+            "compression: {} variants checked, {hashed} bytes hashed (the others were seen whole since their files last changed)",
+            named.len()
+        );
         fixed += self.delete_unnamed_variant_files(&named, decode)?;
         Ok(fixed)
     }
@@ -188,7 +196,7 @@ impl Store {
             self.add_variant_bytes(i128::from(size))?;
             self.flush()?;
             if let Ok(m) = file.metadata() {
-                mark_whole(&name, seen(&m));
+                self.note_whole(&name, seen(&m));
             }
             Ok(true)
         })();
@@ -278,4 +286,57 @@ fn hash_file(file: &File, pace: &mut dyn FnMut(u64) -> bool) -> io::Result<Diges
         }
     }
     Ok(Digest(h.finalize().into()))
+}
+
+impl Store {
+    /// The file stamp the variant `digest` was last seen whole in: remembered in memory, and in
+    /// the index so that a restart does not hash every variant again (a file changed through
+    /// the filesystem since has another change time, and is hashed before it is served).
+    pub(super) fn seen_whole_as(&self, digest: &Digest) -> Option<Seen> {
+        if let Some(stamp) = verified_as(digest) {
+            return Some(stamp);
+        }
+        let kept = self.ix().ok()?.variant_seen.get(digest.0).ok()??;
+        let stamp = decode_seen(&kept)?;
+        mark_whole(digest, stamp);
+        Some(stamp)
+    }
+
+    /// Remembers that the variant `digest` was seen whole in the file of `stamp`. Not flushed:
+    /// a stamp lost in a crash only costs hashing that variant again.
+    pub(super) fn note_whole(&self, digest: &Digest, stamp: Seen) {
+        // Known already (every scrub pass sees each variant whole again): no index write.
+        if verified_as(digest) == Some(stamp) {
+            return;
+        }
+        mark_whole(digest, stamp);
+        let kept = self
+            .ix()
+            .and_then(|ix| Ok(ix.variant_seen.insert(digest.0, &encode_seen(stamp)[..])?));
+        if let Err(e) = kept {
+            log::debug!("the stamp of variant {digest} is not kept in the index: {e}");
+        }
+    }
+}
+
+fn encode_seen((dev, ino, ctime, nsec): Seen) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out[..8].copy_from_slice(&dev.to_be_bytes());
+    out[8..16].copy_from_slice(&ino.to_be_bytes());
+    out[16..24].copy_from_slice(&ctime.to_be_bytes());
+    out[24..].copy_from_slice(&nsec.to_be_bytes());
+    out
+}
+
+fn decode_seen(bytes: &[u8]) -> Option<Seen> {
+    let part = |i: usize| -> Option<[u8; 8]> { bytes.get(i * 8..i * 8 + 8)?.try_into().ok() };
+    if bytes.len() != 32 {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(part(0)?),
+        u64::from_be_bytes(part(1)?),
+        i64::from_be_bytes(part(2)?),
+        i64::from_be_bytes(part(3)?),
+    ))
 }

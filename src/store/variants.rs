@@ -457,7 +457,7 @@ impl Store {
             place(tmp, &path)?;
             // Hashed as it was written: whole as of now (the rename changed its inode's time).
             if let Ok(m) = fs::symlink_metadata(&path) {
-                mark_whole(&digest, seen(&m));
+                self.note_whole(&digest, seen(&m));
             }
         }
         self.ix()?
@@ -489,6 +489,7 @@ impl Store {
         if let Some(v) = decode_record(&old)? {
             super::maintain::remove_file_logged(&self.variant_path(&v.digest));
             self.add_variant_bytes(-i128::from(v.size))?;
+            self.ix()?.variant_seen.remove(v.digest.0)?;
         }
         Ok(())
     }
@@ -507,7 +508,7 @@ impl Store {
             .is_some_and(|m| {
                 m.is_file()
                     && m.len() == variant.size
-                    && verified_as(&variant.digest) == Some(seen(&m))
+                    && self.seen_whole_as(&variant.digest) == Some(seen(&m))
             });
         match file {
             Some(file) if whole => Some((file, variant)),
