@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 HITS=${1:-200}
 SIZE=$((64 * 1024 * 1024))
 cargo build --release --locked --bin velox-cache --example fake_velox >/dev/null 2>&1
+# Where cargo put them (CARGO_TARGET_DIR, when set, moves them).
+rel=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -20,7 +22,10 @@ moto=$(pyenv which moto_server 2>/dev/null || command -v moto_server)
 MP=$(port); VP=$(port)
 "$moto" -H 127.0.0.1 -p "$MP" >"$work/moto.log" 2>&1 & pids+=($!)
 until [ "$(curl -s -o /dev/null -w '%{http_code}' -X PUT "http://127.0.0.1:$MP/velox-bench")" = 200 ]; do sleep 0.2; done
-target/release/examples/fake_velox "127.0.0.1:$VP" "$work/out" 0s "$SIZE" >"$work/fv.log" 2>&1 & pids+=($!)
+# velox-cache refuses to start on an artifact_root that does not exist yet; the stand-in
+# creates it too, but races the server for it.
+mkdir -p "$work/out"
+"$rel"/examples/fake_velox "127.0.0.1:$VP" "$work/out" 0s "$SIZE" >"$work/fv.log" 2>&1 & pids+=($!)
 
 # replica NAME BACKEND: starts a velox-cache; sets ${NAME}_P (public) and ${NAME}_A (admin) ports.
 replica() {
@@ -29,7 +34,7 @@ replica() {
   env RUST_LOG=info AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench \
     VELOX_CACHE_STORAGE__BACKEND="$backend" VELOX_CACHE_STORAGE__S3__BUCKET=velox-bench \
     VELOX_CACHE_STORAGE__S3__ENDPOINT="http://127.0.0.1:$MP" VELOX_CACHE_STORAGE__S3__ALLOW_HTTP=true \
-    target/release/velox-cache serve --listen "127.0.0.1:$pp" --admin-listen "127.0.0.1:$ap" \
+    "$rel"/velox-cache serve --listen "127.0.0.1:$pp" --admin-listen "127.0.0.1:$ap" \
     --data-dir "$work/$name" --server-url "http://127.0.0.1:$VP" --artifact-root "$work/out" \
     >"$work/$name.log" 2>&1 & pids+=($!)
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$ap/healthz" >/dev/null 2>&1 && break; sleep 0.1; done

@@ -12,6 +12,8 @@ MOVES=${2:-5}
 BUILD=${BUILD:-0s}
 POLL=${POLL:-1s}
 cargo build --release --locked --bin velox-cache --example fake_velox >/dev/null 2>&1
+# Where cargo put them (CARGO_TARGET_DIR, when set, moves them).
+rel=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -25,7 +27,10 @@ latest v5.2.7
 GP=$(port)
 python3 -m http.server --bind 127.0.0.1 "$GP" -d "$work/proxy" >/dev/null 2>&1 & pids+=($!)
 VP=$(port)
-target/release/examples/fake_velox "127.0.0.1:$VP" "$work/out" "$BUILD" >"$work/fv.log" 2>&1 & pids+=($!)
+# velox-cache refuses to start on an artifact_root that does not exist yet; the stand-in
+# creates it too, but races the server for it.
+mkdir -p "$work/out"
+"$rel"/examples/fake_velox "127.0.0.1:$VP" "$work/out" "$BUILD" >"$work/fv.log" 2>&1 & pids+=($!)
 cat >"$work/config.toml" <<TOML
 [channels.prod]
 rr_version = "v2025.1.2"
@@ -38,7 +43,7 @@ TOML
 P=$(port); A=$(port)
 RUST_LOG=warn VELOX_CACHE_CONFIG="$work/config.toml" VELOX_CACHE_RESOLVE__GOPROXY="http://127.0.0.1:$GP" \
   VELOX_CACHE_RESOLVE__TTL=0s \
-  target/release/velox-cache serve --listen "127.0.0.1:$P" --admin-listen "127.0.0.1:$A" \
+  "$rel"/velox-cache serve --listen "127.0.0.1:$P" --admin-listen "127.0.0.1:$A" \
   --data-dir "$work/data" --server-url "http://127.0.0.1:$VP" --artifact-root "$work/out" \
   >"$work/vc.log" 2>&1 & pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$A/healthz" >/dev/null 2>&1 && break; sleep 0.1; done

@@ -14,6 +14,8 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light wrk >/dev/null
 fi
 cargo build --release --locked --bin velox-cache --example fake_velox >/dev/null 2>&1
+# Where cargo put them (CARGO_TARGET_DIR, when set, moves them).
+rel=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 extra_pids=()
 cleanup() { kill "${vc_pid:-}" "${extra_pids[@]}" "${fv_pid:-}" 2>/dev/null || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -22,8 +24,11 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 VP=$(port); PP=$(port); AP=$(port); NP=$(port)
 SIZE=$((64 * 1024 * 1024))
 
-target/release/examples/fake_velox "127.0.0.1:$VP" "$work/out" 10ms "$SIZE" >"$work/fv.log" 2>&1 & fv_pid=$!
-RUST_LOG=warn target/release/velox-cache serve --listen "127.0.0.1:$PP" --admin-listen "127.0.0.1:$AP" \
+# velox-cache refuses to start on an artifact_root that does not exist yet; the stand-in
+# creates it too, but races the server for it.
+mkdir -p "$work/out"
+"$rel"/examples/fake_velox "127.0.0.1:$VP" "$work/out" 10ms "$SIZE" >"$work/fv.log" 2>&1 & fv_pid=$!
+RUST_LOG=warn "$rel"/velox-cache serve --listen "127.0.0.1:$PP" --admin-listen "127.0.0.1:$AP" \
   --data-dir "$work/data" --server-url "http://127.0.0.1:$VP" --artifact-root "$work/out" >"$work/vc.log" 2>&1 & vc_pid=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$AP/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 printf '{"target_platform":{"os":"linux","arch":"amd64"},"rr_version":"v2025.1.2","plugins":[{"module_name":"github.com/roadrunner-server/http/v5","tag":"v5.2.7"}]}' >"$work/req.json"
@@ -69,7 +74,7 @@ for i in "${!bins[@]}"; do
   servers+=("$name")
 done
 if [ ${#bins[@]} -gt 0 ]; then
-  RUST_LOG=warn target/release/velox-cache serve --listen "127.0.0.1:$PP" --admin-listen "127.0.0.1:$AP" \
+  RUST_LOG=warn "$rel"/velox-cache serve --listen "127.0.0.1:$PP" --admin-listen "127.0.0.1:$AP" \
     --data-dir "$work/data" --server-url "http://127.0.0.1:$VP" --artifact-root "$work/out" >"$work/vc.log" 2>&1 & vc_pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$AP/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 fi

@@ -12,10 +12,20 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 VP=$(port); PP=$(port); AP=$(port)
+# velox-cache refuses to start on an artifact_root that does not exist yet; the stand-in
+# creates it too, but races the server for it.
+mkdir -p "$work/out"
 target/release/examples/fake_velox "127.0.0.1:$VP" "$work/out" 1s >"$work/fv.log" 2>&1 & fv_pid=$!
 RUST_LOG=warn target/release/velox-cache serve --listen "127.0.0.1:$PP" --admin-listen "127.0.0.1:$AP" \
   --data-dir "$work/data" --server-url "http://127.0.0.1:$VP" --artifact-root "$work/out" >"$work/vc.log" 2>&1 & vc_pid=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$AP/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+# Up to 30 s for both listeners (a loaded machine starts slower); a server that never came up is
+# said so, with its log, instead of 50 curl `000`s.
+up=0
+for _ in $(seq 300); do
+  if curl -sf "http://127.0.0.1:$AP/healthz" >/dev/null 2>&1 && curl -s -o /dev/null "http://127.0.0.1:$PP/" 2>/dev/null; then up=1; break; fi
+  sleep 0.1
+done
+if [ "$up" != 1 ]; then echo "velox-cache did not come up on 127.0.0.1:$PP/$AP within 30 s:" >&2; cat "$work/vc.log" >&2; exit 1; fi
 
 req() { printf '{"target_platform":{"os":"linux","arch":"amd64"},"rr_version":"v2025.1.2","plugins":[{"module_name":"github.com/roadrunner-server/http/v5","tag":"%s"}]}' "$1"; }
 URL="http://127.0.0.1:$PP/_velox/v1/builds"

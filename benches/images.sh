@@ -19,6 +19,9 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 VP=$(port)
+# velox-cache refuses to start on an artifact_root that does not exist yet; the stand-in
+# creates it too, but races the server for it.
+mkdir -p "$work/out"
 "$T"/release/examples/fake_velox "127.0.0.1:$VP" "$work/out" 0s "$SIZE" >"$work/fv.log" 2>&1 & pids+=($!)
 cat >"$work/config.toml" <<TOML
 [channels.prod]

@@ -21,6 +21,9 @@ echo '{"Version":"v5.2.7","Time":"2025-01-30T12:00:00Z"}' >"$work/proxy/$mod/@la
 GP=$(port)
 python3 -m http.server --bind 127.0.0.1 "$GP" -d "$work/proxy" >/dev/null 2>&1 & pids+=($!)
 VP=$(port)
+# velox-cache refuses to start on an artifact_root that does not exist yet; the stand-in
+# creates it too, but races the server for it.
+mkdir -p "$work/out"
 target/release/examples/fake_velox "127.0.0.1:$VP" "$work/out" 0s >"$work/fv.log" 2>&1 & pids+=($!)
 
 serve() { # name ttl -> starts a server, sets PP_<name>

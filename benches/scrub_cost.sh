@@ -19,6 +19,9 @@ cleanup() { kill "${vc_pid:-}" "${fv_pid:-}" 2>/dev/null || true; wait 2>/dev/nu
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 VP=$(port)
+# velox-cache refuses to start on an artifact_root that does not exist yet; the stand-in
+# creates it too, but races the server for it.
+mkdir -p "$work/out"
 target/release/examples/fake_velox "127.0.0.1:$VP" "$work/out" 0s "$SIZE" >"$work/fv.log" 2>&1 & fv_pid=$!
 req() { printf '{"target_platform":{"os":"linux","arch":"amd64"},"rr_version":"v2025.1.2","plugins":[{"module_name":"github.com/roadrunner-server/http/v5","tag":"v5.2.%s"}]}' "$1"; }
 

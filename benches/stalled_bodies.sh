@@ -22,6 +22,9 @@ trap cleanup EXIT
 HARD=$(ulimit -Hn)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 VP=$(port)
+# velox-cache refuses to start on an artifact_root that does not exist yet; the stand-in
+# creates it too, but races the server for it.
+mkdir -p "$work/out"
 target/release/examples/fake_velox "127.0.0.1:$VP" "$work/out" 0s >"$work/fv.log" 2>&1 & fv_pid=$!
 printf '{"target_platform":{"os":"linux","arch":"amd64"},"rr_version":"v2025.1.2","plugins":[{"module_name":"github.com/roadrunner-server/http/v5","tag":"v5.2.7"}]}' >"$work/req.json"
 
