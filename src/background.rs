@@ -153,6 +153,7 @@ impl Background {
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let (s, m) = (Arc::clone(&store), Arc::clone(&metrics));
+        let s2 = Arc::clone(&store);
         tasks.push(actix_web::rt::spawn(async move {
             let pass = move || {
                 match s.reconcile() {
@@ -167,6 +168,8 @@ impl Background {
             if low_priority("velox-start-up", pass).await.is_err() {
                 log::error!("the start-up pass did not run to its end");
             }
+            // After a failure too: what waits on it must not wait for ever.
+            s2.start_up_pass_done();
         }));
         tasks.push(reap_evictions(Arc::clone(&store), rx.clone()));
         // Each a no-op (atomic loads, an empty queue) unless sled refused a write (docs/storage.md,

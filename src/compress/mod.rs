@@ -125,6 +125,11 @@ impl Compressor {
             .name("velox-compress".into())
             .spawn(move || {
                 crate::background::lower_own_priority();
+                // On a new index (the old one set aside), the check would take every variant
+                // file for one of no stored binary until the start-up pass re-indexes them.
+                if !store.wait_until_filled(&worker.stop) {
+                    return;
+                }
                 catch_up(&store, &worker);
                 while let Some(digest) = worker.pop() {
                     compress_blob(&store, &worker, &digest, zstd_level);

@@ -171,6 +171,9 @@ pub struct Store {
     leaving_variant_bytes: std::sync::atomic::AtomicU64,
     /// Orders the index's channel and pin writes with their copies beside it ([`kept`]).
     kept_lock: Mutex<()>,
+    /// Whether the index holds what the data dir holds: false from the creation of a new index
+    /// until the start-up pass has re-indexed the manifests ([`Store::wait_until_filled`]).
+    filled: (Mutex<bool>, std::sync::Condvar),
     /// Held for the life of the process: one process owns a data dir.
     _lock: File,
 }
@@ -228,6 +231,7 @@ impl Store {
             waiting_evictions: Mutex::new(evict::Evictions::default()),
             leaving_variant_bytes: std::sync::atomic::AtomicU64::new(0),
             kept_lock: Mutex::new(()),
+            filled: (Mutex::new(!created), std::sync::Condvar::new()),
             _lock: lock,
         };
         if created {
@@ -236,6 +240,33 @@ impl Store {
             store.restore_kept()?;
         }
         Ok(store)
+    }
+
+    /// Said by the start-up pass once it has ended (whether or not it succeeded): a new index
+    /// now holds the entries of the manifests on disk.
+    pub fn start_up_pass_done(&self) {
+        *self.filled.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.filled.1.notify_all();
+    }
+
+    /// Waits until the index holds what the data dir holds: at once unless the index was created
+    /// by this open, then until [`Store::start_up_pass_done`]. Work that judges files by the index
+    /// (the check of the compressed variants, which deletes the files it cannot place) must not
+    /// run on a new index still empty. Returns false if `stop` was set first.
+    pub fn wait_until_filled(&self, stop: &std::sync::atomic::AtomicBool) -> bool {
+        let mut filled = self.filled.0.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*filled {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
+            }
+            filled = self
+                .filled
+                .1
+                .wait_timeout(filled, std::time::Duration::from_millis(100))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
     }
 
     /// The index as it is now. The lock is held only to clone the `Arc`: a caller must not hold

@@ -19,6 +19,12 @@ use super::variants::{
 use super::{Store, StoreError};
 use crate::ids::Digest;
 
+/// The device, inode and change time of what `path` names (not following a link), `None` when
+/// nothing is there (or it cannot be examined).
+fn identity(path: &std::path::Path) -> Option<Seen> {
+    fs::symlink_metadata(path).ok().map(|m| seen(&m))
+}
+
 impl Store {
     /// Checks the variants of `blob` that were not seen whole since their file last changed:
     /// each is hashed, and one that is missing, of the wrong size or type, or does not hash to
@@ -36,7 +42,11 @@ impl Store {
             let Some(variant) = self.variant(blob, enc)? else {
                 continue;
             };
-            let problem = match open_nofollow(&self.variant_path(&variant.digest)) {
+            let path = self.variant_path(&variant.digest);
+            // What was examined: the file hashed, or what was at the path when it could not be
+            // opened. The drop below happens only if that is still what the path holds.
+            let mut examined = identity(&path);
+            let problem = match open_nofollow(&path) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Some(("is missing", false)),
                 Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                     Some(("is a symbolic link", true))
@@ -47,10 +57,12 @@ impl Store {
                 }
                 Ok(file) => match file.metadata() {
                     Ok(m) if !m.is_file() || m.len() != variant.size => {
+                        examined = Some(seen(&m));
                         Some(("is not the file the index describes", true))
                     }
                     Ok(m) => {
                         let stamp = seen(&m);
+                        examined = Some(stamp);
                         // Seen whole since its file last changed: not hashed again (but
                         // by the scrub, which looks for damage below the filesystem).
                         let known = !force && self.seen_whole_as(&variant.digest) == Some(stamp);
@@ -84,8 +96,10 @@ impl Store {
                     variant.digest
                 );
                 let _guard = self.locked()?;
-                // Only if it is still the recorded one (it may have been made again meanwhile).
-                if self.variant(blob, enc)? == Some(variant) {
+                // Only if it is still the recorded one and still the file examined: it may have
+                // been made again meanwhile, with the same bytes, so the same record, but a new
+                // file (a scrub that read the old one for minutes must not delete it).
+                if self.variant(blob, enc)? == Some(variant) && identity(&path) == examined {
                     self.drop_variant(blob, enc)?;
                     dropped += 1;
                     if damaged {
@@ -339,4 +353,100 @@ fn decode_seen(bytes: &[u8]) -> Option<Seen> {
         i64::from_be_bytes(part(2)?),
         i64::from_be_bytes(part(3)?),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::variants::Made;
+    use super::super::EntryRecord;
+    use super::*;
+    use crate::ids::CacheKey;
+
+    /// A store of one binary with a (made-up) zstd variant: its first half.
+    fn store_with_variant() -> (tempfile::TempDir, Store, Digest, Variant) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("data")).expect("open");
+        let bytes: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 31 % 251) as u8).collect();
+        let digest = Digest(Sha256::digest(&bytes).into());
+        let key = CacheKey([1; 32]);
+        for (path, data) in [
+            (store.blob_path(&digest), &bytes[..]),
+            (store.manifest_path(&key), &b"{}"[..]),
+        ] {
+            fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            fs::write(&path, data).expect("write");
+        }
+        let entry = EntryRecord {
+            digest,
+            size: bytes.len() as u64,
+            created_ms: 1_000,
+            last_access_ms: 1_000,
+            access_count: 1,
+            build_ms: 1,
+            file_name: "rr".into(),
+        };
+        store.bulk_index(&[(key, entry)]).expect("index");
+        let made = store
+            .make_variant(
+                &digest,
+                Encoding::Zstd,
+                |n| n,
+                |input, output, _| {
+                    let mut all = Vec::new();
+                    input.read_to_end(&mut all)?;
+                    output.write_all(&all[..all.len() / 2])?;
+                    Ok(true)
+                },
+            )
+            .expect("make");
+        let Made::Stored(variant) = made else {
+            panic!("not stored: {made:?}");
+        };
+        (dir, store, digest, variant)
+    }
+
+    /// The scrub hashes a damaged variant for as long as its pace allows; the compressor may
+    /// make it again meanwhile, byte for byte the same (so the same record) but a new file. The
+    /// check must delete what it read, not the good file now in its place.
+    #[test]
+    fn a_check_keeps_the_variant_made_again_while_it_read_the_damaged_one() {
+        let (_dir, store, digest, variant) = store_with_variant();
+        let path = store.variant_path(&variant.digest);
+        let good = fs::read(&path).expect("read");
+        let mut bad = good.clone();
+        bad[10] ^= 0xff;
+        fs::write(&path, &bad).expect("damage");
+
+        let mut remade = false;
+        let dropped = store
+            .check_variants_of(&digest, true, &mut |_| {
+                if !remade {
+                    let fresh = path.with_extension("remade");
+                    fs::write(&fresh, &good).expect("write");
+                    fs::rename(&fresh, &path).expect("rename");
+                    remade = true;
+                }
+                true
+            })
+            .expect("check");
+        assert!(remade);
+        assert_eq!(dropped, 0, "the good file made meanwhile was deleted");
+        assert_eq!(
+            store.variant(&digest, Encoding::Zstd).expect("variant"),
+            Some(variant)
+        );
+        assert_eq!(fs::read(&path).expect("still there"), good);
+
+        // Damage that stays is still found and dropped.
+        fs::write(&path, &bad).expect("damage");
+        let dropped = store
+            .check_variants_of(&digest, true, &mut |_| true)
+            .expect("check");
+        assert_eq!(dropped, 1);
+        assert_eq!(
+            store.variant(&digest, Encoding::Zstd).expect("variant"),
+            None
+        );
+        assert!(!path.exists());
+    }
 }
