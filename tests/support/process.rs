@@ -23,13 +23,47 @@ use actix_web::dev::ServerHandle;
 /// How often a wait looks again.
 const POLL: Duration = Duration::from_millis(20);
 
-/// A loopback port the kernel just handed out and we let go of: free unless something races
-/// us, and nothing listens there until someone binds it (a "Velox that is down").
+/// A free loopback port for a process that cannot be told to take port 0 (php -S, nginx,
+/// moto, ...), or where nothing listens (a "Velox that is down").
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`), never from it: a port
+/// the kernel hands out for `bind(0)` and we let go of is handed out again as the source port
+/// of the next outgoing connection, and a test's own HTTP clients then took it before the
+/// child bound it. Below that range nothing takes a port but a bind that names it, and a
+/// counter shared by the test binary's threads never names one twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            r.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+        })
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOW);
+    if span < 1_000 {
+        // An unusual range leaves no room below it: the kernel's choice, as before.
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+    }
+    // Each test binary starts somewhere else, so that a server a previous binary left in
+    // TIME_WAIT is rarely met (and skipped by the bind check when it is).
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + (start + n) % span;
+        if let Ok(port) = u16::try_from(port) {
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+    panic!("no free loopback port between {LOW} and {ephemeral_low}");
 }
 
 /// Whether `program` can be run at all; the message says what to install when not.
