@@ -64,10 +64,12 @@ pub struct History {
 impl History {
     /// Adds what the counters gained since the last call to the minute of `now_ms`.
     pub fn sample(&self, metrics: &Metrics, now_ms: u64) {
-        let now = Counts::read(metrics);
         let Ok(mut ring) = self.ring.lock() else {
             return;
         };
+        // Read under the lock: two samples at once must not set `seen` back to older counts
+        // (the next sample would count their difference twice).
+        let now = Counts::read(metrics);
         let delta = if ring.started {
             now.since(ring.seen)
         } else {
