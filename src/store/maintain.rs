@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use super::evict::Evictions;
@@ -90,6 +91,10 @@ impl Store {
     /// Writes the hits counted so far as one transaction. On failure they are counted again, so
     /// a passing sled error loses nothing.
     pub fn write_pending_hits(&self) -> Result<usize, StoreError> {
+        let _writing = self
+            .hits_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let batch = match self.pending.lock() {
             Ok(mut p) => std::mem::take(&mut *p),
             Err(_) => return Ok(0),

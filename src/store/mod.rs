@@ -159,6 +159,9 @@ pub struct Store {
     handles: handles::Handles,
     /// Hits counted in memory, written in batches (docs/storage.md).
     pending: Mutex<HashMap<CacheKey, PendingHits>>,
+    /// Held while a batch of hits is written: one taken from `pending` but not yet in the index
+    /// is waited for by the next writer (an eviction writes the hits before it decides).
+    hits_writer: Mutex<()>,
     /// Told of every damaged blob found (see [`Store::on_corrupt`]).
     corrupt_hook: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// Told of every blob whose compressed variants should be made ([`variants`]).
@@ -225,6 +228,7 @@ impl Store {
             write_lock: Mutex::new(()),
             handles: handles::Handles::default(),
             pending: Mutex::new(HashMap::new()),
+            hits_writer: Mutex::new(()),
             corrupt_hook: OnceLock::new(),
             variant_hook: OnceLock::new(),
             evictions_hook: OnceLock::new(),
