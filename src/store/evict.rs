@@ -285,6 +285,16 @@ mod tests {
         }
     }
 
+    /// The blobs go through `tmp/` (renamed under the lock, deleted after it): none may stay.
+    fn assert_tmp_empty(store: &Store) {
+        let left: Vec<_> = std::fs::read_dir(store.tmp_dir())
+            .expect("tmp")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
     fn files_of(store: &Store, i: u8) -> [bool; 2] {
         [
             store.blob_path(&Digest([i; 32])).exists(),
@@ -358,12 +368,7 @@ mod tests {
             );
         }
         // The blobs went through tmp/ (renamed under the lock, deleted after it): nothing stays.
-        let left: Vec<_> = std::fs::read_dir(store.tmp_dir())
-            .expect("tmp")
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
+        assert_tmp_empty(&store);
         for i in 3..=4 {
             assert_eq!(files_of(&store, i), [true, true], "kept {i}");
         }
@@ -430,12 +435,7 @@ mod tests {
             assert_eq!(files_of(&store, i), [false, false], "victim {i}");
         }
         assert_eq!(files_of(&store, 3), [true, true], "the protected entry");
-        let left: Vec<_> = std::fs::read_dir(store.tmp_dir())
-            .expect("tmp")
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
+        assert_tmp_empty(&store);
         assert_eq!(store.reap_evictions().expect("reap"), 0, "nothing queued");
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut open, &mut bytes).expect("read");
