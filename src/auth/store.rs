@@ -2,7 +2,6 @@
 //! atomically (so that a damaged index never loses them: losing every token would open every
 //! route); with a bucket, `<prefix>auth/tokens.json` there is the truth and the file its copy.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -64,25 +63,6 @@ fn set_mode(path: &Path, mode: u32) {
     }
 }
 
-/// Writes `bytes` to `path` atomically, readable by the owner only.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// The signed-URL key kept in the data dir, made (32 random bytes) at the first start.
 pub fn url_secret(data_dir: &Path) -> Result<Vec<u8>, String> {
     let path = auth_dir(data_dir)?.join("url_secret");
@@ -98,7 +78,7 @@ pub fn url_secret(data_dir: &Path) -> Result<Vec<u8>, String> {
         .fill(&mut bytes)
         .map_err(|_| "no randomness for the signed-URL key".to_string())?;
     let text = hex::encode(bytes);
-    write_atomic(&path, text.as_bytes())
+    crate::util::write_atomic(&path, text.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(text.into_bytes())
 }
@@ -127,7 +107,7 @@ impl TokenStore {
 
     pub fn write_local(&self, records: &[TokenRecord]) -> Result<(), String> {
         let bytes = encode(records)?;
-        write_atomic(&self.file(), &bytes)
+        crate::util::write_atomic(&self.file(), &bytes)
             .map_err(|e| format!("cannot write {}: {e}", self.file().display()))
     }
 

@@ -8,7 +8,7 @@
 //! the receiver's answer and the deletion) is sent twice. Receivers de-duplicate on the id.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use actix_web::web::Bytes;
@@ -70,12 +70,8 @@ impl Spool {
                 event_type: event.event_type.clone(),
                 body: String::from_utf8(event.body.to_vec()).map_err(io::Error::other)?,
             };
-            let tmp = self.dir.join(format!(".{}.tmp", event.id));
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(&serde_json::to_vec(&spooled).map_err(io::Error::other)?)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            fs::File::open(&self.dir)?.sync_all()
+            let bytes = serde_json::to_vec(&spooled).map_err(io::Error::other)?;
+            crate::util::write_atomic(&path, &bytes)
         })();
         if let Err(e) = written {
             log::warn!(
